@@ -1,0 +1,206 @@
+"""
+Data: how text, images and video become one packed stream of training sequences.
+
+Every example is a list of token ids in which each image or video frame is a block BOI, N latent tokens, EOI
+(Appendix B). Examples are packed whole into fixed-length rows; each position carries a document id (packed
+examples never see each other), a frame id (-1 for text; the attention mask and the FFN routing read it) and a
+next-token target (-1 where there is none). Frames travel as images; train.py encodes them with the frozen
+encoder. A batch is a pure function of (seed, step, micro-batch index), so resumed and re-run jobs, on any number
+of processes, see exactly the same data.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import tiktoken
+import torch
+
+import toyworld
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer: tiktoken. The toy world uses a byte-level encoding built in code (256 byte tokens, no merges), so
+# nothing has to be downloaded; real configs name a standard encoding such as "gpt2" or "cl100k_base".
+
+SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|boi|>", "<|eoi|>", "<|pad|>")
+
+
+class Tokenizer:
+    def __init__(self, name="bytes"):
+        if name == "bytes":
+            base_ranks, pat, specials = {bytes([i]): i for i in range(256)}, r"\S+|\s+", {}
+        else:
+            base = tiktoken.get_encoding(name)
+            base_ranks, pat, specials = base._mergeable_ranks, base._pat_str, dict(base._special_tokens)
+        n = max([*base_ranks.values(), *specials.values()]) + 1
+        specials.update({s: n + i for i, s in enumerate(SPECIAL_TOKENS)})
+        self.enc = tiktoken.Encoding(f"{name}+multimodal", pat_str=pat, mergeable_ranks=base_ranks,
+                                     special_tokens=specials)
+        self.bos, self.eos, self.boi, self.eoi, self.pad = (specials[s] for s in SPECIAL_TOKENS)
+        self.vocab_size = self.enc.n_vocab
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        """Text tokens only: special tokens are dropped."""
+        return self.enc.decode([i for i in ids if i < self.bos])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Examples. FRAME marks where one frame's N latent tokens go; the BOI/EOI around it are ordinary tokens.
+
+FRAME = -2
+
+
+@dataclass
+class Example:
+    ids: list
+    frames: list = field(default_factory=list)   # one image (uint8 [H, W, 3]) per FRAME; None when generated later
+    cond: list = field(default_factory=list)     # per frame: True = clean conditioning input without flow loss
+
+    def length(self, tokens_per_frame):
+        return len(self.ids) + (tokens_per_frame - 1) * len(self.frames)
+
+
+def text_example(tok, text):
+    return Example([tok.bos, *tok.encode(text), tok.eos])
+
+
+def caption_to_image(tok, caption, image, drop_caption=False, prompt_only=False):
+    """Generation. With drop_caption the model sees no caption at all: that is the unconditional branch that
+    classifier-free guidance subtracts at sampling time, built by the same function in both places."""
+    ids = [tok.bos, *([] if drop_caption else tok.encode(caption)), tok.boi, FRAME]
+    return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [image], [False])
+
+
+def image_to_caption(tok, image, caption, prompt_only=False):
+    """Understanding: the image is seen clean and carries no flow loss; the caption is learned as text."""
+    ids = [tok.bos, tok.boi, FRAME, tok.eoi]
+    return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [True])
+
+
+def video_example(tok, frames):
+    """Raw video, no text: each frame its own BOI ... EOI block, each with its own t (Diffusion-Forcing-like)."""
+    ids = [tok.bos]
+    for _ in frames:
+        ids += [tok.boi, FRAME, tok.eoi]
+    return Example(ids + [tok.eos], list(frames), [False] * len(frames))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packing: examples into rows of seq_len positions, and rows into one batch of tensors.
+
+def pack_rows(examples, seq_len, tokens_per_frame):
+    """Greedy: examples go whole into the current row until the next one does not fit."""
+    rows, row, used = [], [], 0
+    for ex in examples:
+        n = ex.length(tokens_per_frame)
+        if row and used + n > seq_len:
+            rows.append(row)
+            row, used = [], 0
+        row.append(ex)
+        used += n
+    return rows + ([row] if row else [])
+
+
+def collate(rows, seq_len, tokens_per_frame, pad_id):
+    """rows: a list of lists of examples. Returns numpy arrays: tokens, targets, doc, frame [B, S]; vis_idx
+    [F * N] (flat positions of every frame token, frame-major); cond [F]; images [F, H, W, 3] (None if any
+    frame is still to be generated)."""
+    B, S, N = len(rows), seq_len, tokens_per_frame
+    tokens = np.full((B, S), pad_id, np.int64)
+    targets = np.full((B, S), -1, np.int64)
+    doc = np.full((B, S), -1, np.int64)
+    frame = np.full((B, S), -1, np.int64)
+    vis_idx, images, cond = [], [], []
+    for r, row in enumerate(rows):
+        p = 0
+        for d, ex in enumerate(row):
+            if p + ex.length(N) > S:
+                raise ValueError(f"example of {ex.length(N)} positions does not fit in seq_len {S}")
+            start, frames = p, iter(zip(ex.frames, ex.cond))
+            for tok in ex.ids:
+                if tok == FRAME:
+                    image, c = next(frames)
+                    frame[r, p:p + N] = len(images)
+                    vis_idx.extend(range(r * S + p, r * S + p + N))
+                    images.append(image)
+                    cond.append(c)
+                    doc[r, p:p + N] = d
+                    p += N
+                else:
+                    tokens[r, p], doc[r, p] = tok, d
+                    p += 1
+            # a text position learns the next token when that token is text too (BOI is, EOI follows a frame)
+            is_text = frame[r, start:p] < 0
+            targets[r, start:p - 1] = np.where(is_text[:-1] & is_text[1:], tokens[r, start + 1:p], -1)
+    have_images = images and all(im is not None for im in images)
+    return dict(tokens=tokens, targets=targets, doc=doc, frame=frame, vis_idx=np.array(vis_idx, np.int64),
+                cond=np.array(cond, bool), images=np.stack(images) if have_images else None)
+
+
+def to_device(batch, device):
+    return {k: torch.as_tensor(v).to(device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The built-in source: the toy world (toyworld.py), a weighted mixture of text, caption->image, image->caption
+# and video examples, generated on the fly.
+
+SOURCES = ("text", "caption_to_image", "image_to_caption", "video")
+SPLITS = {"train": 0, "val": 1, "eval_prompts": 2}
+
+
+class ToyWorldData:
+    def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3,
+                 video_frames=4, cfg_dropout=0.1):
+        unknown = set(mixture) - set(SOURCES)
+        if unknown or not any(w > 0 for w in mixture.values()):
+            raise ValueError(f"mixture {mixture} must weight some of {SOURCES} (unknown: {sorted(unknown)})")
+        self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
+        self.names = [s for s in SOURCES if mixture.get(s, 0) > 0]
+        self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
+        self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
+        self.video_frames, self.cfg_dropout = video_frames, cfg_dropout
+        need = video_example(tok, [None] * video_frames).length(tokens_per_frame)
+        if "video" in self.names and need > seq_len:
+            raise ValueError(f"a video of {video_frames} frames needs {need} positions but seq_len is {seq_len}: "
+                             f"lower video_frames or raise seq_len")
+        self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
+
+    def rng(self, split, *key):
+        return np.random.default_rng([self.seed, SPLITS[split], *key])
+
+    def scene(self, rng):
+        return toyworld.random_scene(rng, self.max_shapes, self.image_size)
+
+    def example(self, rng):
+        source = self.names[rng.choice(len(self.names), p=self.weights)]
+        if source == "text":
+            return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes))
+        if source == "video":
+            return video_example(self.tok, toyworld.random_video(rng, self.video_frames, self.image_size))
+        scene = self.scene(rng)
+        image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
+        if source == "image_to_caption":
+            return image_to_caption(self.tok, image, text)
+        return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
+
+    def batch(self, step, micro, batch_size, split="train"):
+        """Rows for one micro-batch; `micro` is the global micro-batch index (rank * accumulation + i), so the
+        global batch of a step does not depend on how many processes share it."""
+        rng = self.rng(split, step, micro)
+        examples, rows = [], []
+        while len(rows) <= batch_size:  # one row more than needed, so the last kept row is full
+            ex = self.example(rng)
+            if ex.length(self.N) > self.seq_len:
+                self.skipped += 1
+                continue
+            examples.append(ex)
+            rows = pack_rows(examples, self.seq_len, self.N)
+        batch = collate(rows[:batch_size], self.seq_len, self.N, self.tok.pad)
+        return batch
+
+    def eval_prompts(self, n):
+        """Held-out scenes (their own random stream) for the generation and understanding scores."""
+        rng = self.rng("eval_prompts")
+        return [self.scene(rng) for _ in range(n)]

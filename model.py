@@ -1,0 +1,332 @@
+"""
+The unified model: one decoder-only Transformer over one mixed sequence of text tokens and visual latent tokens.
+
+Text is learned by next-token prediction, images and video frames by flow matching in the latent space of a frozen
+visual encoder (Tong et al., 2026, "Beyond Language Modeling", section 2 and Appendix B). Text enters through an
+embedding and leaves through a vocabulary head; a frame's latents enter through a linear projection plus an
+embedding of the frame's time t, and leave through a linear flow head. No U-Net.
+
+Read top to bottom: the configuration, the flow-matching maths, the hybrid attention mask, the building blocks
+(RMSNorm, RoPE, grouped-query attention, SwiGLU, the FFN seam), the model, and the training loss.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 261
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4            # grouped-query attention: n_head query heads share n_kv_head key/value heads
+    d_model: int = 128
+    ffn_hidden: int = 0           # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 32
+    ffn: str = "modality"         # "shared": one FFN for all tokens; "modality": a text FFN and a vision FFN
+    qk_norm: bool = True
+    rope_theta: float = 10000.0
+    max_seq_len: int = 256
+    latent_dim: int = 48          # channels of one visual latent token (C)
+    tokens_per_frame: int = 64    # visual latent tokens per image or video frame (N)
+    prediction: str = "x"         # "x": the network predicts clean latents (JiT); "v": it predicts the velocity
+    time_shift: float = 0.0       # shift of t toward noise; 0: sqrt(N * C / 4096) as in RAE; 1: no shift
+    time_sampling: str = "logit_normal"   # or "uniform"
+    attention: str = "auto"       # "flex" (FlexAttention), "sdpa" (dense boolean mask) or "auto" (flex on GPU)
+
+    def __post_init__(self):
+        if self.ffn_hidden == 0:
+            self.ffn_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        if self.time_shift == 0:
+            self.time_shift = math.sqrt(self.tokens_per_frame * self.latent_dim / 4096)
+        assert self.d_model % self.n_head == 0 and self.n_head % self.n_kv_head == 0, "heads must divide evenly"
+        assert self.prediction in ("x", "v") and self.time_sampling in ("uniform", "logit_normal")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flow matching (section 2.1). Paper convention: z_t = (1 - t) * eps + t * z0, so t = 0 is pure noise and t = 1 is
+# the clean latent; the velocity is dz_t/dt = z0 - eps. One t per image or frame, shared by all its tokens.
+
+def shift_time(t, s):
+    """Move t toward the noisy end by the factor s (s > 1 noisier, s = 1 unchanged). High-dimensional latents keep
+    their content recognisable at noise levels that destroy small images, so they need more training and sampling
+    time spent near t = 0 (SD3, RAE). The map t / (t + s (1 - t)) fixes 0 and 1 and is monotone in t."""
+    return t / (t + s * (1 - t))
+
+
+def sample_time(n, cfg, device, generator=None):
+    """One training time per frame: uniform, or logit-normal (more weight on the middle), then shifted."""
+    if cfg.time_sampling == "uniform":
+        t = torch.rand(n, device=device, generator=generator)
+    else:
+        t = torch.sigmoid(torch.randn(n, device=device, generator=generator))
+    return shift_time(t, cfg.time_shift)
+
+
+def add_noise(z0, eps, t):
+    """z_t on the straight path from noise (t = 0) to data (t = 1); t has one entry per frame."""
+    t = t.view(-1, *([1] * (z0.dim() - 1)))
+    return (1 - t) * eps + t * z0
+
+
+def velocity(pred, zt, t, prediction):
+    """The velocity the network's output implies. With x-prediction the network outputs the clean latents and
+    v = (x - z_t) / (1 - t), with 1 - t clamped at 0.05 so near-clean frames do not blow up (JiT). Training and
+    sampling both go through here, so the Euler sampler integrates exactly what the loss trained."""
+    if prediction == "v":
+        return pred
+    t = t.view(-1, *([1] * (zt.dim() - 1)))
+    return (pred - zt) / (1 - t).clamp(min=0.05)
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal features of t in [0, 1] (scaled by 1000, as diffusion models conventionally do)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The hybrid attention mask (section 2.1, Appendix B). Every position carries a document id (packed examples never
+# see each other) and a frame id (-1 for text). A query sees a key in its own document that came before it, and,
+# if the query is a visual token, every token of its own frame, so a frame is a bidirectional block.
+
+def may_attend(doc_q, doc_k, frame_q, frame_k, q_idx, k_idx):
+    """The one rule, written once and used by both the FlexAttention mask_mod and the dense CPU mask."""
+    causal = k_idx <= q_idx
+    same_frame = (frame_q == frame_k) & (frame_q >= 0)
+    return (doc_q == doc_k) & (causal | same_frame)
+
+
+def dense_mask(doc, frame):
+    """[B, 1, S, S] boolean mask for scaled_dot_product_attention (the CPU path; exact, O(S^2) memory)."""
+    idx = torch.arange(doc.shape[1], device=doc.device)
+    return may_attend(doc[:, :, None], doc[:, None, :], frame[:, :, None], frame[:, None, :],
+                      idx[:, None], idx[None, :])[:, None]
+
+
+def flex_block_mask(doc, frame):
+    """The same rule as a FlexAttention BlockMask: built once per batch, shared by every layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        return may_attend(doc[b, q], doc[b, k], frame[b, q], frame[b, k], q, k)
+    B, S = doc.shape
+    return create_block_mask(mask_mod, B, None, S, S, device=doc.device)
+
+
+_compiled_flex = None
+
+
+def flex_attention(q, k, v, block_mask):
+    """FlexAttention is only fast when compiled (it then emits one fused kernel that skips empty blocks)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention as flex
+    if q.device.type != "cuda":
+        return flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks.
+
+def rope_tables(head_dim, max_len, theta, device=None):
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.outer(torch.arange(max_len, device=device).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotary position embedding on [B, H, S, D] with tables [S, D/2] (rotating the two halves of each head)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, None], sin[None, None]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.d_model // cfg.n_head
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * self.head_dim, bias=False)
+        self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        # QK-norm keeps attention logits bounded, which mixed text/latent training benefits from
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, mask):
+        B, S, _ = x.shape
+        q = self.wq(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.wkv(x).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        if isinstance(mask, torch.Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            y = flex_attention(q, k, v, mask)
+        return self.wo(y.transpose(1, 2).reshape(B, S, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model, hidden):
+        super().__init__()
+        self.w_gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class SharedFFN(nn.Module):
+    """One FFN for every token, text or visual."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+
+    def forward(self, x, is_vision):
+        return self.ffn(x)
+
+    def active_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+class ModalityFFN(nn.Module):
+    """A text FFN and a vision FFN (Appendix C): every token goes through exactly one of them, so the FLOPs per
+    token equal the shared FFN's while the parameters double."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.text, self.vision = SwiGLU(cfg.d_model, cfg.ffn_hidden), SwiGLU(cfg.d_model, cfg.ffn_hidden)
+
+    def forward(self, x, is_vision):
+        shape = x.shape
+        x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
+        vis = is_vision.nonzero().squeeze(1)          # gathering by index keeps the compute to one FFN per token
+        txt = (~is_vision).nonzero().squeeze(1)
+        out = torch.empty_like(x)
+        out = out.index_copy(0, vis, self.vision(x[vis])).index_copy(0, txt, self.text(x[txt]))
+        return out.view(shape)
+
+    def active_params(self):
+        return sum(p.numel() for p in self.text.parameters())
+
+
+def make_ffn(cfg):
+    """The FFN seam: every FFN maps (x [B, S, d], is_vision [B, S]) -> [B, S, d] and says how many of its
+    parameters one token uses. The Mixture-of-Experts FFN plugs in here."""
+    if cfg.ffn == "shared":
+        return SharedFFN(cfg)
+    if cfg.ffn == "modality":
+        return ModalityFFN(cfg)
+    raise ValueError(f"unknown ffn {cfg.ffn!r}: use 'shared' or 'modality'")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg)
+        self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
+
+    def forward(self, x, cos, sin, mask, is_vision):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.ffn(self.ffn_norm(x), is_vision)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model.
+
+class UnifiedTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.latent_in = nn.Linear(cfg.latent_dim, d)                     # visual latents in: a linear projection
+        self.patch_pos = nn.Parameter(torch.zeros(cfg.tokens_per_frame, d))  # where a token sits in its frame
+        self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(d, eps=1e-6)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
+        self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
+        cos, sin = rope_tables(d // cfg.n_head, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # residual branches scaled down with depth (GPT-2)
+            if name.endswith("wo.weight") or name.endswith("w_down.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        nn.init.normal_(self.patch_pos, std=0.02)
+        nn.init.zeros_(self.flow_head.weight)
+        nn.init.zeros_(self.flow_head.bias)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, tokens, doc, frame, vis_idx, zt, t):
+        """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
+        frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
+        Returns next-token logits [B, S, V] and the flow head's prediction (x or v) for every frame [F, N, C]."""
+        B, S = tokens.shape
+        x = self.tok_emb(tokens)
+        v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]
+        # scatter the frames' tokens into their sequence positions (an index, not a boolean mask: no host sync)
+        x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1]).to(x.dtype)).view(B, S, -1)
+        mask = self.attention_mask(doc, frame)
+        cos, sin = self.rope_cos[:S], self.rope_sin[:S]
+        is_vision = frame >= 0
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, is_vision)
+        h = self.norm(x)
+        flow = self.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, self.cfg.tokens_per_frame, self.cfg.latent_dim)
+        return self.lm_head(h), flow.float()
+
+    def attention_mask(self, doc, frame):
+        use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
+        return flex_block_mask(doc, frame) if use_flex else dense_mask(doc, frame)
+
+    # -- accounting ---------------------------------------------------------------------------------------------
+    def num_params(self):
+        """(total, active): active counts the weights one token multiplies by, i.e. without the embedding table
+        and patch positions (lookups) and with only the FFN parameters a token actually uses."""
+        total = sum(p.numel() for p in self.parameters())
+        lookups = self.tok_emb.weight.numel() + self.patch_pos.numel()
+        ffn_all = sum(sum(p.numel() for p in b.ffn.parameters()) for b in self.blocks)
+        ffn_active = sum(b.ffn.active_params() for b in self.blocks)
+        return total, total - lookups - ffn_all + ffn_active
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 N_active for the matrix multiplies (forward + backward) plus the attention
+        scores and values, 12 * n_layer * d_model * seq_len (PaLM's convention, which ignores masking)."""
+        return 6 * self.num_params()[1] + 12 * self.cfg.n_layer * self.cfg.d_model * seq_len
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loss: L = lambda_LM * L_LM + lambda_flow * L_flow in one forward/backward (section 2.1).
+
+def training_losses(model, batch, generator=None):
+    """batch (from data.pack): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True for
+    frames that only condition, e.g. the image of an image->caption example: seen clean, no flow loss).
+    Returns (text_loss, flow_loss) as tensors; they are weighted and summed by the caller."""
+    cfg, z0, cond = getattr(model, "module", model).cfg, batch["latents"], batch["cond"]  # DDP wraps the model
+    t = torch.where(cond, torch.ones_like(cond, dtype=torch.float32),
+                    sample_time(z0.shape[0], cfg, z0.device, generator))
+    eps = torch.randn(z0.shape, device=z0.device, generator=generator)
+    zt = add_noise(z0, eps, t)
+    logits, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t)
+    logits, targets = logits.float(), batch["targets"]
+    ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1, reduction="sum")
+    text_loss = ce / (targets >= 0).sum().clamp(min=1)
+
+    v_hat = velocity(pred, zt, t, cfg.prediction)
+    per_frame = (v_hat - (z0 - eps)).pow(2).mean(dim=(1, 2))
+    gen = (~cond).float()
+    flow_loss = (per_frame * gen).sum() / gen.sum().clamp(min=1)
+    return text_loss, flow_loss

@@ -1,0 +1,100 @@
+"""Sequences: tokenizer, packing (BOI/EOI, ids, targets) and the deterministic toy-world stream."""
+import numpy as np
+import pytest
+
+from data import (FRAME, Example, ToyWorldData, Tokenizer, caption_to_image, collate, image_to_caption, pack_rows,
+                  text_example, video_example)
+
+N = 4
+
+
+def test_byte_tokenizer_roundtrip_and_specials():
+    tok = Tokenizer()
+    text = "a small red circle at the top left"
+    ids = tok.encode(text)
+    assert ids == list(text.encode()) and tok.decode(ids) == text
+    assert len({tok.bos, tok.eos, tok.boi, tok.eoi, tok.pad}) == 5 and min(tok.bos, tok.pad) >= 256
+    assert tok.vocab_size == 261
+    assert tok.encode("<|boi|>") == list(b"<|boi|>")   # special tokens never come from plain text
+
+
+def test_packing_places_boi_eoi_ids_and_targets():
+    tok = Tokenizer()
+    img = np.zeros((8, 8, 3), np.uint8)
+    t2i = caption_to_image(tok, "ab", img)
+    i2t = image_to_caption(tok, img + 1, "cd")
+    b = collate([[t2i, i2t]], 32, N, tok.pad)
+    tokens, targets, doc, frame = b["tokens"][0], b["targets"][0], b["doc"][0], b["frame"][0]
+    # caption -> image: bos a b BOI [4 latents] EOI eos | bos BOI [4 latents] EOI c d eos | pad...
+    assert tokens[:4].tolist() == [tok.bos, ord("a"), ord("b"), tok.boi]
+    assert (frame[4:8] == 0).all() and tokens[8] == tok.eoi and tokens[9] == tok.eos
+    assert tokens[10:12].tolist() == [tok.bos, tok.boi] and (frame[12:16] == 1).all() and tokens[16] == tok.eoi
+    assert tokens[17:20].tolist() == [ord("c"), ord("d"), tok.eos] and (tokens[20:] == tok.pad).all()
+    assert (frame[frame >= 0].size == 8) and (frame[:4] == -1).all() and (frame[16:] == -1).all()
+    assert doc[:10].tolist() == [0] * 10 and doc[10:20].tolist() == [1] * 10 and (doc[20:] == -1).all()
+    assert b["vis_idx"].tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert b["cond"].tolist() == [False, True]
+    assert (b["images"][1] == 1).all()
+    # targets: next text token; none into or out of a frame, none across documents or into padding
+    assert targets[:3].tolist() == [ord("a"), ord("b"), tok.boi]
+    assert (targets[3:8] == -1).all() and targets[8] == tok.eos and targets[9] == -1
+    assert targets[10] == tok.boi and targets[16:19].tolist() == [ord("c"), ord("d"), tok.eos]
+    assert (targets[19:] == -1).all()
+
+
+def test_unconditional_branch_drops_the_caption():
+    tok = Tokenizer()
+    ex = caption_to_image(tok, "ab", None, drop_caption=True, prompt_only=True)
+    assert ex.ids == [tok.bos, tok.boi, FRAME]
+
+
+def test_video_frames_are_separate_blocks():
+    tok = Tokenizer()
+    frames = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
+    b = collate([[video_example(tok, frames)]], 24, N, tok.pad)
+    assert [int(f) for f in b["frame"][0] if f >= 0] == [0] * N + [1] * N + [2] * N
+    assert (b["tokens"][0][b["frame"][0] < 0][:8] == [tok.bos, tok.boi, tok.eoi, tok.boi, tok.eoi, tok.boi,
+                                                     tok.eoi, tok.eos]).all()
+    assert [int(b["images"][i, 0, 0, 0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_pack_rows_keeps_examples_whole():
+    tok = Tokenizer()
+    exs = [text_example(tok, "x" * n) for n in (5, 5, 5, 20)]   # lengths 7, 7, 7, 22
+    rows = pack_rows(exs, 24, N)
+    assert [len(r) for r in rows] == [3, 1]
+    with pytest.raises(ValueError, match="does not fit"):
+        collate([[text_example(tok, "x" * 30)]], 24, N, tok.pad)
+
+
+def make_toy(**kw):
+    args = dict(seq_len=256, tokens_per_frame=64, seed=3, video_frames=3,
+                mixture={"text": 1, "caption_to_image": 1, "image_to_caption": 1, "video": 1})
+    args.update(kw)
+    return ToyWorldData(Tokenizer(), **args)
+
+
+def test_toy_stream_is_a_pure_function_of_seed_step_and_micro_batch():
+    a, b = make_toy(), make_toy()
+    x, y = a.batch(5, 1, 4), b.batch(5, 1, 4)
+    for k in ("tokens", "targets", "doc", "frame", "vis_idx", "cond", "images"):
+        assert np.array_equal(x[k], y[k]), k
+    assert not np.array_equal(a.batch(6, 1, 4)["tokens"], x["tokens"])
+    assert not np.array_equal(a.batch(5, 2, 4)["tokens"], x["tokens"])
+    assert not np.array_equal(make_toy(seed=4).batch(5, 1, 4)["tokens"], x["tokens"])
+    assert not np.array_equal(a.batch(5, 1, 4, "val")["tokens"], x["tokens"])
+
+
+def test_toy_mixture_weights_are_respected():
+    toy = make_toy(mixture={"text": 1.0})
+    b = toy.batch(0, 0, 4)
+    assert b["images"] is None and (b["frame"] == -1).all()
+    b = make_toy(mixture={"image_to_caption": 1.0}).batch(0, 0, 4)
+    assert b["cond"].all() and len(b["cond"]) >= 4
+
+
+def test_bad_mixture_and_overlong_video_are_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        make_toy(mixture={"txt": 1.0})
+    with pytest.raises(ValueError, match="lower video_frames or raise seq_len"):
+        make_toy(video_frames=8)

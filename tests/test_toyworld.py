@@ -1,0 +1,217 @@
+"""Tests for the toy world: determinism, the caption grammar, the oracle and the scores."""
+import re
+
+import numpy as np
+import pytest
+
+import toyworld as tw
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an [H, W, C] image (edge padding), as float."""
+    radius = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(k * np.take(padded, np.arange(i, i + n), axis=axis) for i, k in enumerate(kernel))
+    return out
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, sigma=0.7, noise_std=10.0) -> np.ndarray:
+    noisy = gaussian_blur(image, sigma) + rng.normal(0.0, noise_std, image.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def scenes(n, seed=0, image_size=32):
+    rng = np.random.default_rng(seed)
+    return [tw.random_scene(rng, max_shapes=3, image_size=image_size) for _ in range(n)]
+
+
+# ---- determinism ----
+
+
+def test_same_seed_same_data_different_seed_different_data():
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        scene = tw.random_scene(rng)
+        return scene, tw.render(scene), tw.random_video(rng), [tw.random_sentence(rng) for _ in range(20)]
+
+    a, b, c = draw(7), draw(7), draw(8)
+    assert a[0] == b[0] and a[3] == b[3]
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert a[0] != c[0] and a[3] != c[3]
+    assert not np.array_equal(a[1], c[1]) and not np.array_equal(a[2], c[2])
+
+
+# ---- scenes and rendering ----
+
+
+def test_scenes_are_canonical():
+    for scene in scenes(300):
+        cells = [s.cell(32) for s in scene]
+        assert 1 <= len(scene) <= 3
+        assert cells == sorted(cells) and len(set(cells)) == len(cells)
+        for s in scene:
+            row, col = divmod(s.cell(32), 3)
+            assert abs(s.x - (col + 0.5) * 32 / 3) <= 1.0 and abs(s.y - (row + 0.5) * 32 / 3) <= 1.0
+            assert s.kind in tw.SHAPES and s.color in tw.COLORS and s.size in tw.SIZES
+
+
+def test_render_draws_exact_colours_on_black():
+    scene = [tw.Shape("square", "blue", "big", 16.0, 16.0), tw.Shape("circle", "red", "small", 5.3, 5.3)]
+    image = tw.render(scene)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    blue = np.all(image == tw.COLORS["blue"], axis=-1)
+    red = np.all(image == tw.COLORS["red"], axis=-1)
+    rows, cols = np.nonzero(blue)
+    assert rows.max() - rows.min() + 1 in (8, 9) and cols.max() - cols.min() + 1 in (8, 9)  # 0.8 of a cell
+    assert blue.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # filled square
+    assert 10 <= red.sum() <= 30  # a small disc
+    assert np.all(image[~(blue | red)] == 0)
+
+
+# ---- captions ----
+
+
+def test_caption_text_is_canonical_english():
+    scene = [tw.Shape("circle", "red", "small", 5.0, 5.0), tw.Shape("square", "blue", "big", 16.0, 16.0)]
+    assert tw.caption(scene) == "a small red circle at the top left and a big blue square at the center"
+    triangle = [tw.Shape("triangle", "cyan", "big", 30.0, 30.0)]
+    assert tw.caption(triangle) == "a big cyan triangle at the bottom right"
+    assert tw.caption(triangle, image_size=64) == "a big cyan triangle at the center"  # cells scale
+    assert tw.score_caption("a big cyan triangle at the center", triangle, image_size=64) == 1.0
+
+
+def test_caption_parse_round_trip():
+    for scene in scenes(500, seed=1):
+        assert tw.parse_caption(tw.caption(scene)) == tw.as_tuples(scene)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a small red circle at the top left and a huge blue square at the center",
+     "a huge blue square at the center"),
+    ("a small red circle at the middle", "a small red circle at the middle"),
+    ("", ""),
+])
+def test_parse_rejects_text_outside_the_grammar(text, fragment):
+    with pytest.raises(ValueError, match=re.escape(repr(fragment))):
+        tw.parse_caption(text)
+
+
+# ---- the oracle ----
+
+
+def test_oracle_reads_true_renders():
+    scores = [tw.score_image(tw.render(s), tw.caption(s)) for s in scenes(500, seed=2)]
+    assert np.mean(scores) >= 0.95
+
+
+def test_oracle_tolerates_blur_and_noise():
+    rng = np.random.default_rng(3)
+    scores = [tw.score_image(degrade(tw.render(s), rng), tw.caption(s)) for s in scenes(500, seed=3)]
+    assert np.mean(scores) >= 0.9
+
+
+def test_oracle_on_noise_and_mismatched_captions_is_near_chance():
+    rng = np.random.default_rng(4)
+    truth, other = scenes(500, seed=4), scenes(500, seed=5)
+    noise = [tw.score_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), tw.caption(s))
+             for s in truth]
+    mismatch = [tw.score_image(tw.render(s), tw.caption(o)) for s, o in zip(truth, other)]
+    assert np.mean(noise) < 0.15
+    assert np.mean(mismatch) < 0.3
+
+
+def test_oracle_works_at_64_pixels():
+    rng = np.random.default_rng(6)
+    clean, blurred = [], []
+    for s in scenes(100, seed=6, image_size=64):
+        image, text = tw.render(s, 64), tw.caption(s, 64)
+        clean.append(tw.score_image(image, text))
+        blurred.append(tw.score_image(degrade(image, rng, sigma=1.4), text))
+    assert np.mean(clean) >= 0.95 and np.mean(blurred) >= 0.9
+
+
+def test_perceive_reads_each_kind_colour_and_size():
+    for kind in tw.SHAPES:
+        for color in tw.COLORS:
+            for size in tw.SIZES:
+                shape = tw.Shape(kind, color, size, 16.0 + 0.3, 16.0 - 0.4)
+                assert tw.perceive(tw.render([shape])) == [(kind, color, size, 4)]
+
+
+def test_perceive_sees_nothing_in_black():
+    assert tw.perceive(np.zeros((32, 32, 3), np.uint8)) == []
+
+
+# ---- scores ----
+
+
+def test_match_score_by_hand():
+    reference = [("circle", "red", "small", 0), ("square", "blue", "big", 4)]
+    candidate = [("circle", "red", "small", 0), ("triangle", "blue", "big", 4)]
+    # 3 checks for the circle, 2 of 3 for the square (shape wrong), and the count: 6 of 7.
+    assert tw.match_score(reference, candidate) == pytest.approx(6 / 7)
+    # Wrong colour in the right cell fails the gate, so shape and size are not credited either.
+    assert tw.match_score(reference, [("circle", "green", "small", 0)]) == pytest.approx(0 / 7)
+    assert tw.match_score(reference, reference) == 1.0
+    assert tw.match_score(reference, []) == 0.0
+
+
+def test_score_caption():
+    scene = [tw.Shape("circle", "red", "small", 5.0, 5.0), tw.Shape("square", "blue", "big", 16.0, 16.0)]
+    text = tw.caption(scene)
+    assert tw.score_caption(text, scene) == 1.0
+    assert tw.score_caption(text, tw.render(scene)) == 1.0
+    wrong = text.replace("blue", "green")
+    assert 0.0 < tw.score_caption(wrong, scene) < 1.0
+    assert tw.score_caption("purple elephants dance", scene) == 0.0
+
+
+# ---- video ----
+
+
+def test_video_moves_and_bounces_but_stays_in_view():
+    rng = np.random.default_rng(9)
+    for _ in range(50):
+        video = tw.random_video(rng, n_frames=12, image_size=32, max_shapes=2)
+        assert video.shape == (12, 32, 32, 3) and video.dtype == np.uint8
+        assert all(not np.array_equal(video[t], video[t + 1]) for t in range(11))
+        assert all(frame.any() for frame in video)  # never leaves the frame
+    # Long videos too: 40 frames at 1.5-3 px/frame cross the frame, so shapes must bounce back.
+    video = tw.random_video(np.random.default_rng(10), n_frames=40, max_shapes=1)
+    assert all(frame.any() for frame in video)
+
+
+def test_bounce_reflects_off_walls():
+    positions = np.array([-3.0, 0.0, 10.0, 32.0, 35.0, 64.0, 70.0])
+    assert np.allclose(tw.bounce(positions, 32.0), [3.0, 0.0, 10.0, 32.0, 29.0, 0.0, 6.0])
+
+
+# ---- text-only data ----
+
+
+def test_sentences_are_lowercase_ascii_and_varied():
+    rng = np.random.default_rng(11)
+    sentences = [tw.random_sentence(rng) for _ in range(400)]
+    for s in sentences:
+        assert s.isascii() and s == s.lower() and s.endswith(".")
+    assert any(s.startswith("there is ") for s in sentences)
+    assert any(s.startswith("i see ") for s in sentences)
+    assert any(" is left of " in s or " is above " in s or " is below " in s or " is right of " in s
+               for s in sentences)
+    assert any(s in tw.FACTS for s in sentences)
+
+
+def test_comparisons_are_true():
+    red_circle, blue_square = ("circle", "red", "small", 0), ("square", "blue", "big", 4)
+    rng = np.random.default_rng(12)
+    said = {tw.compare(red_circle, blue_square, rng) for _ in range(50)}
+    assert said == {"the red circle is left of the blue square.", "the red circle is above the blue square."}
+    said = {tw.compare(blue_square, red_circle, rng) for _ in range(50)}
+    assert said == {"the blue square is right of the red circle.", "the blue square is below the red circle."}

@@ -1,0 +1,104 @@
+"""train.py end to end on CPU: configuration errors, a tiny run that learns, exact resume, NaN handling."""
+import json
+import os
+
+import pytest
+import torch
+
+import model as model_module
+import train
+
+TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
+        "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
+        "--eval_iters=1", "--sample_steps=2", "--log_interval=1", "--warmup_iters=5", "--learning_rate=1e-2",
+        "--device=cpu"]
+
+
+def run(out_dir, *extra):
+    train.main([*TINY, f"--out_dir={out_dir}", *extra])
+    return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+
+
+def train_lines(lines):
+    return {r["step"]: (r["text_loss"], r["flow_loss"]) for r in lines if "val_text_loss" not in r}
+
+
+def test_unknown_key_names_it_and_lists_valid_keys():
+    with pytest.raises(SystemExit, match=r"unknown config key 'learning_rat'.*valid keys: .*learning_rate"):
+        train.configure(train.DEFAULTS, ["--learning_rat=1e-3"])
+
+
+def test_wrong_type_and_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="'max_iters' .* must be int, got str"):
+        train.configure(train.DEFAULTS, ["--max_iters=many"])
+    with pytest.raises(SystemExit, match="config file 'nope.py' not found"):
+        train.configure(train.DEFAULTS, ["nope.py"])
+    bad = tmp_path / "bad.py"
+    bad.write_text("batch_sise = 4\n")
+    with pytest.raises(SystemExit, match=f"unknown config key 'batch_sise' \\(in {bad}\\)"):
+        train.configure(train.DEFAULTS, [str(bad)])
+
+
+def test_config_file_then_overrides():
+    c = train.configure(train.DEFAULTS, ["configs/toy.py", "--max_iters=7", "--resume", "--learning_rate=1",
+                                         "--mixture={'text': 1.0}", "--device=cpu"])
+    assert c.max_iters == 7 and c.resume is True and c.learning_rate == 1.0 and c.mixture == {"text": 1.0}
+    assert c.device == "cpu" and c.out_dir == "out/toy"
+
+
+def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
+    full = run(tmp_path / "a", "--max_iters=16", "--eval_interval=8")
+    losses = train_lines(full)
+    first = [losses[s] for s in (1, 2, 3, 4)]
+    last = [losses[s] for s in (13, 14, 15, 16)]
+    assert sum(t for t, _ in last) < 0.8 * sum(t for t, _ in first)       # text loss falls
+    assert sum(f for _, f in last) < 0.5 * sum(f for _, f in first)       # flow loss falls
+    evals = [r for r in full if "val_text_loss" in r]
+    assert [r["step"] for r in evals] == [8, 16]
+    assert all(0 <= r["gen_accuracy"] <= 1 and 0 <= r["und_accuracy"] <= 1 for r in evals)
+    assert os.path.exists(tmp_path / "a" / "samples.png")
+
+    # the same run, hit by a NaN at step 11: it stops with a clear message, the step-8 checkpoint survives
+    real, calls = model_module.training_losses, []
+
+    def poisoned(*a, **k):
+        text, flow = real(*a, **k)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 11:
+                return text * float("nan"), flow
+        return text, flow
+    monkeypatch.setattr(model_module, "training_losses", poisoned)
+    with pytest.raises(SystemExit, match="step 10: non-finite loss.*last checkpoint in .* is intact"):
+        run(tmp_path / "b", "--max_iters=16", "--eval_interval=8")
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 8
+    monkeypatch.setattr(model_module, "training_losses", real)
+
+    # resuming continues exactly where the uninterrupted run went
+    resumed = run(tmp_path / "b", "--max_iters=16", "--eval_interval=8", "--resume")
+    assert train_lines(resumed) == losses
+    assert [r for r in resumed if "val_text_loss" in r] == evals
+
+
+def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
+    run(tmp_path, "--max_iters=2", "--eval_interval=2")
+    with pytest.raises(SystemExit, match="exists: pass --resume"):
+        run(tmp_path, "--max_iters=2")
+    with pytest.raises(SystemExit, match="trained with d_model=32 but the config asks for 64"):
+        run(tmp_path, "--max_iters=4", "--d_model=64", "--resume")
+
+
+def test_sample_command_writes_a_grid(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import sample
+    run(tmp_path, "--max_iters=2", "--eval_interval=2")
+    out = tmp_path / "grid.png"
+    sample.main([f"--out_dir={tmp_path}", "--prompt=a big red circle at the top left", "--num_samples=3",
+                 "--steps=3", f"--out={out}", "--device=cpu"])
+    assert f"wrote {out}" in capsys.readouterr().out
+    img = np.asarray(Image.open(out))
+    assert img.shape == (4 * 18, 4 * 3 * 18, 3)           # 3 images of 16 px, 1 px border, scaled 4x
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        sample.main([f"--out_dir={tmp_path / 'nothing'}"])

@@ -1,0 +1,396 @@
+"""
+Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a weighted mixture of sources.
+
+    python train.py configs/toy.py                          # one process (CPU or one GPU)
+    python train.py configs/toy.py --max_iters=100 --batch_size=8
+    torchrun --standalone --nproc_per_node=8 train.py configs/toy.py
+
+The defaults below are the configuration; a config file (python, assigning some of these names) and then
+--key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
+"""
+import ast
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+# ---- I/O
+out_dir = "out/toy"
+eval_interval = 250           # steps between evaluations (and checkpoints); the last step always evaluates
+log_interval = 10
+eval_iters = 8                # held-out batches for the validation losses
+eval_samples = 32             # held-out captions/images scored by the toy world's oracle at each evaluation
+resume = False                # continue the run in out_dir from its checkpoint
+# ---- data
+dataset = "toyworld"
+mixture = {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}
+tokenizer = "bytes"           # byte-level tiktoken encoding built in code; or a tiktoken name such as "gpt2"
+image_size = 32
+max_shapes = 3
+video_frames = 4
+cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
+batch_size = 16               # rows per micro-batch per process
+seq_len = 256
+gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
+# ---- visual encoder
+encoder = "pixels"
+patch_size = 4
+# ---- model
+n_layer = 4
+n_head = 4
+n_kv_head = 4
+d_model = 128
+ffn = "modality"              # "shared" or "modality"
+qk_norm = True
+prediction = "x"              # "x" or "v"
+time_shift = 0.0              # 0: sqrt(tokens * channels / 4096); 1: no shift
+time_sampling = "logit_normal"
+attention = "auto"            # "auto", "flex" or "sdpa"
+# ---- loss
+lambda_lm = 1.0
+lambda_flow = 3.0
+loss_centering = False        # Appendix D.2: adaptive weights from an EMA of the two losses
+centering_alpha = 0.5
+centering_momentum = 0.99
+# ---- optimizer: AdamW, linear warmup, cosine decay to min_lr_ratio of the peak
+learning_rate = 3e-4
+max_iters = 5000
+warmup_iters = 1000
+min_lr_ratio = 0.05
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+# ---- sampling during evaluation
+guidance = 3.0
+sample_steps = 25
+# ---- system
+device = "auto"               # "auto": cuda if available, else mps, else cpu
+dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
+compile = False
+seed = 1337
+peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
+
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: defaults < config files < --key=value.
+
+def configure(defaults, argv):
+    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value)."""
+    c = dict(defaults)
+
+    def set_key(key, value, origin):
+        if key not in c:
+            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
+        want = type(c[key])
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
+                             f"{value!r}")
+        c[key] = value
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, raw = arg[2:].partition("=")
+            if not eq:                      # a bare flag, like --resume, means True
+                raw = "True"
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw                 # plain strings need no quotes: --device=cuda
+            set_key(key, value, f"from {arg}")
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
+            scope = {}
+            exec(open(arg).read(), scope)
+            for key, value in scope.items():
+                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
+                    set_key(key, value, f"in {arg}")
+    return SimpleNamespace(**c)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the pieces from a configuration.
+
+def resolve_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def build(c, device):
+    """Tokenizer, frozen encoder, data source and model for a configuration."""
+    from data import Tokenizer, ToyWorldData
+    from encoders import build_encoder
+    from model import ModelConfig, UnifiedTransformer
+    tok = Tokenizer(c.tokenizer)
+    enc = build_encoder(c.encoder, c.image_size, c.patch_size)
+    if c.dataset != "toyworld":
+        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld")
+    data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
+                        c.video_frames, c.cfg_dropout)
+    mcfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_kv_head,
+                       d_model=c.d_model, ffn=c.ffn, qk_norm=c.qk_norm, max_seq_len=c.seq_len,
+                       latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame, prediction=c.prediction,
+                       time_shift=c.time_shift, time_sampling=c.time_sampling, attention=c.attention)
+    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
+
+
+def get_batch(data, enc, step, micro, c, device, split="train"):
+    from data import to_device
+    batch = data.batch(step, micro, c.batch_size, split)
+    latents = enc.encode(batch.pop("images")) if batch["images"] is not None else None
+    batch = to_device(batch, device)
+    batch["latents"] = latents.to(device) if latents is not None else torch.zeros(0, data.N, enc.latent_dim,
+                                                                                  device=device)
+    return batch
+
+
+def configure_optimizer(model, c, device):
+    """AdamW; weight decay on matrices only (not on norms, biases or the patch positions)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "patch_pos"]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n == "patch_pos"]
+    groups = [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2),
+                             fused=torch.device(device).type == "cuda")
+
+
+def learning_rate_at(step, c):
+    """Linear warmup, then cosine decay to min_lr_ratio of the peak at max_iters (App. E.2)."""
+    if step < c.warmup_iters:
+        return c.learning_rate * (step + 1) / (c.warmup_iters + 1)
+    progress = min(1.0, (step - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    return c.learning_rate * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def loss_weights(text_loss, flow_loss, c, center):
+    """(w_LM, w_flow, new center). Fixed lambdas by default; with loss centering (App. D.2) each loss is scaled to
+    an EMA of alpha * L_flow + (1 - alpha) * L_LM, which up-weights whichever loss is smaller."""
+    if not c.loss_centering:
+        return c.lambda_lm, c.lambda_flow, center
+    current = (c.centering_alpha * flow_loss + (1 - c.centering_alpha) * text_loss).detach()
+    center = current if center is None else c.centering_momentum * center + (1 - c.centering_momentum) * current
+    return center / text_loss.detach().clamp(min=1e-8), center / flow_loss.detach().clamp(min=1e-8), center
+
+
+def gpu_peak_flops(device):
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one.
+
+def save_checkpoint(path, obj):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
+                         f"--out_dir")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_same_model(saved, current, path):
+    """A checkpoint only loads into the configuration it was trained with: name the first difference."""
+    for key in current:
+        if saved.get(key) != current[key]:
+            raise SystemExit(f"checkpoint {path} was trained with {key}={saved.get(key)!r} but the config asks for "
+                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
+
+
+def load_for_inference(out_dir, device="auto"):
+    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    c = SimpleNamespace(**{**DEFAULTS, **ckpt["config"]})
+    device = resolve_device(device)
+    tok, enc, _, model = build(c, device)
+    check_same_model(ckpt["model_args"], vars(model.cfg), path)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), tok, enc, c
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation: held-out losses, and the toy world's oracle on what the model generates.
+
+@torch.no_grad()
+def evaluate(model, tok, enc, data, c, device, step):
+    import toyworld
+    from model import training_losses
+    from sample import generate_captions, generate_images, save_grid
+    model.eval()
+    gen = torch.Generator(device).manual_seed(c.seed)     # own generator: evaluation never moves training's RNG
+    text, flow = [], []
+    for i in range(c.eval_iters):
+        t, f = training_losses(model, get_batch(data, enc, i, 0, c, device, "val"), generator=gen)
+        text.append(t.item())
+        flow.append(f.item())
+    scenes = data.eval_prompts(c.eval_samples)
+    captions = [toyworld.caption(s, c.image_size) for s in scenes]
+    truth = np.stack([toyworld.render(s, c.image_size) for s in scenes])
+    images = enc.decode(generate_images(model, tok, captions, c.sample_steps, c.guidance, gen))
+    gen_acc = float(np.mean([toyworld.score_image(im, cap) for im, cap in zip(images, captions)]))
+    written = generate_captions(model, tok, enc.encode(truth).to(device))
+    und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
+    # the grid: generated images on odd rows, the true renders of the same captions beneath them
+    n = min(16, len(images))
+    grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
+    save_grid(grid, os.path.join(c.out_dir, "samples.png"))
+    with open(os.path.join(c.out_dir, "samples.txt"), "w") as f:
+        f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
+                                            for p, w in zip(captions[:n], written[:n])))
+    model.train()
+    return dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
+                val_flow_loss=float(np.mean(flow)), gen_accuracy=gen_acc, und_accuracy=und_acc)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop.
+
+def main(argv):
+    from tqdm import tqdm
+    from model import training_losses
+    c = configure(DEFAULTS, argv)
+
+    # processes: torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world, local_rank = 0, 1, 0
+    dev = resolve_device(c.device)
+    if ddp:
+        from torch.distributed import init_process_group
+        rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        if dev == "cuda":
+            dev = f"cuda:{local_rank}"
+            torch.cuda.set_device(dev)
+        init_process_group(backend="nccl" if dev.startswith("cuda") else "gloo")
+    if c.gradient_accumulation_steps % world:
+        raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
+                         f"{world} processes")
+    accum = c.gradient_accumulation_steps // world
+    master = rank == 0
+    device_type = torch.device(dev).type
+    dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, getattr(torch, dtype))
+    torch.manual_seed(c.seed + rank)    # the noise and times of flow matching differ per process
+
+    tok, enc, data, model = build(c, dev)
+    optimizer = configure_optimizer(model, c, dev)
+    ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
+    step, center = 0, None
+    if c.resume:
+        ckpt = load_checkpoint(ckpt_path)
+        check_same_model(ckpt["model_args"], vars(model.cfg), ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, center = ckpt["step"], ckpt["loss_center"]
+        torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+        if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
+            lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
+            with open(metrics_path + ".tmp", "w") as f:
+                f.writelines(lines)
+            os.replace(metrics_path + ".tmp", metrics_path)
+    elif os.path.exists(ckpt_path):
+        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    if master:
+        os.makedirs(c.out_dir, exist_ok=True)
+    raw_model = model
+    if c.compile:
+        model = torch.compile(model)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    total, active = raw_model.num_params()
+    flops_per_step = raw_model.flops_per_token(c.seq_len) * c.batch_size * c.seq_len * c.gradient_accumulation_steps
+    peak = c.peak_flops or (gpu_peak_flops(dev) if device_type == "cuda" else 0.0)
+    if master:
+        print(f"model: {total / 1e6:.2f}M parameters, {active / 1e6:.2f}M active per token; "
+              f"{raw_model.flops_per_token(c.seq_len) / 1e6:.1f} MFLOPs per token; device {dev} {dtype}; "
+              f"{world} process(es), {c.batch_size * c.seq_len * c.gradient_accumulation_steps} tokens per step")
+
+    def log(record):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint():
+        rng = [torch.get_rng_state()]
+        if ddp:  # every process's RNG, so a resumed run draws the same noise on every rank
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, torch.get_rng_state())
+        if master:
+            save_checkpoint(ckpt_path, dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                                            step=step, config=vars(c), model_args=vars(raw_model.cfg),
+                                            loss_center=center, rng=rng, data_state={"step": step}))
+
+    pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
+    t0, last = time.time(), {}
+    while step < c.max_iters:
+        lr = learning_rate_at(step, c)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums = torch.zeros(2, device=dev)
+        for i in range(accum):
+            batch = get_batch(data, enc, step, rank * accum + i, c, dev)
+            sync = nullcontext() if (not ddp or i == accum - 1) else model.no_sync()
+            with sync, autocast:
+                text_loss, flow_loss = training_losses(model, batch)
+                w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
+                loss = (w_lm * text_loss + w_flow * flow_loss) / accum
+            loss.backward()
+            sums += torch.stack([text_loss.detach(), flow_loss.detach()]) / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        text_l, flow_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()  # one host sync per step
+        if not all(map(math.isfinite, (text_l, flow_l, gnorm))):
+            raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
+                             f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} is intact. "
+                             f"Try a lower learning_rate or dtype=float32.")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        pbar.update(1)
+
+        if master and (step % c.log_interval == 0 or step == c.max_iters):
+            dt, t0 = time.time() - t0, time.time()
+            steps_done = c.log_interval if step % c.log_interval == 0 else step % c.log_interval
+            tok_s = c.batch_size * c.seq_len * c.gradient_accumulation_steps * steps_done / dt
+            last = dict(step=step, text_loss=text_l, flow_loss=flow_l, loss=c.lambda_lm * text_l +
+                        c.lambda_flow * flow_l, lr=lr, grad_norm=gnorm, tokens_per_s=tok_s)
+            if peak:
+                last["mfu"] = flops_per_step * steps_done / dt / peak
+            log(last)
+            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s"
+                                 + (f" mfu {100 * last['mfu']:.1f}%" if peak else ""))
+        if step % c.eval_interval == 0 or step == c.max_iters:
+            if master:
+                scores = evaluate(raw_model, tok, enc, data, c, dev, step)
+                log(dict(step=step, text_loss=text_l, flow_loss=flow_l, **scores))
+                pbar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            checkpoint()
+            t0 = time.time()
+    pbar.close()
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
