@@ -159,6 +159,13 @@ def get_batch(data, enc, step, micro, c, device, split="train"):
     return batch
 
 
+def flow_noise(seed, step, micro, device):
+    """The generator for a micro-batch's flow-matching times and noise. Like the data, it is a function of
+    (seed, step, micro-batch), so a resumed run, or the same global batch split over other processes, draws
+    exactly the same noise, and checkpoints need not carry RNG state."""
+    return torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
+
+
 def configure_optimizer(model, c, device):
     """AdamW; weight decay on matrices only (not on norms, biases or the patch positions)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "patch_pos"]
@@ -239,7 +246,7 @@ def evaluate(model, tok, enc, data, c, device, step):
     from model import training_losses
     from sample import generate_captions, generate_images, save_grid
     model.eval()
-    gen = torch.Generator(device).manual_seed(c.seed)     # own generator: evaluation never moves training's RNG
+    gen = torch.Generator(device).manual_seed(c.seed)
     text, flow = [], []
     for i in range(c.eval_iters):
         t, f = training_losses(model, get_batch(data, enc, i, 0, c, device, "val"), generator=gen)
@@ -291,7 +298,7 @@ def main(argv):
     device_type = torch.device(dev).type
     dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, getattr(torch, dtype))
-    torch.manual_seed(c.seed + rank)    # the noise and times of flow matching differ per process
+    torch.manual_seed(c.seed)
 
     tok, enc, data, model = build(c, dev)
     optimizer = configure_optimizer(model, c, dev)
@@ -303,7 +310,6 @@ def main(argv):
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, center = ckpt["step"], ckpt["loss_center"]
-        torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
         if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
             lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
             with open(metrics_path + ".tmp", "w") as f:
@@ -333,14 +339,10 @@ def main(argv):
             f.write(json.dumps(record) + "\n")
 
     def checkpoint():
-        rng = [torch.get_rng_state()]
-        if ddp:  # every process's RNG, so a resumed run draws the same noise on every rank
-            rng = [None] * world
-            torch.distributed.all_gather_object(rng, torch.get_rng_state())
         if master:
             save_checkpoint(ckpt_path, dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
                                             step=step, config=vars(c), model_args=vars(raw_model.cfg),
-                                            loss_center=center, rng=rng, data_state={"step": step}))
+                                            loss_center=center, data_state={"step": step}))
 
     pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
     t0, last = time.time(), {}
@@ -350,14 +352,18 @@ def main(argv):
             group["lr"] = lr
         sums = torch.zeros(2, device=dev)
         for i in range(accum):
-            batch = get_batch(data, enc, step, rank * accum + i, c, dev)
+            micro = rank * accum + i
+            batch = get_batch(data, enc, step, micro, c, dev)
             sync = nullcontext() if (not ddp or i == accum - 1) else model.no_sync()
             with sync, autocast:
-                text_loss, flow_loss = training_losses(model, batch)
+                text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
                 w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
                 loss = (w_lm * text_loss + w_flow * flow_loss) / accum
             loss.backward()
             sums += torch.stack([text_loss.detach(), flow_loss.detach()]) / accum
+        if ddp:  # log the losses of the whole global batch, not just this process's share
+            torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
+            sums /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         text_l, flow_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()  # one host sync per step
         if not all(map(math.isfinite, (text_l, flow_l, gnorm))):

@@ -102,3 +102,21 @@ def test_sample_command_writes_a_grid(tmp_path, capsys):
     assert img.shape == (4 * 18, 4 * 3 * 18, 3)           # 3 images of 16 px, 1 px border, scaled 4x
     with pytest.raises(SystemExit, match="no checkpoint at"):
         sample.main([f"--out_dir={tmp_path / 'nothing'}"])
+
+
+def test_ddp_on_two_processes_matches_one_process(tmp_path):
+    """torchrun with 2 gloo processes and the same global batch logs the same losses as one process."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [*TINY, "--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'one'}"], cwd=root, env=env,
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "train.py", *args, f"--out_dir={tmp_path / 'two'}"], cwd=root, env=env, check=True,
+                   capture_output=True)
+    one, two = (train_lines(json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")) for d in ("one", "two"))
+    assert one.keys() == two.keys() == {1, 2, 3}
+    for s in one:
+        assert one[s] == pytest.approx(two[s], rel=1e-5)
