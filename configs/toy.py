@@ -1,5 +1,5 @@
 # The built-in toy world on a laptop CPU: a 1.45M-parameter unified model learns to caption and to draw scenes
-# of one or two coloured shapes in about 9 minutes on 2 cores.   python train.py configs/toy.py
+# of one or two coloured shapes in about 8 minutes on 2 cores.   python train.py configs/toy.py
 out_dir = "out/toy"
 max_iters = 1400
 warmup_iters = 50
