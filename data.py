@@ -41,8 +41,8 @@ class Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids):
-        """Text tokens only: special tokens are dropped."""
-        return self.enc.decode([i for i in ids if i < self.bos])
+        """Text tokens only: special tokens and FRAME markers are dropped."""
+        return self.enc.decode([i for i in ids if 0 <= i < self.bos])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -101,11 +101,14 @@ def may_attend(doc_q, doc_k, frame_q, frame_k, q_idx, k_idx):
     return (doc_q == doc_k) & (causal | same_frame)
 
 
-def dense_mask(doc, frame):
-    """[B, 1, S, S] boolean mask for scaled_dot_product_attention (the CPU path; exact, O(S^2) memory)."""
-    idx = torch.arange(doc.shape[1], device=doc.device)
-    return may_attend(doc[:, :, None], doc[:, None, :], frame[:, :, None], frame[:, None, :],
-                      idx[:, None], idx[None, :])[:, None]
+def dense_mask(doc, frame, doc_k=None, frame_k=None):
+    """[B, 1, S, K] boolean mask for scaled_dot_product_attention (the CPU path; exact, O(S K) memory). Keys
+    default to the queries; with a KV cache they are the cached positions followed by the S queries."""
+    doc_k, frame_k = (doc, frame) if doc_k is None else (doc_k, frame_k)
+    S, K = doc.shape[1], doc_k.shape[1]
+    q_idx, k_idx = torch.arange(K - S, K, device=doc.device), torch.arange(K, device=doc.device)
+    return may_attend(doc[:, :, None], doc_k[:, None, :], frame[:, :, None], frame_k[:, None, :],
+                      q_idx[:, None], k_idx[None, :])[:, None]
 
 
 def flex_block_mask(doc, frame):
@@ -135,22 +138,67 @@ def flex_attention(q, k, v, block_mask):
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks.
 
-def rope_tables(head_dim, max_len, theta, device=None):
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
-    angles = torch.outer(torch.arange(max_len, device=device).float(), inv_freq)
+def rope_angles(pos, head_dim, theta):
+    """Rotary angles [B, S, D/2] for integer positions [B, S] (or [S]). Computed on the fly, so generation can run
+    past the training length, and each row can have its own positions (the sampler skips padding)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
+    angles = pos.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
-    """Rotary position embedding on [B, H, S, D] with tables [S, D/2] (rotating the two halves of each head)."""
+    """Rotary position embedding on [B, H, S, D] (rotating the two halves of each head)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, None], sin[None, None]
+    cos, sin = (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+class KVCache:
+    """The keys and values of every layer for all positions processed so far, with their document and frame ids
+    (the mask needs them), so that generation runs only the new positions. Nothing is stored unless the forward
+    pass commits: the Euler steps of an image attend to the cache without growing it."""
+
+    def __init__(self, n_layer):
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+        self.doc = self.frame = None
+
+    def __len__(self):
+        return 0 if self.doc is None else self.doc.shape[1]
+
+    def extend(self, layer, k, v, commit):
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        if commit:
+            self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def extend_ids(self, doc, frame):
+        self.doc = doc if self.doc is None else torch.cat([self.doc, doc], dim=1)
+        self.frame = frame if self.frame is None else torch.cat([self.frame, frame], dim=1)
+
+    def select(self, rows):
+        """A new cache of some rows (index tensor), e.g. the rows that are drawing an image."""
+        out = KVCache(len(self.k))
+        out.k, out.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+        out.doc, out.frame = self.doc[rows], self.frame[rows]
+        return out
+
+    def stack(self, other):
+        """Rows of both caches in one batch; the shorter one is left-padded with slots nobody sees (doc -1)."""
+        L = max(len(self), len(other))
+        kv = lambda x: F.pad(x, (0, 0, L - x.shape[2], 0))                  # [B, H, L, D]: pad dim 2 on the left
+        ids = lambda x: F.pad(x, (L - x.shape[1], 0), value=-1)            # [B, L]
+        out = KVCache(len(self.k))
+        out.k = [torch.cat([kv(a), kv(b)]) for a, b in zip(self.k, other.k)]
+        out.v = [torch.cat([kv(a), kv(b)]) for a, b in zip(self.v, other.v)]
+        out.doc, out.frame = torch.cat([ids(self.doc), ids(other.doc)]), torch.cat([ids(self.frame), ids(other.frame)])
+        return out
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
+        self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.d_model // cfg.n_head
         self.wq = nn.Linear(cfg.d_model, cfg.n_head * self.head_dim, bias=False)
         self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_head * self.head_dim, bias=False)
@@ -159,11 +207,13 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, cache=None, commit=True):
         B, S, _ = x.shape
         q = self.wq(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
         k, v = self.wkv(x).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v, commit)
         if isinstance(mask, torch.Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
@@ -226,13 +276,13 @@ def make_ffn(cfg):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
-        self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg)
+        self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg, layer)
         self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
 
-    def forward(self, x, cos, sin, mask, is_vision):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, is_vision, cache=None, commit=True):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, commit)
         return x + self.ffn(self.ffn_norm(x), is_vision)
 
 
@@ -248,13 +298,10 @@ class UnifiedTransformer(nn.Module):
         self.latent_in = nn.Linear(cfg.latent_dim, d)                     # visual latents in: a linear projection
         self.patch_pos = nn.Parameter(torch.zeros(cfg.tokens_per_frame, d))  # where a token sits in its frame
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
         self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
-        cos, sin = rope_tables(d // cfg.n_head, cfg.max_seq_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual branches scaled down with depth (GPT-2)
             if name.endswith("wo.weight") or name.endswith("w_down.weight"):
@@ -270,25 +317,31 @@ class UnifiedTransformer(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, tokens, doc, frame, vis_idx, zt, t):
+    def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
+        Generation adds pos [B, S] (rotary positions; default 0..S-1) and a KVCache holding earlier positions.
         Returns next-token logits [B, S, V] and the flow head's prediction (x or v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
         v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]
         # scatter the frames' tokens into their sequence positions (an index, not a boolean mask: no host sync)
         x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1]).to(x.dtype)).view(B, S, -1)
-        mask = self.attention_mask(doc, frame)
-        cos, sin = self.rope_cos[:S], self.rope_sin[:S]
+        mask = self.attention_mask(doc, frame, cache)
+        pos = torch.arange(S, device=tokens.device) if pos is None else pos
+        cos, sin = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
         is_vision = frame >= 0
         for block in self.blocks:
-            x = block(x, cos, sin, mask, is_vision)
+            x = block(x, cos, sin, mask, is_vision, cache, commit)
+        if cache is not None and commit:
+            cache.extend_ids(doc, frame)
         h = self.norm(x)
         flow = self.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, self.cfg.tokens_per_frame, self.cfg.latent_dim)
         return self.lm_head(h), flow.float()
 
-    def attention_mask(self, doc, frame):
+    def attention_mask(self, doc, frame, cache=None):
+        if cache is not None and len(cache):  # new positions against cached + new ones: the dense path
+            return dense_mask(doc, frame, torch.cat([cache.doc, doc], 1), torch.cat([cache.frame, frame], 1))
         use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
         return flex_block_mask(doc, frame) if use_flex else dense_mask(doc, frame)
 

@@ -244,7 +244,7 @@ def load_for_inference(out_dir, device="auto"):
 def evaluate(model, tok, enc, data, c, device, step):
     import toyworld
     from model import training_losses
-    from sample import generate_captions, generate_images, save_grid
+    from sample import describe, draw, save_grid
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
     text, flow = [], []
@@ -255,9 +255,9 @@ def evaluate(model, tok, enc, data, c, device, step):
     scenes = data.eval_prompts(c.eval_samples)
     captions = [toyworld.caption(s, c.image_size) for s in scenes]
     truth = np.stack([toyworld.render(s, c.image_size) for s in scenes])
-    images = enc.decode(generate_images(model, tok, captions, c.sample_steps, c.guidance, gen))
+    images = enc.decode(draw(model, tok, captions, c.sample_steps, c.guidance, gen))
     gen_acc = float(np.mean([toyworld.score_image(im, cap) for im, cap in zip(images, captions)]))
-    written = generate_captions(model, tok, enc.encode(truth).to(device))
+    written = describe(model, tok, enc.encode(truth).to(device), generator=gen)
     und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
     # the grid: generated images on odd rows, the true renders of the same captions beneath them
     n = min(16, len(images))

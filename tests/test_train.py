@@ -88,22 +88,6 @@ def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
         run(tmp_path, "--max_iters=4", "--d_model=64", "--resume")
 
 
-def test_sample_command_writes_a_grid(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
-
-    import sample
-    run(tmp_path, "--max_iters=2", "--eval_interval=2")
-    out = tmp_path / "grid.png"
-    sample.main([f"--out_dir={tmp_path}", "--prompt=a big red circle at the top left", "--num_samples=3",
-                 "--steps=3", f"--out={out}", "--device=cpu"])
-    assert f"wrote {out}" in capsys.readouterr().out
-    img = np.asarray(Image.open(out))
-    assert img.shape == (4 * 18, 4 * 3 * 18, 3)           # 3 images of 16 px, 1 px border, scaled 4x
-    with pytest.raises(SystemExit, match="no checkpoint at"):
-        sample.main([f"--out_dir={tmp_path / 'nothing'}"])
-
-
 def test_ddp_on_two_processes_matches_one_process(tmp_path):
     """torchrun with 2 gloo processes and the same global batch logs the same losses as one process."""
     import subprocess
