@@ -25,7 +25,7 @@ class ModelConfig:
     n_kv_head: int = 4            # grouped-query attention: n_head query heads share n_kv_head key/value heads
     d_model: int = 128
     ffn_hidden: int = 0           # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 32
-    ffn: str = "modality"         # "shared": one FFN for all tokens; "modality": a text FFN and a vision FFN
+    ffn: str = "modality"         # "shared": one FFN for all; "modality": a text and a vision FFN; "moe": moe.py
     qk_norm: bool = True
     rope_theta: float = 10000.0
     max_seq_len: int = 256
@@ -35,6 +35,16 @@ class ModelConfig:
     time_shift: float = 0.0       # shift of t toward noise; 0: sqrt(N * C / 4096) as in RAE; 1: no shift
     time_sampling: str = "logit_normal"   # or "uniform"
     attention: str = "auto"       # "flex" (FlexAttention), "sdpa" (dense boolean mask) or "auto" (flex on GPU)
+    # Mixture-of-Experts (ffn="moe"): experts of width ffn_hidden / moe_granularity, moe_top_k active (0: G)
+    moe_experts: int = 16
+    moe_granularity: int = 4
+    moe_top_k: int = 0
+    moe_shared: str = "per_modality"   # "none", "global" or "per_modality"
+    moe_score: str = "softmax"         # or "sigmoid"
+    moe_renorm: bool = False           # renormalise the selected routed weights to sum to 1
+    moe_balance: str = "aux"           # "aux": balance loss; "bias": auxiliary-loss-free bias updates
+    moe_aux_coef: float = 0.01
+    moe_z_coef: float = 0.0
 
     def __post_init__(self):
         if self.ffn_hidden == 0:
@@ -272,7 +282,10 @@ def make_ffn(cfg):
         return SharedFFN(cfg)
     if cfg.ffn == "modality":
         return ModalityFFN(cfg)
-    raise ValueError(f"unknown ffn {cfg.ffn!r}: use 'shared' or 'modality'")
+    if cfg.ffn == "moe":
+        from moe import MoEFFN
+        return MoEFFN(cfg)
+    raise ValueError(f"unknown ffn {cfg.ffn!r}: use 'shared', 'modality' or 'moe'")
 
 
 class Block(nn.Module):

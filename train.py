@@ -46,7 +46,17 @@ n_layer = 4
 n_head = 4
 n_kv_head = 4
 d_model = 128
-ffn = "modality"              # "shared" or "modality"
+ffn = "modality"              # "shared", "modality" or "moe"
+moe_experts = 16              # total experts, shared ones included
+moe_granularity = 4           # G: experts are ffn_hidden / G wide
+moe_top_k = 0                 # active experts per token; 0: G, the dense FFN's FLOPs
+moe_shared = "per_modality"   # "none", "global" or "per_modality"
+moe_score = "softmax"
+moe_renorm = False
+moe_balance = "aux"           # "aux" (balance loss) or "bias" (auxiliary-loss-free)
+moe_aux_coef = 0.01
+moe_z_coef = 0.0
+moe_bias_rate = 1e-3
 qk_norm = True
 prediction = "x"              # "x" or "v"
 time_shift = 0.0              # 0: sqrt(tokens * channels / 4096); 1: no shift
@@ -112,7 +122,7 @@ def configure(defaults, argv):
         else:
             if not os.path.isfile(arg):
                 raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = {}
+            scope = {"__file__": arg}   # a config may build on another: exec(open(...).read())
             exec(open(arg).read(), scope)
             for key, value in scope.items():
                 if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
@@ -145,7 +155,10 @@ def build(c, device):
     mcfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_kv_head,
                        d_model=c.d_model, ffn=c.ffn, qk_norm=c.qk_norm, max_seq_len=c.seq_len,
                        latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame, prediction=c.prediction,
-                       time_shift=c.time_shift, time_sampling=c.time_sampling, attention=c.attention)
+                       time_shift=c.time_shift, time_sampling=c.time_sampling, attention=c.attention,
+                       **{k: getattr(c, k) for k in ("moe_experts", "moe_granularity", "moe_top_k", "moe_shared",
+                                                     "moe_score", "moe_renorm", "moe_balance", "moe_aux_coef",
+                                                     "moe_z_coef")})
     return tok, enc, data, UnifiedTransformer(mcfg).to(device)
 
 
@@ -277,6 +290,7 @@ def evaluate(model, tok, enc, data, c, device, step):
 def main(argv):
     from tqdm import tqdm
     from model import training_losses
+    from moe import auxiliary_loss, update_balance_biases
     c = configure(DEFAULTS, argv)
 
     # processes: torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps
@@ -358,7 +372,7 @@ def main(argv):
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
                 w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
-                loss = (w_lm * text_loss + w_flow * flow_loss) / accum
+                loss = (w_lm * text_loss + w_flow * flow_loss + auxiliary_loss(raw_model)) / accum
             loss.backward()
             sums += torch.stack([text_loss.detach(), flow_loss.detach()]) / accum
         if ddp:  # log the losses of the whole global batch, not just this process's share
@@ -372,6 +386,7 @@ def main(argv):
                              f"Try a lower learning_rate or dtype=float32.")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        update_balance_biases(raw_model, c.moe_bias_rate)
         step += 1
         pbar.update(1)
 

@@ -1,0 +1,278 @@
+"""
+Mixture-of-Experts FFN for multimodal pretraining (section 6, Table 2, Appendix E.7-E.8).
+
+Many small experts replace the FFN; a router sends each token to k of them. Granularity G splits the dense FFN's
+hidden width into experts of width ffn_hidden / G (the paper's G = 4 d_model / d_expert, with a 4 d_model FFN),
+so G active experts cost exactly the dense FFN's FLOPs while total parameters grow with the number of experts.
+Shared experts are always on: one for every token ("global"), or one for text and one for vision tokens
+("per_modality", the paper's best); the router picks the other k - 1.
+
+Dispatch is dropless: every (token, expert) assignment is kept, assignments are sorted by expert, and each
+projection is one grouped matrix multiply over the sorted tokens (torch._grouped_mm on GPU), then the weighted
+outputs are added back per token. Nothing in it waits for the host. The CPU path loops over experts, exactly.
+
+The second half of the file measures what the experts learned: selection counts by modality, diffusion timestep
+and task, the specialization score S_i and the text/vision/multimodal classes, coefficients of variation over
+timestep bins, and the generation/understanding correlation (Figures 18-20).
+
+    python moe.py --out_dir=out/toy_moe          # routing analysis of a trained MoE checkpoint: table + figures
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MoEFFN(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d, G = cfg.d_model, cfg.moe_granularity
+        if cfg.ffn_hidden % G:
+            raise ValueError(f"ffn_hidden {cfg.ffn_hidden} is not divisible by moe_granularity {G}")
+        self.hidden = cfg.ffn_hidden // G
+        self.n_shared = {"none": 0, "global": 1, "per_modality": 2}[cfg.moe_shared]
+        self.n_routed = cfg.moe_experts - self.n_shared
+        self.k = cfg.moe_top_k or G                      # default: G active experts, the dense FFN's FLOPs
+        self.k_routed = self.k - (self.n_shared > 0)
+        if not 0 < self.k_routed <= self.n_routed:
+            raise ValueError(f"moe_top_k {self.k} does not fit {cfg.moe_experts} experts with shared={cfg.moe_shared}")
+        self.cfg = cfg
+        E = cfg.moe_experts                               # routed experts first, then the shared ones
+        self.w_gate_up = nn.Parameter(torch.randn(E, d, 2 * self.hidden) * 0.02)
+        self.w_down = nn.Parameter(torch.randn(E, self.hidden, d) * 0.02 / math.sqrt(2 * cfg.n_layer))
+        self.router = nn.Linear(d, self.n_routed, bias=False)
+        self.register_buffer("balance_bias", torch.zeros(self.n_routed))   # the auxiliary-loss-free method
+        self.register_buffer("load", torch.zeros(self.n_routed), persistent=False)
+        self.aux_loss = None
+
+    # -- routing ----------------------------------------------------------------------------------------------
+    def route(self, x, is_vision):
+        """(expert ids [T, k], weights [T, k], router logits [T, n_routed]) for tokens x [T, d]. The router runs
+        in fp32: its softmax decides discrete choices, which bf16 rounding would flip."""
+        logits = F.linear(x.float(), self.router.weight.float())
+        scores = logits.softmax(-1) if self.cfg.moe_score == "softmax" else logits.sigmoid()
+        # the balance bias steers which experts are chosen, never how much their outputs weigh
+        top = torch.topk(scores + self.balance_bias, self.k_routed, dim=-1).indices
+        weights = scores.gather(-1, top)
+        if self.cfg.moe_renorm:
+            weights = weights / weights.sum(-1, keepdim=True)
+        if self.n_shared:
+            shared = self.n_routed + (is_vision.long() if self.n_shared == 2 else torch.zeros_like(top[:, 0]))
+            top = torch.cat([shared[:, None], top], dim=1)
+            weights = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
+        return top, weights, logits
+
+    def balance_losses(self, top, logits):
+        """Switch/OLMoE balance loss n * sum_i f_i P_i (f_i: share of routed assignments to expert i, P_i: mean
+        router probability of i), plus the router z-loss mean(logsumexp(logits)^2). Also keeps the load."""
+        routed = top[:, -self.k_routed:].reshape(-1)
+        counts = torch.zeros(self.n_routed, device=top.device).scatter_add_(0, routed, torch.ones_like(routed,
+                                                                                                 dtype=torch.float))
+        self.load = counts.detach()
+        f = counts / routed.numel()
+        P = logits.softmax(-1).mean(0)
+        aux = self.cfg.moe_aux_coef * self.n_routed * (f * P).sum() if self.cfg.moe_balance == "aux" else 0.0
+        return aux + self.cfg.moe_z_coef * torch.logsumexp(logits, -1).pow(2).mean()
+
+    # -- dispatch -----------------------------------------------------------------------------------------------
+    def forward(self, x, is_vision):
+        shape = x.shape
+        x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
+        top, weights, logits = self.route(x, is_vision)
+        if self.training:
+            self.aux_loss = self.balance_losses(top, logits)
+        flat = top.reshape(-1)
+        order = torch.argsort(flat, stable=True)                    # assignments grouped by expert
+        token = order // self.k
+        E = self.w_gate_up.shape[0]
+        counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        y = expert_mlp(x[token], self.w_gate_up, self.w_down, counts)
+        y = y * weights.reshape(-1)[order, None].to(y.dtype)
+        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape)
+
+    def active_params(self):
+        """k experts' weights and the router: with k = G, the experts alone equal the dense FFN's parameters."""
+        return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
+
+
+def expert_mlp(xs, w_gate_up, w_down, counts, grouped=None):
+    """SwiGLU of each expert over its contiguous run of sorted tokens xs [A, d]; counts [E] tokens per expert."""
+    if xs.is_cuda if grouped is None else grouped:   # one grouped GEMM per projection, no host sync
+        offs = counts.cumsum(0).to(torch.int32)       # where each expert's run of rows ends
+        dt = torch.bfloat16 if xs.is_cuda else xs.dtype   # Hopper's grouped GEMM kernel wants bf16
+        h = torch._grouped_mm(xs.to(dt), w_gate_up.to(dt), offs=offs)
+        gate, up = h.chunk(2, dim=-1)
+        return torch._grouped_mm((F.silu(gate) * up).to(dt), w_down.to(dt), offs=offs)
+    outs = []
+    for e, xe in enumerate(torch.split(xs, counts.tolist())):   # exact reference path (CPU)
+        gate, up = (xe @ w_gate_up[e]).chunk(2, dim=-1)
+        outs.append((F.silu(gate) * up) @ w_down[e])
+    return torch.cat(outs)
+
+
+def auxiliary_loss(model):
+    """The sum of every MoE layer's balance and z-losses from the last forward pass (0 for dense models)."""
+    return sum((m.aux_loss for m in model.modules() if isinstance(m, MoEFFN) and m.aux_loss is not None), 0.0)
+
+
+@torch.no_grad()
+def update_balance_biases(model, rate):
+    """Auxiliary-loss-free balancing: after each step, raise the bias of under-loaded experts, lower the others."""
+    for m in model.modules():
+        if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias":
+            m.balance_bias += rate * torch.sign(m.load.mean() - m.load)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the experts learned (Appendix E.8).
+
+def specialization(count_text, count_vision, n_text, n_vision, k):
+    """S_i = (R_text - R_vision) / (R_text + R_vision) with R_m(i) = C_m(i) / (N_m k); an expert is 'text' when
+    S > 0.5, 'vision' when S < -0.5, otherwise 'multimodal' (experts never chosen are 'unused')."""
+    r_text = np.asarray(count_text, float) / max(n_text * k, 1)
+    r_vision = np.asarray(count_vision, float) / max(n_vision * k, 1)
+    total = r_text + r_vision
+    S = np.divide(r_text - r_vision, total, out=np.zeros_like(total), where=total > 0)
+    classes = np.where(total == 0, "unused", np.where(S > 0.5, "text", np.where(S < -0.5, "vision", "multimodal")))
+    return S, classes
+
+
+def timestep_cv(counts_by_bin, tokens_by_bin):
+    """Coefficient of variation of each expert's selection rate across diffusion-timestep bins: [bins, E] -> [E]."""
+    rates = np.asarray(counts_by_bin, float) / np.maximum(np.asarray(tokens_by_bin, float)[:, None], 1)
+    mean = rates.mean(0)
+    return np.divide(rates.std(0), mean, out=np.zeros_like(mean), where=mean > 0)
+
+
+def pearson(a, b):
+    a, b = np.asarray(a, float) - np.mean(a), np.asarray(b, float) - np.mean(b)
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+@torch.no_grad()
+def routing_counts(model, batches, bins=10):
+    """Selection counts of every MoE layer's routed experts over (task, batch) pairs, read off with forward hooks
+    (the layers themselves are untouched). Returns one dict of numpy arrays per layer."""
+    from model import add_noise, sample_time
+    layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    stats = [dict(text=np.zeros(m.n_routed), vision=np.zeros(m.n_routed), n_text=0, n_vision=0,
+                  tbins=np.zeros((bins, m.n_routed)), n_tbins=np.zeros(bins),
+                  generation=np.zeros(m.n_routed), understanding=np.zeros(m.n_routed)) for m in layers]
+    labels = {}
+
+    def hook(i):
+        def record(module, args, out):
+            x, is_vision = args[0].reshape(-1, args[0].shape[-1]), args[1].reshape(-1)
+            top = module.route(x, is_vision)[0][:, -module.k_routed:]
+            s, vis = stats[i], is_vision.cpu().numpy()
+            chosen = top.cpu().numpy()
+            for name, rows in (("text", ~vis), ("vision", vis)):
+                np.add.at(s[name], chosen[rows].reshape(-1), 1)
+                s["n_" + name] += int(rows.sum())
+            noisy = labels["noisy"]   # timestep statistics count frames being generated, not clean inputs
+            tb = labels["tbin"][noisy]
+            np.add.at(s["tbins"], (np.repeat(tb, module.k_routed), chosen[noisy].reshape(-1)), 1)
+            np.add.at(s["n_tbins"], tb, 1)
+            if labels["task"] in ("generation", "understanding"):
+                np.add.at(s[labels["task"]], chosen[vis].reshape(-1), 1)
+        return record
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
+    model.eval()
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(0)   # the same noise every time
+    for task, batch in batches:
+        z0, cond = batch["latents"], batch["cond"]
+        t = torch.where(cond, torch.ones_like(z0[:, 0, 0]), sample_time(len(z0), model.cfg, z0.device, gen))
+        zt = add_noise(z0, torch.randn(z0.shape, device=z0.device, generator=gen), t)
+        frame = batch["frame"].reshape(-1)
+        per_pos = torch.cat([t, t.new_ones(1)])[frame].cpu().numpy()                      # text (-1): t = 1
+        noisy = torch.cat([~cond, cond.new_zeros(1)])[frame].cpu().numpy()
+        labels.update(task=task, tbin=np.minimum((per_pos * bins).astype(int), bins - 1), noisy=noisy)
+        model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t)
+    for h in handles:
+        h.remove()
+    return stats, [m.k_routed for m in layers]
+
+
+def analyze(stats, ks):
+    """The paper's routing analysis, one row per layer, plus per-expert arrays for the figures."""
+    rows = []
+    for layer, (s, k) in enumerate(zip(stats, ks)):
+        S, classes = specialization(s["text"], s["vision"], s["n_text"], s["n_vision"], k)
+        cv = timestep_cv(s["tbins"], s["n_tbins"])
+        seen = (classes == "vision") | (classes == "multimodal")   # text experts hardly see frames: CV is noise
+        rows.append(dict(layer=layer, text=int((classes == "text").sum()), vision=int((classes == "vision").sum()),
+                         multimodal=int((classes == "multimodal").sum()), unused=int((classes == "unused").sum()),
+                         timestep_cv=float(cv[seen].mean()) if seen.any() else 0.0,
+                         gen_und_r=pearson(s["generation"], s["understanding"]), S=S.tolist()))
+    return rows
+
+
+def plot(rows, stats, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): figures skipped, the table is complete")
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    layers = [r["layer"] for r in rows]
+    bottom = np.zeros(len(rows))
+    for name, colour in (("text", "tab:blue"), ("multimodal", "tab:gray"), ("vision", "tab:orange")):
+        values = np.array([r[name] for r in rows])
+        axes[0].bar(layers, values, bottom=bottom, label=name, color=colour)
+        bottom += values
+    axes[0].set(title="experts by specialization (Fig. 18)", xlabel="layer", ylabel="experts")
+    axes[0].legend()
+    rates = stats[-1]["tbins"] / np.maximum(stats[-1]["n_tbins"][:, None], 1)
+    im = axes[1].imshow(rates.T, aspect="auto", cmap="viridis")
+    axes[1].set(title="last layer: selection rate by timestep bin", xlabel="t bin (0 noise .. 9 clean)",
+                ylabel="expert")
+    fig.colorbar(im, ax=axes[1])
+    axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
+    axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    plt.close(fig)
+    return [path]
+
+
+def main(argv):
+    from train import configure, get_batch, load_for_inference
+    c = configure({"out_dir": "out/toy_moe", "batches": 8, "device": "auto"}, argv)
+    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    if not any(isinstance(m, MoEFFN) for m in model.modules()):
+        raise SystemExit(f"the checkpoint in {c.out_dir} has no MoE layers (ffn={model.cfg.ffn!r})")
+    from data import ToyWorldData
+    dev = next(model.parameters()).device
+    batches = []   # held-out batches of one task each, so every selection is labelled with its task
+    for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"),
+                         ("text", "text")):
+        data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, cfg.seed, cfg.image_size,
+                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout)
+        batches += [(task, get_batch(data, enc, i, 0, cfg, dev, "val")) for i in range(c.batches)]
+    stats, ks = routing_counts(model, batches)
+    rows = analyze(stats, ks)
+    header = "| layer | text | vision | multimodal | unused | timestep CV | gen/und r |\n|---|---|---|---|---|---|---|\n"
+    table = header + "".join(f"| {r['layer']} | {r['text']} | {r['vision']} | {r['multimodal']} | {r['unused']} | "
+                             f"{r['timestep_cv']:.3f} | {r['gen_und_r']:.3f} |\n" for r in rows)
+    print(table)
+    with open(os.path.join(c.out_dir, "routing.json"), "w") as f:
+        json.dump(rows, f)
+    with open(os.path.join(c.out_dir, "routing.md"), "w") as f:
+        f.write(table)
+    for path in [os.path.join(c.out_dir, "routing.json"), os.path.join(c.out_dir, "routing.md"),
+                 *plot(rows, stats, os.path.join(c.out_dir, "routing.png"))]:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    import moe  # run main from the module model.py imports, so isinstance() sees one MoEFFN class
+    moe.main(sys.argv[1:])

@@ -1,0 +1,139 @@
+"""moe.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting, analysis."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import moe
+import train
+from model import ModelConfig, UnifiedTransformer
+
+
+def layer(**kw):
+    torch.manual_seed(0)
+    args = dict(d_model=32, n_head=2, n_kv_head=1, n_layer=2, ffn="moe", moe_experts=8, moe_granularity=4,
+                moe_shared="per_modality", moe_z_coef=1e-3)
+    args.update(kw)
+    cfg = ModelConfig(**args)
+    m = moe.MoEFFN(cfg)
+    torch.nn.init.normal_(m.router.weight)      # a decisive random router
+    return m, cfg
+
+
+def reference(m, x, is_vision):
+    """Token by token, expert by expert: y = sum over the token's k experts of weight * SwiGLU_e(x)."""
+    top, weights, _ = m.route(x, is_vision)
+    out = []
+    for i in range(len(x)):
+        y = 0
+        for e, w in zip(top[i].tolist(), weights[i]):
+            gate, up = (x[i] @ m.w_gate_up[e]).chunk(2)
+            y = y + w * ((torch.nn.functional.silu(gate) * up) @ m.w_down[e])
+        out.append(y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shared", ["none", "global", "per_modality"])
+def test_dispatch_equals_per_expert_loop_with_gradients(shared):
+    m, _ = layer(moe_shared=shared, moe_renorm=shared == "global")
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    is_vision = torch.rand(2, 9) < 0.5
+    out = m(x, is_vision)
+    ref = reference(m, x.reshape(-1, 32), is_vision.reshape(-1)).view(2, 9, 32)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    params = [x, m.w_gate_up, m.w_down, m.router.weight]
+    got = torch.autograd.grad((out * g).sum(), params)
+    want = torch.autograd.grad((ref * g).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert got[3].abs().sum() > 0                  # the router learns through the weights of its choices
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch without grouped GEMM")
+def test_grouped_gemm_path_equals_the_loop():
+    torch.manual_seed(0)
+    counts = torch.tensor([3, 0, 5, 8])
+    xs = torch.randn(16, 16, requires_grad=True)
+    w1, w2 = torch.randn(4, 16, 32, requires_grad=True), torch.randn(4, 16, 16, requires_grad=True)
+    try:
+        grouped = moe.expert_mlp(xs, w1, w2, counts, grouped=True)
+    except RuntimeError as e:
+        pytest.skip(f"no grouped GEMM on this CPU build: {e}")
+    loop = moe.expert_mlp(xs, w1, w2, counts, grouped=False)
+    torch.testing.assert_close(grouped, loop, atol=1e-4, rtol=1e-4)
+
+
+def test_balance_and_z_loss_by_hand():
+    """4 experts, top-1, tokens e0, e0, e1, e2, router = ln(3) * identity: each token puts p = 3/6 on its own
+    expert and 1/6 on the others. f = (1/2, 1/4, 1/4, 0); P = (1/3, 1/4, 1/4, 1/6); 4 * sum f P = 7/6;
+    logsumexp = ln 6 for every token."""
+    m, _ = layer(d_model=4, n_head=1, ffn_hidden=8, moe_experts=4, moe_granularity=1, moe_top_k=1,
+                 moe_shared="none", moe_aux_coef=1.0, moe_z_coef=1.0)
+    with torch.no_grad():
+        m.router.weight.copy_(math.log(3) * torch.eye(4))
+    x = torch.eye(4)[[0, 0, 1, 2]]
+    top, _, logits = m.route(x, torch.zeros(4, dtype=torch.bool))
+    assert top[:, 0].tolist() == [0, 0, 1, 2]
+    loss = m.balance_losses(top, logits)
+    assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5
+    assert m.load.tolist() == [2, 1, 1, 0]
+
+
+def test_per_modality_shared_experts_are_the_ones_used():
+    m, cfg = layer()
+    x = torch.randn(12, 32)
+    is_vision = torch.arange(12) % 3 == 0
+    top, weights, _ = m.route(x, is_vision)
+    n = m.n_routed
+    assert (top[:, 0] == n + is_vision.long()).all() and (weights[:, 0] == 1).all()
+    assert (top[:, 1:] < n).all() and top.shape[1] == m.k == cfg.moe_granularity
+    # text tokens only: the vision-shared expert gets no gradient, the text-shared one does
+    out = m(torch.randn(1, 5, 32), torch.zeros(1, 5, dtype=torch.bool))
+    g_up, = torch.autograd.grad(out.sum(), m.w_gate_up)
+    assert g_up[n + 1].abs().sum() == 0 and g_up[n].abs().sum() > 0
+
+
+def test_active_params_and_flops_equal_the_dense_ffn():
+    args = dict(vocab_size=300, d_model=64, n_head=4, n_kv_head=2, n_layer=2)
+    dense = UnifiedTransformer(ModelConfig(**args, ffn="shared"))
+    for G, E, shared in ((1, 4, "none"), (4, 16, "per_modality"), (16, 64, "global")):
+        sparse = UnifiedTransformer(ModelConfig(**args, ffn="moe", moe_granularity=G, moe_experts=E,
+                                                moe_shared=shared))
+        routers = sum(b.ffn.router.weight.numel() for b in sparse.blocks)
+        assert sparse.num_params()[1] - routers == dense.num_params()[1]
+        assert sparse.flops_per_token(128) - 6 * routers == dense.flops_per_token(128)
+        assert sparse.num_params()[0] > dense.num_params()[0]
+
+
+def test_router_learns_and_bias_balancing_moves_toward_even_load(tmp_path):
+    from data import Tokenizer
+    m, _ = layer(moe_balance="bias")
+    model = torch.nn.Module()
+    model.ffn = m
+    m.load = torch.tensor([5.0, 1, 3, 3, 3, 3])
+    moe.update_balance_biases(model, 0.1)
+    assert m.balance_bias.tolist() == pytest.approx([-0.1, 0.1, 0, 0, 0, 0])
+
+
+def test_specialization_classes_cv_and_correlation():
+    S, classes = moe.specialization([10, 0, 5, 0, 9], [0, 10, 5, 0, 1], n_text=10, n_vision=10, k=1)
+    assert S.tolist() == pytest.approx([1, -1, 0, 0, 0.8])
+    assert classes.tolist() == ["text", "vision", "multimodal", "unused", "text"]
+    # expert 0 is chosen evenly over timestep bins, expert 1 only at one end
+    cv = moe.timestep_cv([[5, 0], [5, 0], [5, 0], [5, 10]], [10, 10, 10, 10])
+    assert cv[0] == 0 and cv[1] == pytest.approx(np.sqrt(3))
+    assert moe.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1) and moe.pearson([1, 2, 3], [3, 2, 1]) == -1
+
+
+def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
+    train.main(["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
+                "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
+                "--eval_iters=1", "--sample_steps=2", "--max_iters=3", "--eval_interval=3", "--device=cpu",
+                "--ffn=moe", "--moe_experts=6", "--moe_granularity=2", f"--out_dir={tmp_path}"])
+    moe.main([f"--out_dir={tmp_path}", "--batches=1"])
+    out = capsys.readouterr().out
+    assert "| layer | text | vision |" in out and (tmp_path / "routing.md").exists()
+    rows = __import__("json").load(open(tmp_path / "routing.json"))
+    assert len(rows) == 2 and all(r["text"] + r["vision"] + r["multimodal"] + r["unused"] == 4 for r in rows)
