@@ -114,10 +114,10 @@ def configure(defaults, argv):
             key, eq, raw = arg[2:].partition("=")
             if not eq:                      # a bare flag, like --resume, means True
                 raw = "True"
-            try:
-                value = ast.literal_eval(raw)
+            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
+                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
             except (ValueError, SyntaxError):
-                value = raw                 # plain strings need no quotes: --device=cuda
+                value = raw
             set_key(key, value, f"from {arg}")
         else:
             if not os.path.isfile(arg):
