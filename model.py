@@ -353,7 +353,9 @@ class UnifiedTransformer(nn.Module):
         return self.lm_head(h), flow.float()
 
     def attention_mask(self, doc, frame, cache=None):
-        if cache is not None and len(cache):  # new positions against cached + new ones: the dense path
+        if cache is not None:  # generation: new positions against cached + new ones, shapes vary: the dense path
+            if not len(cache):
+                return dense_mask(doc, frame)
             return dense_mask(doc, frame, torch.cat([cache.doc, doc], 1), torch.cat([cache.frame, frame], 1))
         use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
         return flex_block_mask(doc, frame) if use_flex else dense_mask(doc, frame)

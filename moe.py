@@ -54,7 +54,8 @@ class MoEFFN(nn.Module):
     def route(self, x, is_vision):
         """(expert ids [T, k], weights [T, k], router logits [T, n_routed]) for tokens x [T, d]. The router runs
         in fp32: its softmax decides discrete choices, which bf16 rounding would flip."""
-        logits = F.linear(x.float(), self.router.weight.float())
+        with torch.autocast(x.device.type, enabled=False):   # autocast would run the linear in bf16
+            logits = F.linear(x.float(), self.router.weight.float())
         scores = logits.softmax(-1) if self.cfg.moe_score == "softmax" else logits.sigmoid()
         # the balance bias steers which experts are chosen, never how much their outputs weigh
         top = torch.topk(scores + self.balance_bias, self.k_routed, dim=-1).indices
@@ -102,7 +103,9 @@ class MoEFFN(nn.Module):
 
 def expert_mlp(xs, w_gate_up, w_down, counts, grouped=None):
     """SwiGLU of each expert over its contiguous run of sorted tokens xs [A, d]; counts [E] tokens per expert."""
-    if xs.is_cuda if grouped is None else grouped:   # one grouped GEMM per projection, no host sync
+    if grouped is None:   # the grouped kernel wants widths in multiples of 8 (16-byte rows in bf16)
+        grouped = xs.is_cuda and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
+    if grouped:           # one grouped GEMM per projection, no host sync
         offs = counts.cumsum(0).to(torch.int32)       # where each expert's run of rows ends
         dt = torch.bfloat16 if xs.is_cuda else xs.dtype   # Hopper's grouped GEMM kernel wants bf16
         h = torch._grouped_mm(xs.to(dt), w_gate_up.to(dt), offs=offs)

@@ -34,7 +34,8 @@ def prompt_batch(examples, model, pad_id):
     N, C, device = model.cfg.tokens_per_frame, model.cfg.latent_dim, next(model.parameters()).device
     lengths = np.array([ex.length(N) for ex in examples])
     S = int(lengths.max())
-    b = collate([[ex] for ex in examples], S, N, pad_id)
+    # the frames are latents already (maybe on the GPU): collate lays out positions only
+    b = collate([[Example(ex.ids, [None] * len(ex.frames), ex.cond)] for ex in examples], S, N, pad_id)
     shift = S - lengths
     for k in ("tokens", "doc", "frame"):
         b[k] = np.stack([np.roll(row, s) for row, s in zip(b[k], shift)])
