@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -313,6 +314,7 @@ class UnifiedTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(d, eps=1e-6)
+        self.activation_checkpointing = False                             # a training option, set by train.py
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
         self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
         self.apply(self._init_weights)
@@ -345,7 +347,10 @@ class UnifiedTransformer(nn.Module):
         cos, sin = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
         is_vision = frame >= 0
         for block in self.blocks:
-            x = block(x, cos, sin, mask, is_vision, cache, commit)
+            if self.activation_checkpointing and torch.is_grad_enabled():   # recompute in backward: less memory
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, is_vision, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, is_vision, cache, commit)
         if cache is not None and commit:
             cache.extend_ids(doc, frame)
         h = self.norm(x)

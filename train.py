@@ -84,6 +84,7 @@ sample_steps = 25
 device = "auto"               # "auto": cuda if available, else mps, else cpu
 dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
 compile = False
+activation_checkpointing = False   # recompute each block in the backward pass: less memory, ~1/3 more compute
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
 
@@ -315,6 +316,7 @@ def main(argv):
     torch.manual_seed(c.seed)
 
     tok, enc, data, model = build(c, dev)
+    model.activation_checkpointing = c.activation_checkpointing
     optimizer = configure_optimizer(model, c, dev)
     ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
     step, center = 0, None

@@ -175,3 +175,19 @@ def test_losses_ignore_conditioning_frames():
     assert flow.item() == 0 and text.item() > 0
     (g,) = torch.autograd.grad(text + flow, model.flow_head.weight, allow_unused=True)
     assert g is None or g.abs().sum() == 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    tok = Tokenizer()
+    batch = to_device(mixed_row(tok), "cpu")
+    batch["latents"] = torch.randn(batch["cond"].shape[0], N, C)
+    grads = []
+    for ckpt in (False, True):
+        model = tiny()
+        model.activation_checkpointing = ckpt
+        text, flow = training_losses(model, batch, torch.Generator().manual_seed(0))
+        (text + flow).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
