@@ -84,6 +84,7 @@ sample_steps = 25
 device = "auto"               # "auto": cuda if available, else mps, else cpu
 dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
 compile = False
+parallel = "ddp"              # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2, sharded parameters)
 activation_checkpointing = False   # recompute each block in the backward pass: less memory, ~1/3 more compute
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
@@ -180,13 +181,12 @@ def flow_noise(seed, step, micro, device):
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
 
 
-def configure_optimizer(model, c, device):
+def configure_optimizer(model, c, device, fused=False):
     """AdamW; weight decay on matrices only (not on norms, biases or the patch positions)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "patch_pos"]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n == "patch_pos"]
     groups = [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2),
-                             fused=torch.device(device).type == "cuda")
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=fused)
 
 
 def learning_rate_at(step, c):
@@ -224,6 +224,34 @@ def save_checkpoint(path, obj):
     os.replace(tmp, path)
 
 
+def full_state(model, optimizer, fsdp):
+    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
+    number of processes, sharded or not."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sd = optimizer.state_dict()
+    return model.state_dict(), dict(state={names[id(params[i])]: s for i, s in sd["state"].items()},
+                                    param_groups=[{**g, "params": [names[id(params[i])] for i in g["params"]]}
+                                                  for g in sd["param_groups"]])
+
+
+def load_optimizer_state(model, optimizer, state, fsdp):
+    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    names = {id(p): n for n, p in model.named_parameters()}
+    index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
+                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
+                                                 for g in state["param_groups"]]))
+
+
 def load_checkpoint(path):
     if not os.path.isfile(path):
         raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
@@ -255,7 +283,7 @@ def load_for_inference(out_dir, device="auto"):
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
 @torch.no_grad()
-def evaluate(model, tok, enc, data, c, device, step):
+def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
     from sample import describe, draw, save_grid
@@ -274,15 +302,18 @@ def evaluate(model, tok, enc, data, c, device, step):
     written = describe(model, tok, enc.encode(truth).to(device), generator=gen)
     und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
     # the grid: generated images on odd rows, the true renders of the same captions beneath them
+    model.train()
+    scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
+                  val_flow_loss=float(np.mean(flow)), gen_accuracy=gen_acc, und_accuracy=und_acc)
+    if not write:
+        return scores
     n = min(16, len(images))
     grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
     save_grid(grid, os.path.join(c.out_dir, "samples.png"))
     with open(os.path.join(c.out_dir, "samples.txt"), "w") as f:
         f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
                                             for p, w in zip(captions[:n], written[:n])))
-    model.train()
-    return dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
-                val_flow_loss=float(np.mean(flow)), gen_accuracy=gen_acc, und_accuracy=und_acc)
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -317,14 +348,12 @@ def main(argv):
 
     tok, enc, data, model = build(c, dev)
     model.activation_checkpointing = c.activation_checkpointing
-    optimizer = configure_optimizer(model, c, dev)
     ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
-    step, center = 0, None
-    if c.resume:
+    step, center, ckpt = 0, None, None
+    if c.resume:   # the whole model's weights first; the optimizer's state once it exists
         ckpt = load_checkpoint(ckpt_path)
         check_same_model(ckpt["model_args"], vars(model.cfg), ckpt_path)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         step, center = ckpt["step"], ckpt["loss_center"]
         if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
             lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
@@ -336,9 +365,20 @@ def main(argv):
     if master:
         os.makedirs(c.out_dir, exist_ok=True)
     raw_model = model
+    fsdp = ddp and c.parallel == "fsdp"
+    if fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32) if dtype != "float32" else \
+            MixedPrecisionPolicy()
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    optimizer = configure_optimizer(model, c, dev, fused=device_type == "cuda" and not fsdp)
+    if ckpt is not None:
+        load_optimizer_state(raw_model, optimizer, ckpt["optimizer"], fsdp)
     if c.compile:
         model = torch.compile(model)
-    if ddp:
+    if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -355,10 +395,11 @@ def main(argv):
             f.write(json.dumps(record) + "\n")
 
     def checkpoint():
+        weights, opt_state = full_state(raw_model, optimizer, fsdp)   # collective under FSDP: every rank calls
         if master:
-            save_checkpoint(ckpt_path, dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                                            step=step, config=vars(c), model_args=vars(raw_model.cfg),
-                                            loss_center=center, data_state={"step": step}))
+            save_checkpoint(ckpt_path, dict(model=weights, optimizer=opt_state, step=step, config=vars(c),
+                                            model_args=vars(raw_model.cfg), loss_center=center,
+                                            data_state={"step": step}))
 
     pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
     t0, last = time.time(), {}
@@ -370,7 +411,9 @@ def main(argv):
         for i in range(accum):
             micro = rank * accum + i
             batch = get_batch(data, enc, step, micro, c, dev)
-            sync = nullcontext() if (not ddp or i == accum - 1) else model.no_sync()
+            if fsdp:   # gradients are reduced on the last micro-batch only
+                model.set_requires_gradient_sync(i == accum - 1)
+            sync = nullcontext() if (not ddp or fsdp or i == accum - 1) else model.no_sync()
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
                 w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
@@ -381,6 +424,7 @@ def main(argv):
             torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
             sums /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
         text_l, flow_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()  # one host sync per step
         if not all(map(math.isfinite, (text_l, flow_l, gnorm))):
             raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
@@ -404,8 +448,9 @@ def main(argv):
             pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s"
                                  + (f" mfu {100 * last['mfu']:.1f}%" if peak else ""))
         if step % c.eval_interval == 0 or step == c.max_iters:
+            if master or fsdp:   # a sharded model runs forward passes on every rank together
+                scores = evaluate(raw_model, tok, enc, data, c, dev, step, write=master)
             if master:
-                scores = evaluate(raw_model, tok, enc, data, c, dev, step)
                 log(dict(step=step, text_loss=text_l, flow_loss=flow_l, **scores))
                 pbar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             checkpoint()

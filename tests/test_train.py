@@ -88,19 +88,30 @@ def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
         run(tmp_path, "--max_iters=4", "--d_model=64", "--resume")
 
 
-def test_ddp_on_two_processes_matches_one_process(tmp_path):
-    """torchrun with 2 gloo processes and the same global batch logs the same losses as one process."""
+
+def launch(tmp_path, name, *extra, procs=1):
+    """train.py in a subprocess: alone, or under torchrun with `procs` gloo processes."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [*TINY, "--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "train.py", *args, f"--out_dir={tmp_path / 'one'}"], cwd=root, env=env,
-                   check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "train.py", *args, f"--out_dir={tmp_path / 'two'}"], cwd=root, env=env, check=True,
-                   capture_output=True)
-    one, two = (train_lines(json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")) for d in ("one", "two"))
+    runner = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   f"--nproc_per_node={procs}"]
+    subprocess.run([*runner, "train.py", *TINY, f"--out_dir={tmp_path / name}", *extra], cwd=root, check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return train_lines(json.loads(line) for line in open(tmp_path / name / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel):
+    """torchrun with 2 gloo processes (DDP, or FSDP2) and the same global batch logs the same losses as one
+    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does."""
+    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    one = launch(tmp_path, "one", *args)
+    two = launch(tmp_path, "two", *args, f"--parallel={parallel}", procs=2)
     assert one.keys() == two.keys() == {1, 2, 3}
     for s in one:
+        assert one[s] == pytest.approx(two[s], rel=1e-5)
+    more = ["--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2", "--resume"]
+    one, two = launch(tmp_path, "one", *more), launch(tmp_path, "two", *more)
+    for s in (4, 5):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
