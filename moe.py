@@ -217,12 +217,9 @@ def analyze(stats, ks):
 
 
 def plot(rows, stats, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): figures skipped, the table is complete")
+    from sample import pyplot, save_figure
+    plt = pyplot()
+    if plt is None:
         return []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     layers = [r["layer"] for r in rows]
@@ -240,11 +237,7 @@ def plot(rows, stats, path):
     fig.colorbar(im, ax=axes[1])
     axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
     axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, path)]
 
 
 def main(argv):

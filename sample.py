@@ -273,6 +273,27 @@ def save_gif(frames, path, scale=4, ms_per_frame=400):
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot, or None with a note: plots are optional, every table is printed without them."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): figures skipped")
+        return None
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 

@@ -145,12 +145,9 @@ def data_ratio_exponent(a_text, a_vision):
 # Plots (matplotlib is optional: the table is always printed).
 
 def plot(results, fits, sweep_dir):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): plots skipped")
+    from sample import pyplot, save_figure
+    plt = pyplot()
+    if plt is None:
         return []
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for row, (key, (rows, a, b, _)) in enumerate(fits.items()):
@@ -180,12 +177,7 @@ def plot(results, fits, sweep_dir):
                             label=f"{f['A']:.3g} C^-{f['alpha']:.3f} + {f['E']:.3g}")
         axes[row, 2].set(xlabel="C (FLOPs)", title=f"frontier: {key}")
         axes[row, 2].legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(sweep_dir, "scaling.png")
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, os.path.join(sweep_dir, "scaling.png"))]
 
 
 # ----------------------------------------------------------------------------------------------------------------
