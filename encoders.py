@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 class PixelPatches:
@@ -40,6 +42,82 @@ class PixelPatches:
         g, p = self.grid, self.patch_size
         x = latents.float().cpu().view(-1, g, g, p, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, g * p, g * p, 3)
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SigLIP 2 (section 3): the paper's encoder. A plain pre-LayerNorm ViT; its module names follow the Hugging Face
+# layout, so the published vision tower loads as it is. The latents are the last layer's output *before*
+# post_layernorm, normalised by a LayerNorm without affine parameters (RAE).
+
+class SiglipAttention(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj = nn.Linear(width, width), nn.Linear(width, width)
+        self.v_proj, self.out_proj = nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = (p(x).view(B, N, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class SiglipMLP(nn.Module):
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SiglipLayer(nn.Module):
+    def __init__(self, width, heads, hidden, eps):
+        super().__init__()
+        self.layer_norm1, self.self_attn = nn.LayerNorm(width, eps=eps), SiglipAttention(width, heads)
+        self.layer_norm2, self.mlp = nn.LayerNorm(width, eps=eps), SiglipMLP(width, hidden)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class SiglipVision(nn.Module):
+    """Images normalised to [-1, 1], [B, 3, H, W] -> latents [B, (H/p)(W/p), width]."""
+
+    def __init__(self, width=1152, depth=27, heads=16, hidden=4304, patch=14, image_size=224, eps=1e-6):
+        super().__init__()
+        self.embeddings = nn.Module()
+        self.embeddings.patch_embedding = nn.Conv2d(3, width, patch, stride=patch)
+        self.embeddings.position_embedding = nn.Embedding((image_size // patch) ** 2, width)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(SiglipLayer(width, heads, hidden, eps) for _ in range(depth))
+        self.eps = eps
+
+    @classmethod
+    def from_config(cls, config):
+        """Sizes from a Hugging Face config.json (a SigLIP one, or its vision_config)."""
+        v = config.get("vision_config", config)
+        return cls(v["hidden_size"], v["num_hidden_layers"], v["num_attention_heads"], v["intermediate_size"],
+                   v["patch_size"], v["image_size"], v.get("layer_norm_eps", 1e-6))
+
+    def load_vision_tower(self, state):
+        """Load a Hugging Face SigLIP state dict: the vision tower's tensors only (the text tower, the final
+        post_layernorm and the pooling head are not used)."""
+        if any(k.startswith("vision_model.") for k in state):   # a whole SiglipModel: keep its vision tower
+            state = {k.removeprefix("vision_model."): v for k, v in state.items() if k.startswith("vision_model.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("post_layernorm.", "head."))}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"not a SigLIP vision tower: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return self
+
+    def forward(self, pixels):
+        x = self.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        x = x + self.embeddings.position_embedding.weight
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """encoders.py: pixel patches round-trip, and the hub downloader against a local HTTP server on 127.0.0.1."""
 import hashlib
+import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,3 +97,28 @@ def test_404_401_and_offline_errors(hub, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="offline and .*org/m/main/a.bin is not in the cache"):
         encoders.hub_file("org/m", "a.bin", endpoint=hub)
     assert Hub.ranges == []
+
+
+def test_siglip_vision_tower_matches_transformers(tmp_path):
+    """A small random SigLIP saved in the real key layout (a full SiglipModel, text tower included) loads into
+    our encoder; its latents equal the reference's last hidden state before post_layernorm, then LayerNorm."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.SiglipConfig(
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=56, patch_size=14),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    reference = transformers.SiglipModel(config).eval()
+    reference.save_pretrained(tmp_path)                    # model.safetensors + config.json, as on the hub
+    from safetensors.torch import load_file
+    ours = encoders.SiglipVision.from_config(json.load(open(tmp_path / "config.json")))
+    ours.load_vision_tower(load_file(tmp_path / "model.safetensors")).eval()
+    pixels = torch.rand(2, 3, 56, 56) * 2 - 1
+    with torch.no_grad():
+        hidden = reference.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        want = torch.nn.functional.layer_norm(hidden, hidden.shape[-1:], eps=1e-6)
+        got = ours(pixels)
+    assert got.shape == (2, 16, 48)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not a SigLIP vision tower"):
+        ours.load_vision_tower({"vision_model.embeddings.patch_embed.weight": torch.zeros(1)})
