@@ -152,7 +152,7 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
         # every other row picks its next token (each chosen token is recorded in outs as it is chosen)
         if not allow_images:
             logits[..., tok.boi] = float("-inf")
-        nxt = sample_token(logits[:, -1], temperature, top_k, generator).tolist()
+        nxt = None if force_images else sample_token(logits[:, -1], temperature, top_k, generator).tolist()
         for r in range(B):
             if done[r] or r in pending:
                 continue
