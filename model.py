@@ -52,8 +52,13 @@ class ModelConfig:
             self.ffn_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
         if self.time_shift == 0:
             self.time_shift = math.sqrt(self.tokens_per_frame * self.latent_dim / 4096)
-        assert self.d_model % self.n_head == 0 and self.n_head % self.n_kv_head == 0, "heads must divide evenly"
-        assert self.prediction in ("x", "v") and self.time_sampling in ("uniform", "logit_normal")
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} must divide d_model {self.d_model}, n_kv_head {self.n_kv_head} "
+                             f"must divide n_head")
+        for key, allowed in (("prediction", ("x", "v")), ("time_sampling", ("uniform", "logit_normal")),
+                             ("attention", ("auto", "flex", "sdpa"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r}: use one of {allowed}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -144,7 +144,15 @@ def resolve_device(name):
 
 
 def build(c, device):
-    """Tokenizer, frozen encoder, data source and model for a configuration."""
+    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
+    run with a one-line message."""
+    try:
+        return _build(c, device)
+    except ValueError as e:
+        raise SystemExit(f"bad configuration: {e}")
+
+
+def _build(c, device):
     from data import Tokenizer, ToyWorldData
     from encoders import build_encoder
     from model import ModelConfig, UnifiedTransformer
@@ -365,6 +373,8 @@ def main(argv):
     if master:
         os.makedirs(c.out_dir, exist_ok=True)
     raw_model = model
+    if c.parallel not in ("ddp", "fsdp"):
+        raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
     fsdp = ddp and c.parallel == "fsdp"
     if fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -39,6 +39,15 @@ def test_wrong_type_and_missing_file(tmp_path):
         train.configure(train.DEFAULTS, [str(bad)])
 
 
+def test_impossible_settings_stop_with_one_line(tmp_path):
+    for bad, message in ((["--prediction=eps"], r"prediction='eps': use one of \('x', 'v'\)"),
+                         (["--n_head=3"], "n_head 3 must divide d_model 32"),
+                         (["--ffn=dense"], "unknown ffn 'dense'"),
+                         (["--video_frames=40"], "lower video_frames or raise seq_len")):
+        with pytest.raises(SystemExit, match="bad configuration: .*" + message):
+            run(tmp_path, *bad)
+
+
 def test_config_file_then_overrides():
     c = train.configure(train.DEFAULTS, ["configs/toy.py", "--max_iters=7", "--resume", "--learning_rate=1",
                                          "--mixture={'text': 1.0}", "--device=cpu"])
