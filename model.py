@@ -188,9 +188,11 @@ class KVCache:
             self.k[layer], self.v[layer] = k, v
         return k, v
 
-    def extend_ids(self, doc, frame):
-        self.doc = doc if self.doc is None else torch.cat([self.doc, doc], dim=1)
-        self.frame = frame if self.frame is None else torch.cat([self.frame, frame], dim=1)
+    def ids_with(self, doc, frame):
+        """Document and frame ids of the cached positions followed by new ones: the keys' ids in the mask."""
+        if self.doc is None:
+            return doc, frame
+        return torch.cat([self.doc, doc], dim=1), torch.cat([self.frame, frame], dim=1)
 
     def select(self, rows):
         """A new cache of some rows (index tensor), e.g. the rows that are drawing an image."""
@@ -357,16 +359,14 @@ class UnifiedTransformer(nn.Module):
             else:
                 x = block(x, cos, sin, mask, is_vision, cache, commit)
         if cache is not None and commit:
-            cache.extend_ids(doc, frame)
+            cache.doc, cache.frame = cache.ids_with(doc, frame)
         h = self.norm(x)
         flow = self.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, self.cfg.tokens_per_frame, self.cfg.latent_dim)
         return self.lm_head(h), flow.float()
 
     def attention_mask(self, doc, frame, cache=None):
         if cache is not None:  # generation: new positions against cached + new ones, shapes vary: the dense path
-            if not len(cache):
-                return dense_mask(doc, frame)
-            return dense_mask(doc, frame, torch.cat([cache.doc, doc], 1), torch.cat([cache.frame, frame], 1))
+            return dense_mask(doc, frame, *cache.ids_with(doc, frame))
         use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
         return flex_block_mask(doc, frame) if use_flex else dense_mask(doc, frame)
 

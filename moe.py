@@ -72,8 +72,7 @@ class MoEFFN(nn.Module):
         """Switch/OLMoE balance loss n * sum_i f_i P_i (f_i: share of routed assignments to expert i, P_i: mean
         router probability of i), plus the router z-loss mean(logsumexp(logits)^2). Also keeps the load."""
         routed = top[:, -self.k_routed:].reshape(-1)
-        counts = torch.zeros(self.n_routed, device=top.device).scatter_add_(0, routed, torch.ones_like(routed,
-                                                                                                 dtype=torch.float))
+        counts = expert_counts(routed, self.n_routed).float()
         self.load = counts.detach()
         f = counts / routed.numel()
         P = logits.softmax(-1).mean(0)
@@ -90,15 +89,18 @@ class MoEFFN(nn.Module):
         flat = top.reshape(-1)
         order = torch.argsort(flat, stable=True)                    # assignments grouped by expert
         token = order // self.k
-        E = self.w_gate_up.shape[0]
-        counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
-        y = expert_mlp(x[token], self.w_gate_up, self.w_down, counts)
+        y = expert_mlp(x[token], self.w_gate_up, self.w_down, expert_counts(flat, self.w_gate_up.shape[0]))
         y = y * weights.reshape(-1)[order, None].to(y.dtype)
         return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape)
 
     def active_params(self):
         """k experts' weights and the router: with k = G, the experts alone equal the dense FFN's parameters."""
         return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
+
+
+def expert_counts(ids, n):
+    """How many assignments each of n experts got (scatter_add, not bincount: no host sync on the GPU)."""
+    return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
 
 
 def expert_mlp(xs, w_gate_up, w_down, counts, grouped=None):

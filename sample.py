@@ -48,6 +48,13 @@ def prompt_batch(examples, model, pad_id):
     return b
 
 
+def prefill(model, batch, cache):
+    """Run a prompt batch into the cache, its frames clean (t = 1); returns the logits."""
+    z = batch["latents"]
+    return model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], z, z.new_ones(len(z)),
+                 pos=batch["pos"], cache=cache)[0]
+
+
 def sample_token(logits, temperature, top_k, generator):
     """Greedy when temperature is 0; otherwise softmax sampling, optionally from the top k only."""
     if temperature == 0:
@@ -119,14 +126,11 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
     dev = next(model.parameters()).device
     outs = [Example(list(p.ids), list(p.frames), list(p.cond)) for p in prompts]
     b = prompt_batch(prompts, model, tok.pad)
-    cache = KVCache(cfg.n_layer)
-    logits, _ = model(b["tokens"], b["doc"], b["frame"], b["vis_idx"], b["latents"],
-                      torch.ones(len(b["latents"]), device=dev), pos=b["pos"], cache=cache)
-    uncond = KVCache(cfg.n_layer)
-    u = prompt_batch([Example(caption_to_image(tok, "", None, drop_caption=True, prompt_only=True).ids[:-1])],
-                     model, tok.pad)   # BOS BOI: the caption dropped, as in 10% of training examples
-    model(u["tokens"], u["doc"], u["frame"], u["vis_idx"], u["latents"], torch.ones(0, device=dev),
-          pos=u["pos"], cache=uncond)
+    cache, uncond = KVCache(cfg.n_layer), KVCache(cfg.n_layer)
+    logits = prefill(model, b, cache)
+    # BOS BOI: the caption dropped, as in 10% of the caption->image training examples
+    prefill(model, prompt_batch([Example(caption_to_image(tok, "", None, drop_caption=True, prompt_only=True)
+                                         .ids[:-1])], model, tok.pad), uncond)
     pos = b["pos"][:, -1] + 1
     frame_id = len(b["latents"])
     last = [p.ids[-1] for p in prompts]

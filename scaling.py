@@ -54,7 +54,7 @@ def plan(c, argv_base):
             overrides = {**family(depth, c.aspect), "max_iters": steps, "eval_interval": steps,
                          "warmup_iters": min(c.warmup_iters, steps // 10), "out_dir": out}
             cmd = " ".join(["python train.py", *argv_base, *(f"--{k}={v}" for k, v in overrides.items())])
-            runs.append(dict(name=name, out_dir=out, budget=budget, depth=depth, N=n,
+            runs.append(dict(name=name, out_dir=out, budget=budget, depth=depth, N=n, steps=steps,
                              D=steps * tokens_per_step, C=steps * tokens_per_step * per_token, command=cmd))
     return runs
 
@@ -95,13 +95,15 @@ def power_law(x, y):
 
 
 def compute_optimal(results, key):
-    """Per budget: (C, N_opt, D_opt, fitted); then the exponents a (N_opt ~ C^a) and b (D_opt ~ C^b)."""
+    """Per budget: (C, N_opt, D_opt, fitted, L_best: its lowest loss); then the exponents a (N_opt ~ C^a) and b
+    (D_opt ~ C^b)."""
     rows = []
     for budget in sorted({r["budget"] for r in results}):
         runs = [r for r in results if r["budget"] == budget]
         C = float(np.mean([r["C"] for r in runs]))
         n_opt, _, fitted = isoflop_minimum([r["N"] for r in runs], [r[key] for r in runs])
-        rows.append(dict(budget=budget, C=C, N_opt=n_opt, D_opt=C / (6 * n_opt), fitted=fitted))
+        rows.append(dict(budget=budget, C=C, N_opt=n_opt, D_opt=C / (6 * n_opt), fitted=fitted,
+                         L_best=min(r[key] for r in runs)))
     C, N, D = (np.array([r[k] for r in rows]) for k in ("C", "N_opt", "D_opt"))
     a, b = (power_law(C, N)[0], power_law(C, D)[0]) if len(rows) >= 2 else (float("nan"), float("nan"))
     return rows, a, b
@@ -169,9 +171,8 @@ def plot(results, fits, sweep_dir):
         axes[row, 1].loglog(C, [r["D_opt"] for r in rows], "s-", label=f"D_opt ~ C^{b:.2f}")
         axes[row, 1].set(xlabel="C (FLOPs)", title=f"compute-optimal: {key}")
         axes[row, 1].legend()
-        best = [min(r[key] for r in results if r["budget"] == x["budget"]) for x in rows]
         f = fits[key][3]
-        axes[row, 2].loglog(C, best, "o")
+        axes[row, 2].loglog(C, [x["L_best"] for x in rows], "o")
         cs = np.geomspace(min(C), max(C) * 10, 50)
         axes[row, 2].loglog(cs, f["A"] * cs ** -f["alpha"] + f["E"], "-",
                             label=f"{f['A']:.3g} C^-{f['alpha']:.3f} + {f['E']:.3g}")
@@ -201,7 +202,7 @@ def main(argv):
         with open(os.path.join(c.sweep_dir, "sweep.sh"), "w") as f:
             f.write("set -e\n" + "".join(r["command"] + "\n" for r in runs))
         for r in runs:
-            print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['command'].split('max_iters=')[1].split()[0]}")
+            print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['steps']}")
         print(f"wrote {os.path.join(c.sweep_dir, 'plan.jsonl')} and {os.path.join(c.sweep_dir, 'sweep.sh')}")
         return
     results = collect(c.sweep_dir)
@@ -213,8 +214,7 @@ def main(argv):
     for key in ("text", "vision"):
         rows, a, b = compute_optimal(results, key)
         (a_lo, a_hi), (b_lo, b_hi) = bootstrap(results, key)
-        best = [min(r[key] for r in results if r["budget"] == x["budget"]) for x in rows]
-        fits[key] = (rows, a, b, frontier([x["C"] for x in rows], best))
+        fits[key] = (rows, a, b, frontier([x["C"] for x in rows], [x["L_best"] for x in rows]))
         print(f"{key}: N_opt ~ C^{a:.3f} [{a_lo:.3f}, {a_hi:.3f}], D_opt ~ C^{b:.3f} [{b_lo:.3f}, {b_hi:.3f}], "
               f"a + b = {a + b:.3f}; frontier L = {fits[key][3]['A']:.3g} C^-{fits[key][3]['alpha']:.3f} + "
               f"{fits[key][3]['E']:.3g}")

@@ -9,6 +9,7 @@ The defaults below are the configuration; a config file (python, assigning some 
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -162,13 +163,9 @@ def _build(c, device):
         raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld")
     data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
                         c.video_frames, c.cfg_dropout)
-    mcfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_kv_head,
-                       d_model=c.d_model, ffn=c.ffn, qk_norm=c.qk_norm, max_seq_len=c.seq_len,
-                       latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame, prediction=c.prediction,
-                       time_shift=c.time_shift, time_sampling=c.time_sampling, attention=c.attention,
-                       **{k: getattr(c, k) for k in ("moe_experts", "moe_granularity", "moe_top_k", "moe_shared",
-                                                     "moe_score", "moe_renorm", "moe_balance", "moe_aux_coef",
-                                                     "moe_z_coef")})
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
+    mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
+                       max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
     return tok, enc, data, UnifiedTransformer(mcfg).to(device)
 
 
@@ -232,6 +229,12 @@ def save_checkpoint(path, obj):
     os.replace(tmp, path)
 
 
+def optimizer_param_names(model, optimizer):
+    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
 def full_state(model, optimizer, fsdp):
     """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
     number of processes, sharded or not."""
@@ -240,11 +243,9 @@ def full_state(model, optimizer, fsdp):
                                                              get_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    names = {id(p): n for n, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sd = optimizer.state_dict()
-    return model.state_dict(), dict(state={names[id(params[i])]: s for i, s in sd["state"].items()},
-                                    param_groups=[{**g, "params": [names[id(params[i])] for i in g["params"]]}
+    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
+    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
+                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
                                                   for g in sd["param_groups"]])
 
 
@@ -253,8 +254,7 @@ def load_optimizer_state(model, optimizer, state, fsdp):
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    names = {id(p): n for n, p in model.named_parameters()}
-    index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
     optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
                                    param_groups=[{**g, "params": [index[n] for n in g["params"]]}
                                                  for g in state["param_groups"]]))
@@ -309,13 +309,12 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     gen_acc = float(np.mean([toyworld.score_image(im, cap) for im, cap in zip(images, captions)]))
     written = describe(model, tok, enc.encode(truth).to(device), generator=gen)
     und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
-    # the grid: generated images on odd rows, the true renders of the same captions beneath them
     model.train()
     scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
                   val_flow_loss=float(np.mean(flow)), gen_accuracy=gen_acc, und_accuracy=und_acc)
     if not write:
         return scores
-    n = min(16, len(images))
+    n = min(16, len(images))   # the grid: generated images, the true renders of the same captions beneath them
     grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
     save_grid(grid, os.path.join(c.out_dir, "samples.png"))
     with open(os.path.join(c.out_dir, "samples.txt"), "w") as f:
@@ -423,7 +422,7 @@ def main(argv):
             batch = get_batch(data, enc, step, micro, c, dev)
             if fsdp:   # gradients are reduced on the last micro-batch only
                 model.set_requires_gradient_sync(i == accum - 1)
-            sync = nullcontext() if (not ddp or fsdp or i == accum - 1) else model.no_sync()
+            sync = model.no_sync() if ddp and not fsdp and i < accum - 1 else nullcontext()
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
                 w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
