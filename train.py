@@ -268,10 +268,14 @@ def load_checkpoint(path):
 
 
 def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference."""
+    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
+    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
+    from model import ModelConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     for key in current:
-        if saved.get(key) != current[key]:
-            raise SystemExit(f"checkpoint {path} was trained with {key}={saved.get(key)!r} but the config asks for "
+        was = saved.get(key, defaults[key])
+        if was != current[key]:
+            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
                              f"{current[key]!r}: use the checkpoint's config or another out_dir")
 
 

@@ -124,3 +124,14 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel):
     one, two = launch(tmp_path, "one", *more), launch(tmp_path, "two", *more)
     for s in (4, 5):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
+
+
+def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
+    run(tmp_path, "--max_iters=2", "--eval_interval=2")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    for key in [k for k in ckpt["model_args"] if k.startswith("moe_")]:   # as saved before MoE existed
+        del ckpt["model_args"][key]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    assert train.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
+    with pytest.raises(SystemExit, match="trained with moe_experts=16 but the config asks for 8"):
+        run(tmp_path, "--max_iters=4", "--moe_experts=8", "--resume")
