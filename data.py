@@ -8,6 +8,7 @@ next-token target (-1 where there is none). Frames travel as images; train.py en
 encoder. A batch is a pure function of (seed, step, micro-batch index), so resumed and re-run jobs, on any number
 of processes, see exactly the same data.
 """
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,62 @@ def video_example(tok, frames):
         ids += [tok.boi, FRAME, tok.eoi]
     return Example(ids + [tok.eos], list(frames), [False] * len(frames))
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Navigation (section 5): actions are plain text. An action is a move in the robot's own frame (+x forward, +y
+# left, yaw counter-clockwise, in radians), written with two decimals; the WASD keys of Appendix F.1 are presets.
+# Anything else (a free-form sentence) passes through as text, but only these forms can be parsed back.
+
+WASD = {"w": (0.5, 0.0, 0.0), "s": (-0.5, 0.0, 0.0), "a": (0.2, 0.0, 0.5), "d": (0.2, 0.0, -0.5)}
+_ACTION = re.compile(r"dx=([+-]\d+\.\d\d) dy=([+-]\d+\.\d\d) dyaw=([+-]\d+\.\d\d)")
+
+
+def action_text(dx, dy, dyaw):
+    return f"dx={dx:+.2f} dy={dy:+.2f} dyaw={dyaw:+.2f}".replace("-0.00", "+0.00")
+
+
+def parse_actions(text):
+    """'w w a d', or numeric actions separated by ';' (as action_text writes them) -> [(dx, dy, dyaw), ...]."""
+    keys = text.lower().split()
+    if keys and all(k in WASD for k in keys):
+        return [WASD[k] for k in keys]
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    matches = [_ACTION.fullmatch(p) for p in parts]
+    if not parts or not all(matches):
+        bad = next((p for p, m in zip(parts, matches) if not m), text)
+        raise ValueError(f"cannot read action {bad!r}: write keys from 'wasd' separated by spaces (e.g. 'w w a d') "
+                         f"or '{action_text(0.5, 0, 0.25)}' steps separated by ';'")
+    return [tuple(float(v) for v in m.groups()) for m in matches]
+
+
+def wrap_angle(a):
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def robot_frame_actions(position, yaw):
+    """Poses [T, 2] and [T] in the world frame -> the T-1 actions between consecutive poses, each in the frame of
+    the pose it starts from (as NWM computes them): (p[i+1] - p[i]) rotated by -yaw[i], and the wrapped yaw step."""
+    position, yaw = np.asarray(position, float), np.asarray(yaw, float)
+    d = position[1:] - position[:-1]
+    c, s = np.cos(yaw[:-1]), np.sin(yaw[:-1])
+    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], wrap_angle(yaw[1:] - yaw[:-1])], 1)
+
+
+def navigation_example(tok, context, actions, targets=None):
+    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to
+    (learned by flow matching). actions are strings; targets None (prompt for the step to generate) or frames."""
+    ids = [tok.bos]
+    for _ in context:
+        ids += [tok.boi, FRAME, tok.eoi]
+    frames, cond = list(context), [True] * len(context)
+    for i, action in enumerate(actions):
+        ids += tok.encode(action) + [tok.boi, FRAME]
+        frames.append(None if targets is None else targets[i])
+        cond.append(False)
+        if targets is not None or i < len(actions) - 1:
+            ids.append(tok.eoi)
+    return Example(ids + ([tok.eos] if targets is not None else []), frames, cond)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Packing: examples into rows of seq_len positions, and rows into one batch of tensors.

@@ -98,3 +98,41 @@ def test_bad_mixture_and_overlong_video_are_refused():
         make_toy(mixture={"txt": 1.0})
     with pytest.raises(ValueError, match="lower video_frames or raise seq_len"):
         make_toy(video_frames=8)
+
+
+def test_action_text_parses_back_exactly_and_wasd_presets():
+    from data import WASD, action_text, parse_actions
+    steps = [(0.5, 0.0, 0.25), (-0.13, 1.07, -3.14), (0.0, -0.0, 0.0)]
+    text = "; ".join(action_text(*a) for a in steps)
+    assert text.startswith("dx=+0.50 dy=+0.00 dyaw=+0.25;") and "-0.00" not in text
+    assert parse_actions(text) == [(0.5, 0.0, 0.25), (-0.13, 1.07, -3.14), (0.0, 0.0, 0.0)]
+    assert parse_actions("W w A d s") == [WASD["w"], WASD["w"], (0.2, 0.0, 0.5), (0.2, 0.0, -0.5), (-0.5, 0.0, 0.0)]
+    for bad in ("w x", "dx=0.5 dy=0 dyaw=0", "", "go left"):
+        with pytest.raises(ValueError, match="cannot read action"):
+            parse_actions(bad)
+
+
+def test_robot_frame_actions_against_hand_computed_poses():
+    from data import robot_frame_actions
+    # facing +y (yaw pi/2): a world step of +1 in y is straight ahead; then a step of +1 in x is to the right
+    position = [[0, 0], [0, 1], [1, 1], [1, 1]]
+    yaw = [np.pi / 2, np.pi / 2, np.pi / 2, -np.pi + 0.1]
+    a = robot_frame_actions(position, yaw)
+    np.testing.assert_allclose(a[0], [1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(a[1], [0, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(a[2], [0, 0, np.pi / 2 + 0.1], atol=1e-12)   # -3pi/2 + 0.1, wrapped
+
+
+def test_navigation_example_layout():
+    from data import navigation_example
+    tok = Tokenizer()
+    img = np.zeros((8, 8, 3), np.uint8)
+    ex = navigation_example(tok, [img] * 4, ["w", "a"], [img, img])
+    assert ex.cond == [True] * 4 + [False, False] and len(ex.frames) == 6
+    b = collate([[ex]], 64, N, tok.pad)
+    t = b["tokens"][0]
+    # bos, 4 x (BOI frame EOI), 'w' BOI frame EOI, 'a' BOI frame EOI, eos
+    assert t[0] == tok.bos and t[1 + 6 * 4] == ord("w") and t[1 + 6 * 4 + 1] == tok.boi
+    assert t[25 + 7 + 7] == tok.eos and t[25 + 7] == ord("a")
+    prompt = navigation_example(tok, [img] * 4, ["w"])
+    assert prompt.ids[-2:] == [tok.boi, FRAME] and prompt.frames[-1] is None
