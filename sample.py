@@ -234,16 +234,13 @@ def as_text(tok, ids):
 def load_image(path, size):
     """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square."""
     from PIL import Image
+    from encoders import to_rgb
     try:
         img = Image.open(path)
         img.load()
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot read image '{path}' ({e}): give a PNG or JPEG file")
-    img = img.convert("RGB")
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    return np.asarray(img)
+    return to_rgb(img, size)
 
 
 def upscale(images, scale):

@@ -40,8 +40,10 @@ batch_size = 16               # rows per micro-batch per process
 seq_len = 256
 gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
 # ---- visual encoder
-encoder = "pixels"
-patch_size = 4
+encoder = "pixels"             # "pixels", "siglip2" (the paper's), "dinov2", "webssl", "sdvae" or "flux"
+patch_size = 4                 # pixels only: the patch side
+encoder_weights = ""           # hub repository or local folder; "" = the published default; "random" = real shapes
+decoder_weights = ""           # the RAE decoder's, likewise ("" = the default, if the encoder has one)
 # ---- model
 n_layer = 4
 n_head = 4
@@ -158,7 +160,7 @@ def _build(c, device):
     from encoders import build_encoder
     from model import ModelConfig, UnifiedTransformer
     tok = Tokenizer(c.tokenizer)
-    enc = build_encoder(c.encoder, c.image_size, c.patch_size)
+    enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
     if c.dataset != "toyworld":
         raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld")
     data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,

@@ -122,3 +122,141 @@ def test_siglip_vision_tower_matches_transformers(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not a SigLIP vision tower"):
         ours.load_vision_tower({"vision_model.embeddings.patch_embed.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_matches_transformers_with_and_without_registers(tmp_path, registers):
+    """DINOv2 saved by transformers in the hub's key layout; at 56 px its 8x8 position grid is interpolated to our
+    4x4 input grid (bicubic; antialiased for the register models, as the reference does)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=7, image_size=56,
+              layerscale_value=0.5)
+    reference = (transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+        num_register_tokens=registers, **kw)) if registers else transformers.Dinov2Model(transformers.Dinov2Config(**kw)))
+    reference.eval().save_pretrained(tmp_path)
+    with torch.no_grad():   # make position embeddings and layer scales non-trivial
+        reference.embeddings.position_embeddings.normal_()
+        for layer in reference.encoder.layer:
+            layer.layer_scale1.lambda1.uniform_(0.5, 1.5)
+    reference.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+    ours = encoders.DinoVision.from_config(json.load(open(tmp_path / "config.json")))
+    ours.load_published(load_file(tmp_path / "model.safetensors")).eval()
+    pixels = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        hidden = reference(pixel_values=pixels, output_hidden_states=True).hidden_states[-1][:, 1 + registers:]
+        got = ours(pixels)
+    assert got.shape == (2, 16, 32)
+    torch.testing.assert_close(got, torch.nn.functional.layer_norm(hidden, (32,), eps=1e-6), atol=1e-5, rtol=1e-5)
+
+
+def vit_mae_decoder(tmp_path, latent_dim=40, width=24, grid=4, patch=4):
+    """A small random ViT-MAE from transformers; its decoder saved as an RAE decoder checkpoint (model.pt with the
+    published key names, a trainable CLS token, config.json). Returns the reference model and the CLS input whose
+    decoder_embed is that token (the reference embeds its CLS from the encoder's output)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTMAEConfig(hidden_size=latent_dim, num_attention_heads=2, num_hidden_layers=1,
+                                       intermediate_size=8, decoder_hidden_size=width, decoder_num_hidden_layers=2,
+                                       decoder_num_attention_heads=2, decoder_intermediate_size=56,
+                                       image_size=grid * patch, patch_size=patch, mask_ratio=0.0)
+    reference = transformers.ViTMAEForPreTraining(config).eval()
+    reference.save_pretrained(tmp_path / "mae")
+    from safetensors.torch import load_file
+    # the RAE checkpoints name the blocks decoder_layers.N (transformers 5 saves them as decoder_encoder.layer.N)
+    state = {k.replace("decoder_encoder.layer.", "decoder_layers."): v
+             for k, v in load_file(tmp_path / "mae/model.safetensors").items() if k.startswith("decoder.")}
+    cls_in = torch.randn(1, 1, latent_dim)
+    with torch.no_grad():
+        state["decoder.trainable_cls_token"] = reference.decoder.decoder_embed(cls_in)
+    os.makedirs(tmp_path / "rae")
+    torch.save({"model": state}, tmp_path / "rae/model.pt")
+    json.dump({"decoder_num_attention_heads": 2, "layer_norm_eps": 1e-12}, open(tmp_path / "rae/config.json", "w"))
+    return reference, cls_in
+
+
+def test_rae_decoder_matches_transformers_vit_mae_decoder(tmp_path):
+    reference, cls_in = vit_mae_decoder(tmp_path)
+    assert any("attention.attention.query" in k for k in torch.load(tmp_path / "rae/model.pt")["model"])
+    config, state = encoders.read_weights(str(tmp_path / "rae"), "model.pt")
+    ours = encoders.RAEDecoder.from_published(config, state, grid=4).eval()
+    assert ours.patch == 4 and len(ours.blocks) == 2
+    z = torch.randn(3, 16, 40)
+    with torch.no_grad():
+        logits = reference.decoder(torch.cat([cls_in.expand(3, -1, -1), z], 1), torch.arange(16).expand(3, -1)).logits
+        want = reference.unpatchify(logits, (16, 16))
+        got = ours(z)
+    assert got.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # without saved positions the decoder computes MAE's own (columns first), as the RAE code does
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+    torch.testing.assert_close(encoders.sincos_positions(24, 16), get_2d_sincos_pos_embed(24, 16, True, 1).float())
+    with pytest.raises(ValueError, match="not an RAE decoder"):
+        encoders.RAEDecoder.from_published({}, {"decoder.weight": torch.zeros(1)})
+
+
+def test_semantic_encoder_from_local_folders_normalises_and_decodes(tmp_path):
+    """build_encoder reads a tower folder and a decoder folder with the published file names; encode applies the
+    tower's mean/std and resizes to its input size, decode maps back through the decoder to uint8 pixels."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.SiglipVisionConfig(hidden_size=40, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=4)
+    transformers.SiglipVisionModel(config).save_pretrained(tmp_path / "tower")
+    vit_mae_decoder(tmp_path)
+    enc = encoders.build_encoder("siglip2", 32, device="cpu", weights=str(tmp_path / "tower"),
+                                 decoder_weights=str(tmp_path / "rae"))
+    assert (enc.tokens_per_frame, enc.latent_dim) == (16, 40)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(enc.encode(images), enc.tower(x * 2 - 1))
+    out = enc.decode(enc.encode(images))
+    assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
+    want = ((enc.decoder(enc.encode(images)) * 0.5 + 0.5).clamp(0, 1) * 255).round().permute(0, 2, 3, 1)
+    assert np.array_equal(out, want.to(torch.uint8).numpy())
+    no_decoder = encoders.build_encoder("dinov2", weights="random")
+    assert (no_decoder.tokens_per_frame, no_decoder.latent_dim) == (256, 1024)
+    with pytest.raises(ValueError, match="set decoder_weights"):
+        no_decoder.decode(torch.zeros(1, 256, 1024))
+    with pytest.raises(SystemExit, match="model.safetensors is missing"):
+        encoders.build_encoder("siglip2", weights=str(tmp_path / "rae"))
+    with pytest.raises(ValueError, match="unknown encoder 'clip'.*siglip2"):
+        encoders.build_encoder("clip")
+
+
+def test_vae_latents_are_scaled_unshuffled_tokens(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                  norm_num_groups=4, layers_per_block=1, scaling_factor=0.3611, shift_factor=0.1159)
+    vae.save_pretrained(tmp_path / "vae")
+    enc = encoders.build_encoder("flux", 64, weights=str(tmp_path / "vae"))
+    assert (enc.tokens_per_frame, enc.latent_dim) == (16, 16)    # 64 px / 8 = 8x8x4, unshuffled: 4x4 tokens of 16
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    z = enc.encode(images)
+    with torch.no_grad():
+        x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        mean = vae.encode(x).latent_dist.mean
+    want = (mean - 0.1159) * 0.3611
+    # token (i, j) holds the 2x2 block of latent positions at rows 2i..2i+1, columns 2j..2j+1
+    torch.testing.assert_close(z[:, 1].reshape(2, 4, 2, 2), want[:, :, 0:2, 2:4], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        decoded = vae.decode(mean).sample
+    want_pixels = ((decoded + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    assert np.abs(enc.decode(z).astype(int) - want_pixels).max() <= 1
+
+
+def test_any_image_becomes_square_rgb():
+    from PIL import Image
+    rgba = np.zeros((20, 40, 4), np.uint8)
+    rgba[:, :20] = (255, 0, 0, 255)          # left half opaque red, right half transparent
+    out = encoders.to_rgb(rgba, 10)
+    assert out.shape == (10, 10, 3) and out.dtype == np.uint8
+    assert (out[5, 0] == (255, 0, 0)).all() and (out[5, -1] == 255).all()   # transparency over white
+    gray = encoders.to_rgb(np.full((30, 10), 77, np.uint8), 8)
+    assert gray.shape == (8, 8, 3) and (gray == 77).all()
+    assert encoders.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
