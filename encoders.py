@@ -457,3 +457,84 @@ def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weig
         config, state = read_weights(decoder_weights, "model.pt")
         decoder = RAEDecoder.from_published(config, state, tower.image_size // tower.patch)
     return SemanticEncoder(tower, decoder, mean_std, device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pre-encoding: image(-text) tar shards -> latent shards, so repeated experiments skip the encoder. Each image is
+# replaced by <key>.latent.npy (float16 [N, C]); captions and everything else are copied; data.py reads the result
+# like any image shard. A shard already in out_dir is skipped, so an interrupted run continues where it stopped.
+
+def preencode(shards, out_dir, enc, image_size, batch=64):
+    import io
+    import tarfile
+    from collections import Counter
+    from tqdm import tqdm
+    from data import IMAGE_EXTS, load_image, tar_samples
+    os.makedirs(out_dir, exist_ok=True)
+    stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    def flush(tar, pending):
+        z = enc.encode(np.stack([image for *_, image in pending])).to(torch.float16).cpu().numpy()
+        for (key, frame, rest, _), latent in zip(pending, z):
+            buf = io.BytesIO()
+            np.save(buf, latent)
+            add(tar, f"{key}{frame}.latent.npy", buf.getvalue())
+            for ext, data in rest.items():
+                add(tar, f"{key}.{ext}", data)
+        bar.update(len(pending))
+        pending.clear()
+
+    for shard in shards:
+        dest = os.path.join(out_dir, os.path.basename(shard.split("?")[0]))
+        if os.path.exists(dest):
+            stats["shards_already_done"] += 1
+            continue
+        with tarfile.open(dest + ".part", "w") as tar:
+            pending = []
+            for key, group in tar_samples(shard, stats):
+                images = [e for e in group if e.rpartition(".")[2] in IMAGE_EXTS]   # video frames: 000.jpg, ...
+                if not images:
+                    stats["samples_without_image"] += 1
+                    continue
+                try:   # "000.jpg" -> frame ".000"; "jpg" -> frame ""
+                    decoded = [("." + e.rpartition(".")[0] if "." in e else "", load_image(group[e], image_size))
+                               for e in sorted(images)]
+                except Exception:   # a corrupt image: the sample is skipped and counted
+                    stats["corrupt_images"] += 1
+                    continue
+                rest = {e: data for e, data in group.items() if e not in images}
+                pending += [(key.lstrip("/"), frame, rest if i == len(decoded) - 1 else {}, image)
+                            for i, (frame, image) in enumerate(decoded)]
+                if len(pending) >= batch:
+                    flush(tar, pending)
+            if pending:
+                flush(tar, pending)
+        os.replace(dest + ".part", dest)
+        stats["shards"] += 1
+    bar.close()
+    return stats
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description="image(-text) tar shards -> latent shards")
+    p.add_argument("command", choices=["preencode"])
+    p.add_argument("shards", help="tar files: globs, {0000..0099} ranges and URLs, separated by commas")
+    p.add_argument("--out", required=True, help="folder for the latent shards")
+    p.add_argument("--encoder", default="siglip2")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--encoder_weights", default="")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    from data import expand
+    try:
+        encoder = build_encoder(a.encoder, a.image_size, device=a.device, weights=a.encoder_weights)
+        print(dict(preencode(expand(a.shards), a.out, encoder, a.image_size, a.batch)))
+    except ValueError as e:
+        raise SystemExit(str(e))

@@ -260,3 +260,43 @@ def test_any_image_becomes_square_rgb():
     gray = encoders.to_rgb(np.full((30, 10), 77, np.uint8), 8)
     assert gray.shape == (8, 8, 3) and (gray == 77).all()
     assert encoders.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
+
+
+def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
+    """Images become <key>.latent.npy (float16 latents of the same encoder), captions are copied, video frames keep
+    their numbers, a corrupt image is skipped and counted, and a finished shard is not redone."""
+    import io
+    import tarfile
+    from PIL import Image
+    from data import load_image
+    rng = np.random.default_rng(0)
+
+    def png(array):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, "PNG")
+        return buf.getvalue()
+
+    members = {"a.png": png(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)), "a.txt": b"a red circle",
+               "b.png": png(rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)), "b.json": b'{"caption": "x"}',
+               "c.png": b"not an image", "c.txt": b"lost",
+               "v.000.png": png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+               "v.001.png": png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))}
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    enc = encoders.PixelPatches(32, 8)
+    stats = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32, batch=2)
+    assert stats["corrupt_images"] == 1 and stats["shards"] == 1
+    assert os.listdir(tmp_path / "out") == ["shard-0.tar"]
+    with tarfile.open(tmp_path / "out/shard-0.tar") as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar}
+    assert sorted(got) == ["a.latent.npy", "a.txt", "b.json", "b.latent.npy", "v.000.latent.npy", "v.001.latent.npy"]
+    assert got["a.txt"] == b"a red circle"
+    for key in ("a", "b", "v.001"):
+        z = np.load(io.BytesIO(got[f"{key}.latent.npy"]))
+        want = enc.encode(load_image(members[f"{key}.png"], 32)[None])[0].to(torch.float16).numpy()
+        assert z.dtype == np.float16 and z.shape == (16, 192) and np.array_equal(z, want)
+    again = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32)
+    assert again["shards_already_done"] == 1 and again["shards"] == 0
