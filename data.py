@@ -360,6 +360,8 @@ def tar_samples(path, stats):
                 yield key, group
                 group = {}
             key, group[ext.lower()] = folder + "/" + stem, tar.extractfile(m).read()
+        if tar.fileobj.pos < tar.offset + 512:   # tarfile takes a cut header for the end: no end-of-archive block
+            raise EOFError
         if group:
             yield key, group
     except (OSError, EOFError, tarfile.TarError, requests.RequestException):
@@ -433,7 +435,8 @@ class Stream:
                                      f"counts in the log)")
                 continue
             examples = [ex for ex in item[1] if ex.length(self.data.N) <= self.data.seq_len]
-            self.data.stats["too_long"] += len(item[1]) - len(examples)
+            if len(examples) < len(item[1]):
+                self.data.stats["too_long"] += len(item[1]) - len(examples)
             self.state[2:], self.pending, self.skip = [item[0], self.skip], examples[self.skip:], 0
             self.dry = 0 if examples else self.dry
         return self.pending[0]
@@ -528,7 +531,7 @@ class ShardData:
             ends = np.flatnonzero(window == eot)
             k = int(ends[0]) if len(ends) else len(window)
             if k:
-                first, last = p == 0 or tokens[p - 1] == eot, len(ends) > 0 or p + k == len(tokens)
+                first, last = bool(p == 0 or tokens[p - 1] == eot), bool(len(ends) or p + k == len(tokens))
                 yield p, [Example([self.tok.bos] * first + window[:k].tolist() + [self.tok.eos] * last)]
             p += k + (len(ends) > 0)
 
@@ -636,25 +639,24 @@ def documents(path):
 
 
 def prepare_text(inputs, out_dir="data/text", tokenizer="gpt2", shard_tokens=100_000_000, prefix="text"):
-    """Tokenize .txt/.jsonl files into shards out_dir/{prefix}_000000.bin, ..., every document preceded by the
-    end-of-text token, as in llm.c's FineWeb shards."""
+    """Tokenize .txt/.jsonl files into shards out_dir/{prefix}_000000.bin, ... of about shard_tokens tokens, every
+    document preceded by the end-of-text token, as in llm.c's FineWeb shards."""
     tok, chunks, n, paths = Tokenizer(tokenizer), [], 0, []
     os.makedirs(out_dir, exist_ok=True)
 
-    def flush(count):
+    def flush():
         nonlocal chunks, n
-        tokens = np.concatenate(chunks)
         paths.append(os.path.join(out_dir, f"{prefix}_{len(paths):06d}.bin"))
-        write_shard(paths[-1], tokens[:count], tok.vocab_size)
-        chunks, n = [tokens[count:]], n - count
+        write_shard(paths[-1], np.concatenate(chunks), tok.vocab_size)
+        chunks, n = [], 0
     for path in expand(inputs):
         for doc in documents(path):
             chunks.append(np.array([tok.eot, *tok.encode(doc)], np.uint32))
             n += len(chunks[-1])
-            while n >= shard_tokens:
-                flush(shard_tokens)
+            if n >= shard_tokens:             # whole documents only: none spans two shards
+                flush()
     if n:
-        flush(n)
+        flush()
     return paths
 
 
@@ -683,7 +685,7 @@ if __name__ == "__main__":
     p.add_argument("inputs", help="comma-separated paths or globs of .txt / .jsonl files")
     p.add_argument("--out_dir", default="data/text")
     p.add_argument("--tokenizer", default="gpt2", help="a tiktoken encoding, or 'bytes'")
-    p.add_argument("--shard_tokens", type=int, default=100_000_000)
+    p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard (about)")
     p.add_argument("--prefix", default="text", help="shard names: {prefix}_000000.bin, ...")
     p = commands.add_parser("download-fineweb", help="llm.c's FineWeb-Edu GPT-2 token shards from the hub")
     p.add_argument("--out_dir", default="data/fineweb")
