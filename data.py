@@ -4,21 +4,24 @@ Data: how text, images and video become one packed stream of training sequences.
 Every example is a list of token ids in which each image or video frame is a block BOI, N latent tokens, EOI
 (Appendix B). Examples are packed whole into fixed-length rows; each position carries a document id (packed
 examples never see each other), a frame id (-1 for text; the attention mask and the FFN routing read it) and a
-next-token target (-1 where there is none). Frames travel as images; train.py encodes them with the frozen
-encoder. A batch is a pure function of (seed, step, micro-batch index), so resumed and re-run jobs, on any number
-of processes, see exactly the same data.
+next-token target (-1 where there is none). Frames travel as images (or as latents pre-encoded into the shards);
+train.py encodes them with the frozen encoder. A toy-world batch is a pure function of (seed, step, micro-batch
+index); a real-data batch (ShardData) of those and the reading position of its micro-batch's streams, which
+checkpoints save: resumed and re-run jobs, on any number of processes, see exactly the same data.
 """
+import functools
 import glob
 import io
+import itertools
 import json
 import os
 import pickle
-import queue
 import re
+import sys
 import tarfile
-import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,7 +205,7 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
             is_text = frame[r, start:p] < 0
             targets[r, start:p - 1] = np.where(is_text[:-1] & is_text[1:], tokens[r, start + 1:p], -1)
     have_images = images and all(im is not None for im in images)
-    if have_images and len({im.dtype.kind for im in images}) > 1:
+    if have_images and len({str(im.dtype).endswith("uint8") for im in images}) > 1:   # numpy or torch
         raise ValueError("a batch mixes images and pre-encoded latents: pre-encode every visual source or none")
     return dict(tokens=tokens, targets=targets, doc=doc, frame=frame, vis_idx=np.array(vis_idx, np.int64),
                 cond=np.array(cond, bool), images=np.stack(images) if have_images else None)
@@ -275,11 +278,7 @@ class ToyWorldData:
         rng = self.rng("eval_prompts")
         return [self.scene(rng) for _ in range(n)]
 
-    def state(self, micro):
-        return None    # a batch is a pure function of (seed, step, micro): nothing to save
-
-    def load_state(self, saved):
-        pass
+    state = load_state = staticmethod(lambda _: None)   # a batch is a function of (seed, step, micro): no state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,19 +318,15 @@ def read_shard(path):
 def expand(spec):
     """'a.tar, dir/*.tar, https://host/cc3m-{0000..0575}.tar' -> the list of files (globs sorted, URLs kept)."""
     files = []
-    for part in (p.strip() for p in spec.split(",")):
-        m = re.search(r"\{(\d+)\.\.(\d+)\}", part)
-        if m:   # webdataset's brace ranges, zero-padded as written
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if m := re.search(r"\{(\d+)\.\.(\d+)\}", part):   # webdataset's brace ranges, zero-padded as written
             files += expand(",".join(part[:m.start()] + str(i).zfill(len(m[1])) + part[m.end():]
                                      for i in range(int(m[1]), int(m[2]) + 1)))
-        elif part.startswith(("http://", "https://")):
-            files.append(part)
-        elif part:
-            found = sorted(glob.glob(part))
-            if not found:
-                raise ValueError(f"no file matches '{part}': fill data/ with the README's data commands or fix "
-                                 f"the path")
-            files += found
+            continue
+        found = [part] if part.startswith(("http://", "https://")) else sorted(glob.glob(part))
+        if not found:
+            raise ValueError(f"no file matches '{part}': fill data/ with the README's data commands or fix the path")
+        files += found
     return files
 
 
@@ -340,13 +335,11 @@ def tar_samples(path, stats):
     opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted."""
     import requests
     try:
-        if path.startswith(("http://", "https://")):
-            response = requests.get(path, stream=True, timeout=60)
-            response.raise_for_status()
-            f = response.raw          # never stored: tarfile reads the response as it arrives
-        else:
-            f = open(path, "rb")
-        tar = tarfile.open(fileobj=f, mode="r|*")
+        remote = path.startswith(("http://", "https://"))
+        f = requests.get(path, stream=True, timeout=60) if remote else open(path, "rb")
+        if remote:
+            f.raise_for_status()
+        tar = tarfile.open(fileobj=f.raw if remote else f, mode="r|*")   # never stored: read as it arrives
     except (OSError, tarfile.TarError, requests.RequestException) as e:
         raise ValueError(f"cannot open shard {path}: {e}")
     key, group = None, {}
@@ -354,12 +347,11 @@ def tar_samples(path, stats):
         for m in tar:
             folder, _, name = m.name.rpartition("/")
             stem, _, ext = name.partition(".")
-            if not m.isfile() or not ext:
-                continue
-            if folder + "/" + stem != key and group:
-                yield key, group
-                group = {}
-            key, group[ext.lower()] = folder + "/" + stem, tar.extractfile(m).read()
+            if m.isfile() and ext:
+                if (folder, stem) != key and group:
+                    yield key, group
+                    group = {}
+                key, group[ext.lower()] = (folder, stem), tar.extractfile(m).read()
         if tar.fileobj.pos < tar.offset + 512:   # tarfile takes a cut header for the end: no end-of-archive block
             raise EOFError
         if group:
@@ -397,9 +389,7 @@ def decode_frame(ext, data, size, latent_shape):
 def caption_of(group):
     """A sample's .txt, or the "caption" (else "text") field of its .json; None when it has none."""
     try:
-        if "txt" in group:
-            return group["txt"].decode("utf-8").strip() or None
-        meta = json.loads(group["json"])
+        meta = {"caption": group["txt"].decode()} if "txt" in group else json.loads(group["json"])
         return (meta.get("caption") or meta.get("text")).strip() or None
     except (ValueError, AttributeError, KeyError, TypeError):
         return None
@@ -462,8 +452,7 @@ class ShardData:
                 raise ValueError(f"the mixture weights {s} but {s}_data is empty: set it (paths, globs or URLs, "
                                  f"comma-separated) or drop {s} from the mixture")
         if "video" in self.names and video_example(tok, [None] * video_frames).length(tokens_per_frame) > seq_len:
-            raise ValueError(f"a video of {video_frames} frames does not fit in seq_len {seq_len}: lower "
-                             f"video_frames or raise seq_len")
+            raise ValueError(f"a video of {video_frames} frames needs more than seq_len {seq_len}: lower video_frames")
         self.files = {s: expand(sources[s]) for s in self.names}
         self.val_files = {s: expand(v) for s, v in (val_sources or {}).items() if s in self.names and v}
         self.tok, self.seq_len, self.N, self.latent_shape = tok, seq_len, tokens_per_frame, (tokens_per_frame,
@@ -564,62 +553,47 @@ class ShardData:
         except Exception as e:
             raise ValueError(f"cannot read trajectory {path}: {e!r} (want traj_data.pkl with position [T, 2] and "
                              f"yaw [T] next to 0.jpg ... T-1.jpg)")
-        frames = {}                           # windows overlap: each frame is decoded once
+
+        @functools.lru_cache(maxsize=8)       # windows overlap: each frame is decoded once
+        def frame(i):
+            with open(os.path.join(path, f"{i}.jpg"), "rb") as f:
+                return load_image(f.read(), self.image_size)
         for t in range(pos, len(actions) + 1 - CONTEXT_FRAMES):
             if t % part[1] != part[0]:
                 continue
             k = min(int(np.random.default_rng([*key, t]).integers(1, 5)), len(actions) + 1 - CONTEXT_FRAMES - t)
-            for i in [i for i in frames if i < t]:
-                del frames[i]
             try:
-                for i in range(t, t + CONTEXT_FRAMES + k):
-                    if i not in frames:
-                        with open(os.path.join(path, f"{i}.jpg"), "rb") as f:
-                            frames[i] = load_image(f.read(), self.image_size)
+                window = [frame(i) for i in range(t, t + CONTEXT_FRAMES + k)]
             except Exception:                 # a missing or corrupt frame: skip the windows that need it
                 yield t, self.skip("bad_frame")
                 continue
             steps = [action_text(*a) for a in actions[t + CONTEXT_FRAMES - 1:t + CONTEXT_FRAMES - 1 + k]]
-            window = [frames[i] for i in range(t, t + CONTEXT_FRAMES + k)]
             yield t, [navigation_example(self.tok, window[:CONTEXT_FRAMES], steps, window[CONTEXT_FRAMES:])]
 
 
 class Prefetcher:
-    """A background thread that makes this process's micro-batches, step after step, up to `depth` ahead of
-    training, so the accelerator does not wait for decoding. Each batch comes with the data state right after it:
-    a checkpoint saves the position of the last batch consumed, not of those already prefetched."""
+    """Makes this process's micro-batches, step after step, on a background thread, `depth` ahead of training, so
+    the accelerator does not wait for decoding. Each batch comes with the data state right after it: a checkpoint
+    saves the position of the last batch consumed, not of those already prefetched."""
 
     def __init__(self, data, step, slots, batch_size, depth=8):
-        self.queue, self.done, self.wait = queue.Queue(depth), threading.Event(), 0.0
-        self.thread = threading.Thread(target=self.work, args=(data, step, slots, batch_size), daemon=True)
-        self.thread.start()
-
-    def work(self, data, step, slots, batch_size):
-        try:
-            while not self.done.is_set():
-                for micro in slots:
-                    item = (data.batch(step, micro, batch_size), data.state(micro))
-                    while not self.done.is_set():
-                        try:
-                            self.queue.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
-                step += 1
-        except Exception as e:
-            self.queue.put((e, None))
+        jobs = ((s, m) for s in itertools.count(step) for m in slots)
+        self.pool, self.wait = ThreadPoolExecutor(1), 0.0    # one thread: each stream is read in order
+        self.submit = lambda: self.pool.submit(lambda s, m: (data.batch(s, m, batch_size), data.state(m)), *next(jobs))
+        self.ahead = deque(self.submit() for _ in range(depth))
 
     def next(self):
         t = time.perf_counter()
-        batch, state = self.queue.get()
+        try:
+            batch, state = self.ahead.popleft().result()
+        except Exception as e:                # a shard that cannot be read: one line, naming it
+            raise SystemExit(f"data: {e}")
         self.wait += time.perf_counter() - t
-        if isinstance(batch, Exception):
-            raise SystemExit(f"data: {batch}")
+        self.ahead.append(self.submit())
         return batch, state
 
     def close(self):
-        self.done.set()
-        self.thread.join()
+        self.pool.shutdown(cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -641,22 +615,17 @@ def documents(path):
 def prepare_text(inputs, out_dir="data/text", tokenizer="gpt2", shard_tokens=100_000_000, prefix="text"):
     """Tokenize .txt/.jsonl files into shards out_dir/{prefix}_000000.bin, ... of about shard_tokens tokens, every
     document preceded by the end-of-text token, as in llm.c's FineWeb shards."""
-    tok, chunks, n, paths = Tokenizer(tokenizer), [], 0, []
+    files, chunks, n, paths = expand(inputs), [], 0, []       # a wrong path stops before the tokenizer loads
+    tok = Tokenizer(tokenizer)
     os.makedirs(out_dir, exist_ok=True)
-
-    def flush():
-        nonlocal chunks, n
-        paths.append(os.path.join(out_dir, f"{prefix}_{len(paths):06d}.bin"))
-        write_shard(paths[-1], np.concatenate(chunks), tok.vocab_size)
-        chunks, n = [], 0
-    for path in expand(inputs):
-        for doc in documents(path):
+    for doc in itertools.chain((doc for path in files for doc in documents(path)), [None]):
+        if doc is not None:
             chunks.append(np.array([tok.eot, *tok.encode(doc)], np.uint32))
             n += len(chunks[-1])
-            if n >= shard_tokens:             # whole documents only: none spans two shards
-                flush()
-    if n:
-        flush()
+        if n and (doc is None or n >= shard_tokens):   # whole documents only: none is split between two shards
+            paths.append(os.path.join(out_dir, f"{prefix}_{len(paths):06d}.bin"))
+            write_shard(paths[-1], np.concatenate(chunks), tok.vocab_size)
+            chunks, n = [], 0
     return paths
 
 
@@ -677,24 +646,13 @@ def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-ed
     return paths
 
 
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description="Fill data/ for dataset='shards' (README, 'Real data').")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("prepare-text", help="tokenize .txt / .jsonl files into token shards")
-    p.add_argument("inputs", help="comma-separated paths or globs of .txt / .jsonl files")
-    p.add_argument("--out_dir", default="data/text")
-    p.add_argument("--tokenizer", default="gpt2", help="a tiktoken encoding, or 'bytes'")
-    p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard (about)")
-    p.add_argument("--prefix", default="text", help="shard names: {prefix}_000000.bin, ...")
-    p = commands.add_parser("download-fineweb", help="llm.c's FineWeb-Edu GPT-2 token shards from the hub")
-    p.add_argument("--out_dir", default="data/fineweb")
-    p.add_argument("--shards", type=int, default=1, help="train shards of 100M tokens (1 to 1000), plus val")
-    args = vars(parser.parse_args())
-    command = args.pop("command")
+if __name__ == "__main__":   # python data.py prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2 (see README)
+    commands = {"prepare-text": prepare_text, "download-fineweb": download_fineweb}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        raise SystemExit(f"usage: python data.py {' | '.join(commands)} --key=value ... (README, 'Real data')")
+    kwargs = {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in sys.argv[2:])}
     try:
-        written = (prepare_text if command == "prepare-text" else download_fineweb)(**args)
-    except ValueError as e:
-        raise SystemExit(str(e))
-    print(f"{len(written)} shard(s) in {args['out_dir']}: {', '.join(os.path.basename(w) for w in written[:3])}"
-          + (" ..." if len(written) > 3 else ""))
+        written = commands[sys.argv[1]](**kwargs)
+    except (ValueError, TypeError) as e:      # a bad file, or a key the command does not take
+        raise SystemExit(f"data.py {sys.argv[1]}: {e}")
+    print(f"{len(written)} shard(s): {', '.join(written[:3])}{' ...' if len(written) > 3 else ''}")

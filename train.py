@@ -187,12 +187,9 @@ def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     from data import to_device
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
-    if frames is None:
-        latents = torch.zeros(0, data.N, enc.latent_dim)
-    elif frames.dtype.kind == "f":    # latents pre-encoded into the shards: no encoder pass
-        latents = torch.from_numpy(frames).float()
-    else:
-        latents = enc.encode(frames)
+    latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
+               torch.from_numpy(frames).float() if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder
+               enc.encode(frames))
     batch = to_device(batch, device)
     batch["latents"] = latents.to(device)
     return batch

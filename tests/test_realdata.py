@@ -82,7 +82,7 @@ def test_prepare_text_command_writes_llmc_shards_that_read_back(tmp_path):
         for d in docs[1:]:
             f.write(json.dumps({"text": d}) + "\n")
         f.write("not json\n")
-    out = subprocess.run([sys.executable, "data.py", "prepare-text", f"{tmp_path}/a.txt,{tmp_path}/*.jsonl",
+    out = subprocess.run([sys.executable, "data.py", "prepare-text", f"--inputs={tmp_path}/a.txt,{tmp_path}/*.jsonl",
                           f"--out_dir={tmp_path}/shards", "--tokenizer=bytes", "--shard_tokens=300"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "b.jsonl:40: no \"text\" field, line skipped" in out
