@@ -375,14 +375,17 @@ def test_prefetcher_hands_out_the_state_after_each_batch(world):
 # ---------------------------------------------------------------------------------------------------------------
 # train.py on real data: a smoke run on the local shards, resumed exactly
 
-def real_run(world, out_dir, *extra):
-    args = ["configs/real.py", "--encoder=pixels", "--image_size=32", "--patch_size=8", "--n_layer=1",
+def real_args(world, out_dir, *extra):
+    return ["configs/real.py", "--encoder=pixels", "--image_size=32", "--patch_size=8", "--n_layer=1",
             "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=400", "--batch_size=2",
             "--gradient_accumulation_steps=2", "--tokenizer=bytes", "--device=cpu", "--compile=False",
             "--log_interval=1", "--warmup_iters=2", "--eval_iters=1", "--video_frames=2", "--prefetch=2",
             f"--out_dir={out_dir}", *[f"--{k}={v}" for k, v in world.items()],
             f"--val_data={{'text': '{world['text_data']}'}}", *extra]
-    train.main(args)
+
+
+def real_run(world, out_dir, *extra):
+    train.main(real_args(world, out_dir, *extra))
     return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
 
 
@@ -399,10 +402,17 @@ def test_train_smoke_run_on_real_data_resumes_exactly(world, tmp_path):
     resumed = real_run(world, tmp_path / "b", "--max_iters=4", "--eval_interval=4", "--resume")
     again = {r["step"]: (r["text_loss"], r["flow_loss"]) for r in resumed if "val_text_loss" not in r}
     assert again == losses
+    # two processes (torchrun, gloo), each reading its own slot, then resumed on one: the same run again
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                    *real_args(world, tmp_path / "c", "--max_iters=2", "--eval_interval=2")], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    resumed = real_run(world, tmp_path / "c", "--max_iters=4", "--eval_interval=4", "--resume")
+    again = {r["step"]: (r["text_loss"], r["flow_loss"]) for r in resumed if "val_text_loss" not in r}
+    assert again.keys() == losses.keys() and all(again[s] == pytest.approx(losses[s], rel=1e-5) for s in losses)
     with pytest.raises(SystemExit, match="resume with --gradient_accumulation_steps=2"):
         real_run(world, tmp_path / "b", "--max_iters=6", "--resume", "--gradient_accumulation_steps=4")
     with pytest.raises(SystemExit, match="bad configuration: no file matches 'nowhere/\\*.tar'"):
-        real_run(world, tmp_path / "c", "--video_data=nowhere/*.tar")
+        real_run(world, tmp_path / "e", "--video_data=nowhere/*.tar")
     (tmp_path / "junk.tar").write_bytes(b"junk" * 300)
     with pytest.raises(SystemExit, match="data: cannot open shard .*junk.tar"):
         real_run(world, tmp_path / "d", f"--caption_to_image_data={tmp_path / 'junk.tar'}", "--max_iters=2",
