@@ -372,7 +372,7 @@ def load_image(data, size):
         im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     im = im.convert("RGB")
     s = size / min(im.size)
-    im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BICUBIC)
+    im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BILINEAR)
     x, y = (im.width - size) // 2, (im.height - size) // 2
     return np.asarray(im.crop((x, y, x + size, y + size)))
 
@@ -572,15 +572,20 @@ class ShardData:
 
 
 class Prefetcher:
-    """Makes this process's micro-batches, step after step, on a background thread, `depth` ahead of training, so
-    the accelerator does not wait for decoding. Each batch comes with the data state right after it: a checkpoint
+    """Makes this process's micro-batches, step after step, on background threads, `depth` ahead of training, so
+    the accelerator does not wait for decoding (PIL and numpy release the GIL). A slot always runs on the same
+    thread, so its streams are read in order. Each batch comes with its slot's state right after it: a checkpoint
     saves the position of the last batch consumed, not of those already prefetched."""
 
-    def __init__(self, data, step, slots, batch_size, depth=8):
-        jobs = ((s, m) for s in itertools.count(step) for m in slots)
-        self.pool, self.wait = ThreadPoolExecutor(1), 0.0    # one thread: each stream is read in order
-        self.submit = lambda: self.pool.submit(lambda s, m: (data.batch(s, m, batch_size), data.state(m)), *next(jobs))
-        self.ahead = deque(self.submit() for _ in range(depth))
+    def __init__(self, data, step, slots, batch_size, depth=8, threads=1):
+        self.pools = [ThreadPoolExecutor(1) for _ in range(max(1, min(threads, len(slots))))]
+        self.jobs = ((s, i, m) for s in itertools.count(step) for i, m in enumerate(slots))
+        self.make = lambda s, m: (data.batch(s, m, batch_size), data.state(m))
+        self.ahead, self.wait = deque(self.submit() for _ in range(depth)), 0.0
+
+    def submit(self):
+        step, i, micro = next(self.jobs)
+        return self.pools[i % len(self.pools)].submit(self.make, step, micro)
 
     def next(self):
         t = time.perf_counter()
@@ -593,7 +598,8 @@ class Prefetcher:
         return batch, state
 
     def close(self):
-        self.pool.shutdown(cancel_futures=True)
+        for pool in self.pools:
+            pool.shutdown(cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

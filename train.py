@@ -46,7 +46,8 @@ image_to_caption_data = ""
 video_data = ""               # webdataset tars of numbered frames: key.000.jpg, key.001.jpg, ...
 navigation_data = ""          # NWM trajectory folders: 0.jpg ... T-1.jpg + traj_data.pkl
 val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
-prefetch = 8                  # micro-batches the loader thread prepares ahead of training
+prefetch = 8                  # micro-batches the loader threads prepare ahead of training
+loader_threads = 4            # threads decoding this process's micro-batch slots (one slot stays on one thread)
 # ---- visual encoder
 encoder = "pixels"
 patch_size = 4
@@ -448,7 +449,7 @@ def main(argv):
                                             data_state=data_state))
 
     slots = range(rank * accum, (rank + 1) * accum)   # this process's global micro-batch indices
-    loader = Prefetcher(data, step, slots, c.batch_size, c.prefetch)
+    loader = Prefetcher(data, step, slots, c.batch_size, c.prefetch, c.loader_threads)
     consumed = {k: v for k, v in saved.get("slots", {}).items() if k in slots}   # saved by the next checkpoint
     pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
     t0, last, waited = time.time(), {}, 0.0

@@ -362,7 +362,7 @@ def test_a_resumed_stream_continues_exactly(world):
 
 def test_prefetcher_hands_out_the_state_after_each_batch(world):
     d = make(MIXTURE, seq_len=400, n_slots=2, **world)
-    loader = data.Prefetcher(d, 0, range(2), 3, depth=2)
+    loader = data.Prefetcher(d, 0, range(2), 3, depth=3, threads=2)   # one thread per slot
     got = [loader.next() for _ in range(6)]
     loader.close()
     ref = make(MIXTURE, seq_len=400, n_slots=2, **world)
