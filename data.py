@@ -42,7 +42,11 @@ class Tokenizer:
         if name == "bytes":
             base_ranks, pat, specials = {bytes([i]): i for i in range(256)}, r"\S+|\s+", {}
         else:
-            base = tiktoken.get_encoding(name)
+            try:
+                base = tiktoken.get_encoding(name)
+            except Exception as e:            # unknown name, or no network for its BPE file on first use
+                raise ValueError(f"tiktoken encoding {name!r} not available ({e.__class__.__name__}); it downloads "
+                                 f"once, into TIKTOKEN_CACHE_DIR: fetch it where there is network, or use 'bytes'")
             base_ranks, pat, specials = base._mergeable_ranks, base._pat_str, dict(base._special_tokens)
         n = max([*base_ranks.values(), *specials.values()]) + 1
         specials.update({s: n + i for i, s in enumerate(SPECIAL_TOKENS)})

@@ -189,10 +189,10 @@ def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
     latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
-               torch.from_numpy(frames).float() if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder
+               torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
                enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = latents.to(device)
+    batch["latents"] = latents.to(device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 

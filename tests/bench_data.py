@@ -96,8 +96,9 @@ def main(size=224):
         t, frames = time.perf_counter(), 0
         for _ in range(40):
             frames += len(loader.next()[0]["images"])
+        rate = frames / (time.perf_counter() - t)
         loader.close()
-        print(f"Prefetcher, {threads} thread(s), JPEG caption->image: {frames / (time.perf_counter() - t):6.0f} frames/s")
+        print(f"Prefetcher, {threads} thread(s), JPEG caption->image: {rate:6.0f} frames/s")
 
 
 if __name__ == "__main__":
