@@ -338,13 +338,14 @@ def tar_samples(path, stats):
     """(key, {extension: bytes}) for each sample of a webdataset tar, read as a stream. A shard that cannot be
     opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted."""
     import requests
+    remote, f = path.startswith(("http://", "https://")), None
     try:
-        remote = path.startswith(("http://", "https://"))
         f = requests.get(path, stream=True, timeout=60) if remote else open(path, "rb")
         if remote:
             f.raise_for_status()
         tar = tarfile.open(fileobj=f.raw if remote else f, mode="r|*")   # never stored: read as it arrives
     except (OSError, tarfile.TarError, requests.RequestException) as e:
+        f and f.close()
         raise ValueError(f"cannot open shard {path}: {e}")
     key, group = None, {}
     try:
