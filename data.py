@@ -345,7 +345,8 @@ def tar_samples(path, stats):
             f.raise_for_status()
         tar = tarfile.open(fileobj=f.raw if remote else f, mode="r|*")   # never stored: read as it arrives
     except (OSError, tarfile.TarError, requests.RequestException) as e:
-        f and f.close()
+        if f is not None:                     # (a failed response is falsy: test for None)
+            f.close()
         raise ValueError(f"cannot open shard {path}: {e}")
     key, group = None, {}
     try:
