@@ -597,7 +597,7 @@ class Prefetcher:
         t = time.perf_counter()
         try:
             batch, state = self.ahead.popleft().result()
-        except Exception as e:                # a shard that cannot be read: one line, naming it
+        except (ValueError, OSError) as e:    # a shard that cannot be read: one line, naming it (bugs: traceback)
             raise SystemExit(f"data: {e}")
         self.wait += time.perf_counter() - t
         self.ahead.append(self.submit())
