@@ -496,7 +496,7 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
             continue
         with tarfile.open(dest + ".part", "w") as tar:
             pending = []
-            for key, group in tar_samples(shard, stats):
+            for key, group in tar_samples(shard, stats):   # key: (folder, name)
                 images = [e for e in group if e.rpartition(".")[2] in IMAGE_EXTS]   # video frames: 000.jpg, ...
                 if not images:
                     stats["samples_without_image"] += 1
@@ -508,7 +508,7 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
                     stats["corrupt_images"] += 1
                     continue
                 rest = {e: data for e, data in group.items() if e not in images}
-                pending += [(key.lstrip("/"), frame, rest if i == len(decoded) - 1 else {}, image)
+                pending += [("/".join(filter(None, key)), frame, rest if i == len(decoded) - 1 else {}, image)
                             for i, (frame, image) in enumerate(decoded)]
                 if len(pending) >= batch:
                     flush(tar, pending)

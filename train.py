@@ -29,7 +29,7 @@ eval_iters = 8                # held-out batches for the validation losses
 eval_samples = 32             # held-out captions/images scored by the toy world's oracle at each evaluation
 resume = False                # continue the run in out_dir from its checkpoint
 # ---- data
-dataset = "toyworld"
+dataset = "toyworld"           # or "shards": real data from the *_data sources below (data.py, README "Real data")
 mixture = {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}
 tokenizer = "bytes"           # byte-level tiktoken encoding built in code; or a tiktoken name such as "gpt2"
 image_size = 32
@@ -39,6 +39,15 @@ cfg_dropout = 0.1             # caption dropped on this share of caption->image 
 batch_size = 16               # rows per micro-batch per process
 seq_len = 256
 gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
+# ---- real data (dataset="shards"): per source, comma-separated paths, globs (data/x/*.tar) or http(s) URLs
+text_data = ""                # llm.c-layout token shards (.bin)
+caption_to_image_data = ""    # webdataset tars: key.jpg (or key.latent.npy) + key.txt or key.json
+image_to_caption_data = ""
+video_data = ""               # webdataset tars of numbered frames: key.000.jpg, key.001.jpg, ...
+navigation_data = ""          # NWM trajectory folders: 0.jpg ... T-1.jpg + traj_data.pkl
+val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
+prefetch = 8                  # micro-batches the loader threads prepare ahead of training
+loader_threads = 4            # threads decoding this process's micro-batch slots (one slot stays on one thread)
 # ---- visual encoder
 encoder = "pixels"             # "pixels", "siglip2" (the paper's), "dinov2", "webssl", "sdvae" or "flux"
 patch_size = 4                 # pixels only: the patch side
@@ -156,28 +165,36 @@ def build(c, device):
 
 
 def _build(c, device):
-    from data import Tokenizer, ToyWorldData
+    from data import REAL_SOURCES, ShardData, Tokenizer, ToyWorldData
     from encoders import build_encoder
     from model import ModelConfig, UnifiedTransformer
     tok = Tokenizer(c.tokenizer)
     enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
-    if c.dataset != "toyworld":
-        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld")
-    data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                        c.video_frames, c.cfg_dropout)
+    if c.dataset not in ("toyworld", "shards"):
+        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
+    if c.dataset == "shards":
+        data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
+                         {s: getattr(c, f"{s}_data") for s in REAL_SOURCES}, c.gradient_accumulation_steps, c.seed,
+                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
+    else:
+        data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
+                            c.video_frames, c.cfg_dropout)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
     return tok, enc, data, UnifiedTransformer(mcfg).to(device)
 
 
-def get_batch(data, enc, step, micro, c, device, split="train"):
+def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
+    """A micro-batch on the device, its frames encoded; `batch` when the loader thread has made it already."""
     from data import to_device
-    batch = data.batch(step, micro, c.batch_size, split)
-    latents = enc.encode(batch.pop("images")) if batch["images"] is not None else None
+    batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
+    frames = batch.pop("images")
+    latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
+               torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
+               enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = latents.to(device) if latents is not None else torch.zeros(0, data.N, enc.latent_dim,
-                                                                                  device=device)
+    batch["latents"] = latents.to(device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 
@@ -303,11 +320,17 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     from sample import describe, draw, save_grid
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
-    text, flow = [], []
-    for i in range(c.eval_iters):
+    text, flow, scores = [], [], {}
+    for i in range(c.eval_iters if getattr(data, "has_val", True) else 0):
         t, f = training_losses(model, get_batch(data, enc, i, 0, c, device, "val"), generator=gen)
         text.append(t.item())
         flow.append(f.item())
+    if text:
+        scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
+                      val_flow_loss=float(np.mean(flow)))
+    if not hasattr(data, "eval_prompts"):     # real data: no oracle to score generations with
+        model.train()
+        return scores
     scenes = data.eval_prompts(c.eval_samples)
     captions = [toyworld.caption(s, c.image_size) for s in scenes]
     truth = np.stack([toyworld.render(s, c.image_size) for s in scenes])
@@ -316,8 +339,7 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     written = describe(model, tok, enc.encode(truth).to(device), generator=gen)
     und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
     model.train()
-    scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
-                  val_flow_loss=float(np.mean(flow)), gen_accuracy=gen_acc, und_accuracy=und_acc)
+    scores.update(gen_accuracy=gen_acc, und_accuracy=und_acc)
     if not write:
         return scores
     n = min(16, len(images))   # the grid: generated images, the true renders of the same captions beneath them
@@ -335,6 +357,7 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 def main(argv):
     from tqdm import tqdm
     from model import training_losses
+    from data import Prefetcher
     from moe import auxiliary_loss, update_balance_biases
     c = configure(DEFAULTS, argv)
 
@@ -362,12 +385,17 @@ def main(argv):
     tok, enc, data, model = build(c, dev)
     model.activation_checkpointing = c.activation_checkpointing
     ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
-    step, center, ckpt = 0, None, None
+    step, center, ckpt, saved = 0, None, None, {}
     if c.resume:   # the whole model's weights first; the optimizer's state once it exists
         ckpt = load_checkpoint(ckpt_path)
         check_same_model(ckpt["model_args"], vars(model.cfg), ckpt_path)
         model.load_state_dict(ckpt["model"])
         step, center = ckpt["step"], ckpt["loss_center"]
+        saved = ckpt.get("data_state", {})
+        if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
+            raise SystemExit(f"{ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
+                             f"--gradient_accumulation_steps={saved['n_slots']}")
+        data.load_state(saved.get("slots", {}))
         if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
             lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
             with open(metrics_path + ".tmp", "w") as f:
@@ -411,13 +439,22 @@ def main(argv):
 
     def checkpoint():
         weights, opt_state = full_state(raw_model, optimizer, fsdp)   # collective under FSDP: every rank calls
+        slots = [consumed]                    # every slot's reading position, from the process that owns it
+        if ddp:
+            slots = [None] * world
+            torch.distributed.all_gather_object(slots, consumed)
         if master:
+            data_state = dict(step=step, n_slots=c.gradient_accumulation_steps, slots={k: v for s in slots
+                                                                                     for k, v in s.items()})
             save_checkpoint(ckpt_path, dict(model=weights, optimizer=opt_state, step=step, config=vars(c),
                                             model_args=vars(raw_model.cfg), loss_center=center,
-                                            data_state={"step": step}))
+                                            data_state=data_state))
 
+    slots = range(rank * accum, (rank + 1) * accum)   # this process's global micro-batch indices
+    loader = Prefetcher(data, step, slots, c.batch_size, c.prefetch, c.loader_threads)
+    consumed = {k: v for k, v in saved.get("slots", {}).items() if k in slots}   # saved by the next checkpoint
     pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
-    t0, last = time.time(), {}
+    t0, last, waited = time.time(), {}, 0.0
     while step < c.max_iters:
         lr = learning_rate_at(step, c)
         for group in optimizer.param_groups:
@@ -425,7 +462,8 @@ def main(argv):
         sums = torch.zeros(2, device=dev)
         for i in range(accum):
             micro = rank * accum + i
-            batch = get_batch(data, enc, step, micro, c, dev)
+            made, consumed[micro] = loader.next()
+            batch = get_batch(data, enc, step, micro, c, dev, batch=made)
             if fsdp:   # gradients are reduced on the last micro-batch only
                 model.set_requires_gradient_sync(i == accum - 1)
             sync = model.no_sync() if ddp and not fsdp and i < accum - 1 else nullcontext()
@@ -442,6 +480,7 @@ def main(argv):
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
         text_l, flow_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()  # one host sync per step
         if not all(map(math.isfinite, (text_l, flow_l, gnorm))):
+            loader.close()
             raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
                              f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} is intact. "
                              f"Try a lower learning_rate or dtype=float32.")
@@ -455,12 +494,15 @@ def main(argv):
             dt, t0 = time.time() - t0, time.time()
             steps_done = c.log_interval if step % c.log_interval == 0 else step % c.log_interval
             tok_s = c.batch_size * c.seq_len * c.gradient_accumulation_steps * steps_done / dt
+            data_wait, waited = loader.wait - waited, loader.wait   # seconds the loop waited for data
             last = dict(step=step, text_loss=text_l, flow_loss=flow_l, loss=c.lambda_lm * text_l +
-                        c.lambda_flow * flow_l, lr=lr, grad_norm=gnorm, tokens_per_s=tok_s)
+                        c.lambda_flow * flow_l, lr=lr, grad_norm=gnorm, tokens_per_s=tok_s,
+                        data_wait_s=data_wait / steps_done, data_share=data_wait / dt,
+                        **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
             if peak:
                 last["mfu"] = flops_per_step * steps_done / dt / peak
             log(last)
-            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s"
+            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s data {data_wait / dt:.0%}"
                                  + (f" mfu {100 * last['mfu']:.1f}%" if peak else ""))
         if step % c.eval_interval == 0 or step == c.max_iters:
             if master or fsdp:   # a sharded model runs forward passes on every rank together
@@ -471,6 +513,7 @@ def main(argv):
             checkpoint()
             t0 = time.time()
     pbar.close()
+    loader.close()
     if ddp:
         torch.distributed.destroy_process_group()
 
