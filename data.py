@@ -369,18 +369,13 @@ def tar_samples(path, stats):
 
 
 def load_image(data, size):
-    """Encoded image -> RGB uint8 [size, size, 3]: the short side resized to size, the centre cropped.
-    Transparency is put onto white; grayscale, palette and CMYK images become RGB."""
+    """Encoded image bytes -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, short side resized, centre
+    cropped). JPEGs much larger than `size` are decoded at a reduced scale, which is much faster."""
     from PIL import Image
+    from encoders import to_rgb
     im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (size, size))             # JPEGs decode at a reduced scale when they are much larger
-    if "A" in im.getbands() or "transparency" in im.info:
-        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-    im = im.convert("RGB")
-    s = size / min(im.size)
-    im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BILINEAR)
-    x, y = (im.width - size) // 2, (im.height - size) // 2
-    return np.asarray(im.crop((x, y, x + size, y + size)))
+    im.draft("RGB", (size, size))
+    return to_rgb(im, size)
 
 
 def decode_frame(ext, data, size, latent_shape):

@@ -335,15 +335,16 @@ def read_weights(source, filename, keep=lambda key: True):
 
 
 def to_rgb(image, size):
-    """Any image (a pillow image or an array; grayscale, RGBA, palette, any size) -> uint8 [size, size, 3]:
-    transparency over white, the shorter side resized to `size` (bicubic), the centre cropped square."""
+    """Any image (a pillow image or an array; grayscale, RGBA, palette, CMYK, any size) -> uint8 [size, size, 3]:
+    transparency over white, the shorter side resized to `size` (bilinear: as good when shrinking, and faster in
+    the data loader, which uses this too), the centre cropped square."""
     from PIL import Image
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if "A" in img.getbands() or "transparency" in img.info:
         img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
     img = img.convert("RGB")
     scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BICUBIC)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
@@ -520,21 +521,21 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
     return stats
 
 
-if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description="image(-text) tar shards -> latent shards")
-    p.add_argument("command", choices=["preencode"])
-    p.add_argument("shards", help="tar files: globs, {0000..0099} ranges and URLs, separated by commas")
-    p.add_argument("--out", required=True, help="folder for the latent shards")
-    p.add_argument("--encoder", default="siglip2")
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--encoder_weights", default="")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = p.parse_args()
+def preencode_command(shards, out, encoder="siglip2", image_size=224, encoder_weights="", batch=64, device="auto"):
     from data import expand
+    files = expand(shards)   # a wrong path stops before any weights load
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return preencode(files, out, build_encoder(encoder, image_size, device=device, weights=encoder_weights),
+                     image_size, batch)
+
+
+if __name__ == "__main__":   # python encoders.py preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2 (README)
+    import sys
+    if sys.argv[1:2] != ["preencode"]:
+        raise SystemExit("usage: python encoders.py preencode --shards=... --out=... [--encoder=siglip2 "
+                         "--image_size=224 --encoder_weights= --batch=64 --device=auto]")
+    kwargs = {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in sys.argv[2:])}
     try:
-        encoder = build_encoder(a.encoder, a.image_size, device=a.device, weights=a.encoder_weights)
-        print(dict(preencode(expand(a.shards), a.out, encoder, a.image_size, a.batch)))
-    except ValueError as e:
-        raise SystemExit(str(e))
+        print(dict(preencode_command(**kwargs)))
+    except (ValueError, TypeError) as e:      # a bad shard list or encoder, or a key the command does not take
+        raise SystemExit(f"encoders.py preencode: {e}")
