@@ -121,7 +121,7 @@ class SiglipVision(nn.Module):
         return cls(v["hidden_size"], v["num_hidden_layers"], v["num_attention_heads"], v["intermediate_size"],
                    v["patch_size"], v["image_size"], v["layer_norm_eps"])
 
-    def load_vision_tower(self, state):
+    def load_published(self, state):
         """A whole SiglipModel's tensors or its vision tower's; the text tower, post_layernorm and head are unused."""
         state = {k.removeprefix("vision_model."): v for k, v in state.items() if not k.startswith("text_model.")}
         return load_published(self, state, ("post_layernorm.", "head.", "logit_"), "SigLIP vision tower")
@@ -451,8 +451,7 @@ def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weig
         tower = cls()
         return SemanticEncoder(tower, RAEDecoder(tower.width) if decoder_weights else None, mean_std, device)
     config, state = read_weights(weights, "model.safetensors", lambda k: not k.startswith("text_model."))
-    tower = cls.from_config(config)
-    tower = tower.load_vision_tower(state) if cls is SiglipVision else tower.load_published(state)
+    tower = cls.from_config(config).load_published(state)
     decoder = None
     if decoder_weights:
         config, state = read_weights(decoder_weights, "model.pt")

@@ -112,7 +112,7 @@ def test_siglip_vision_tower_matches_transformers(tmp_path):
     reference.save_pretrained(tmp_path)                    # model.safetensors + config.json, as on the hub
     from safetensors.torch import load_file
     ours = encoders.SiglipVision.from_config(json.load(open(tmp_path / "config.json")))
-    ours.load_vision_tower(load_file(tmp_path / "model.safetensors")).eval()
+    ours.load_published(load_file(tmp_path / "model.safetensors")).eval()
     pixels = torch.rand(2, 3, 56, 56) * 2 - 1
     with torch.no_grad():
         hidden = reference.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
@@ -121,7 +121,7 @@ def test_siglip_vision_tower_matches_transformers(tmp_path):
     assert got.shape == (2, 16, 48)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not a SigLIP vision tower"):
-        ours.load_vision_tower({"vision_model.embeddings.patch_embed.weight": torch.zeros(1)})
+        ours.load_published({"vision_model.embeddings.patch_embed.weight": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("registers", [0, 4])
