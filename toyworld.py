@@ -411,10 +411,8 @@ def random_maze(rng: np.random.Generator, cells: int = 4, loops: float = 0.3) ->
         wall[2 * r2 + 1, 2 * c2 + 1] = wall[r + r2 + 1, c + c2 + 1] = False
         seen.add((r2, c2))
         stack.append((r2, c2))
-    inner = np.zeros_like(wall)
-    inner[1:-1, 1:-1] = True
-    knock = inner & wall & ((np.arange(n)[:, None] + np.arange(n)) % 2 == 1) & (rng.random((n, n)) < loops)
-    wall[knock] = False
+    between = (np.arange(n)[:, None] + np.arange(n)) % 2 == 1          # the blocks that separate two cells
+    wall[1:-1, 1:-1] &= ~(between & (rng.random((n, n)) < loops))[1:-1, 1:-1]
     return Maze(wall, WALL_COLORS[rng.integers(len(WALL_COLORS), size=(n, n))], rng.uniform(0.35, 1.0, (2 * n, 2 * n)))
 
 

@@ -18,7 +18,8 @@ def test_ate_and_rpe_by_hand():
     pred = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
     assert plan.ate(pred, truth) == pytest.approx(np.sqrt((0 + 1 + 4) / 3))
     assert plan.rpe(pred, truth) == pytest.approx(1.0)         # both steps off by (0, 1)
-    assert plan.ate(truth + [3, 0], truth) == pytest.approx(3.0) and plan.rpe(truth + [3, 0], truth) == 0.0  # no alignment
+    shifted = truth + [3.0, 0.0]                                # no alignment: a shifted copy is 3 off, its steps exact
+    assert plan.ate(shifted, truth) == pytest.approx(3.0) and plan.rpe(shifted, truth) == 0.0
 
 
 def test_cem_with_the_simulator_reaches_easy_goals():
@@ -65,6 +66,26 @@ def test_model_planner_end_to_end_and_rows_do_not_see_each_other():
     assert torch.allclose(a[0], b[0], atol=1e-5) and not torch.allclose(a[1], b[1], atol=1e-3)
 
 
+@torch.no_grad()
+def test_imagined_frame_equals_the_sampler_without_cache():
+    """imagine (shared prefill, per-row text appended, Euler steps against the cache) against the obvious sampler
+    that reruns the whole sequence, context and action text included, at every Euler step."""
+    from data import Example, collate, navigation_example, to_device
+    from model import shift_time, velocity
+    model, tok, ep = tiny_model(), Tokenizer(), plan.episode(1, horizon=1)
+    context, text, steps = ENC.encode(ep["context"]), "dx=+0.50 dy=+0.00 dyaw=-0.25", 3
+    cached = plan.imagine(model, tok, context, [[text]], steps, torch.Generator().manual_seed(2))[0, 0]
+    ex = navigation_example(tok, list(context), [text])
+    b = to_device(collate([[Example(ex.ids, [None] * 5, ex.cond)]], ex.length(16), 16, tok.pad), "cpu")
+    z = torch.randn(1, 16, ENC.latent_dim, generator=torch.Generator().manual_seed(2))
+    ts = shift_time(torch.linspace(0, 1, steps + 1), model.cfg.time_shift)
+    for i in range(steps):
+        _, pred = model(b["tokens"], b["doc"], b["frame"], b["vis_idx"], torch.cat([context, z]),
+                        torch.cat([torch.ones(4), ts[i:i + 1]]))
+        z = z + (ts[i + 1] - ts[i]) * velocity(pred[4:], z, ts[i:i + 1], model.cfg.prediction)
+    assert torch.allclose(cached, z[0], atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def nav_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("nav")
@@ -79,7 +100,8 @@ def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
     common = [f"--out_dir={nav_run}", f"--out={tmp_path}", "--steps=1"]
     plan.main([*common, "--episodes=1", "--repeats=1", "--horizon=2", "--samples=4", "--elites=2", "--iterations=1"])
     table = capsys.readouterr().out
-    for name in ("CEM, trained model", "CEM, simulator (oracle)", "random actions", "no motion"):
+    for name in ("CEM, trained model", "CEM, simulator (oracle)", "CEM's start (forward)", "random actions",
+                 "no motion"):
         assert f"| {name} |" in table
     plan.main([*common, "--mode=rollout", "--actions=w w|d", "--sentences=go to the red wall", "--new_frames=1"])
     gif = Image.open(tmp_path / "rollout.gif")
