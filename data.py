@@ -220,10 +220,11 @@ def to_device(batch, device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The built-in source: the toy world (toyworld.py), a weighted mixture of text, caption->image, image->caption
-# and video examples, generated on the fly.
+# The built-in source: the toy world (toyworld.py), a weighted mixture of text, caption->image, image->caption,
+# video and navigation examples, generated on the fly.
 
-SOURCES = ("text", "caption_to_image", "image_to_caption", "video")
+SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation")
+NAV_CONTEXT, NAV_MAX_TARGETS = 4, 3     # the paper's 4 context frames; at most 3 predicted steps per example
 SPLITS = {"train": 0, "val": 1, "eval_prompts": 2}
 
 
@@ -242,6 +243,12 @@ class ToyWorldData:
         if "video" in self.names and need > seq_len:
             raise ValueError(f"a video of {video_frames} frames needs {need} positions but seq_len is {seq_len}: "
                              f"lower video_frames or raise seq_len")
+        nav_len = lambda k: navigation_example(tok, [None] * NAV_CONTEXT, [action_text(0, 0, 0)] * k,
+                                               [None] * k).length(tokens_per_frame)
+        self.nav_steps = max([k for k in range(1, NAV_MAX_TARGETS + 1) if nav_len(k) <= seq_len], default=0)
+        if "navigation" in self.names and not self.nav_steps:
+            raise ValueError(f"a navigation example needs {nav_len(1)} positions but seq_len is {seq_len}: raise "
+                             f"seq_len or drop navigation from the mixture")
         self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
 
     def rng(self, split, *key):
@@ -256,11 +263,24 @@ class ToyWorldData:
             return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes))
         if source == "video":
             return video_example(self.tok, toyworld.random_video(rng, self.video_frames, self.image_size))
+        if source == "navigation":
+            return self.navigation(rng)
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
         if source == "image_to_caption":
             return image_to_caption(self.tok, image, text)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
+
+    def navigation(self, rng):
+        """4 frames of a walk (random or goal-directed) in a training maze, then 1..nav_steps actions as text, each
+        followed by the frame it leads to. Held-out mazes (plan.py) have seeds of the other parity."""
+        maze = toyworld.maze_for(rng.integers(2 ** 31))
+        k = int(rng.integers(1, self.nav_steps + 1))
+        poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT - 1 + k,
+                                       goal_directed=rng.random() < 0.5)
+        frames = [toyworld.render_view(maze, p, self.image_size) for p in poses]
+        return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*a) for a in actions[-k:]],
+                                  frames[NAV_CONTEXT:])
 
     def batch(self, step, micro, batch_size, split="train"):
         """Rows for one micro-batch; `micro` is the global micro-batch index (rank * accumulation + i), so the

@@ -110,6 +110,19 @@ def commit_image(model, cache, rows, z, pos, frame_id, pad_id):
           pos=pos[:, None] + torch.arange(N, device=dev), cache=cache)
 
 
+def append_tokens(model, cache, token_lists, pos, pad_id):
+    """Feed known text (one list of ids per row, lengths may differ) into every row of the cache in one pass: rows
+    are right-padded with slots nobody sees (document -1). Returns each row's next rotary position."""
+    dev, L = pos.device, max(map(len, token_lists))
+    tokens = torch.tensor([ids + [pad_id] * (L - len(ids)) for ids in token_lists], device=dev)
+    live = torch.tensor([[i < len(ids) for i in range(L)] for ids in token_lists], device=dev)
+    N, C = model.cfg.tokens_per_frame, model.cfg.latent_dim
+    model(tokens, torch.where(live, 0, -1), torch.full_like(tokens, -1), torch.zeros(0, dtype=torch.long, device=dev),
+          torch.zeros(0, N, C, device=dev), torch.zeros(0, device=dev), pos=pos[:, None] + torch.arange(L, device=dev),
+          cache=cache)
+    return pos + live.sum(1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The modal-switching loop.
 
@@ -188,8 +201,8 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The common tasks as forced modes. (Action-conditioned frames are generate() with the action written as text
-# after the context frames and force_images=1.)
+# The common tasks as forced modes. (Action-conditioned frames, many candidate action sequences at once, are
+# plan.imagine: append_tokens for each action's text, then draw_image and commit_image.)
 
 def draw(model, tok, captions, steps=25, guidance=3.0, generator=None, progress=False):
     """Caption -> image: latents [B, N, C], one per caption."""

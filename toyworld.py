@@ -13,6 +13,8 @@ Generator passed in, and only numpy and the standard library are used: always th
 """
 from __future__ import annotations
 
+import os
+import pickle
 import re
 from dataclasses import dataclass
 
@@ -368,6 +370,170 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
     return f"there is {describe(*objects[rng.integers(len(objects))])}."
 
 
-# ---- Navigation world (action-conditioned frames) ----
-# Comes in a later issue: an egocentric maze world whose trajectories (frames + actions) are
-# written in the NWM on-disk layout, so the same loaders serve toy and real navigation data.
+# ---- Navigation world (section 5): an egocentric view of a maze, moved by body-frame actions ----
+# A maze is a grid of unit blocks, wall or floor; the pose (x, y, yaw) is continuous, in block units, yaw counter-
+# clockwise from +x. Corridors are one block wide, so a W step (0.5) is half a corridor: a wall two blocks ahead
+# grows from 8 to 11 pixels of a 32-pixel view. Walls are coloured per block with a dark seam, the floor has
+# half-block tiles of random shades, so that every step changes the picture, and nothing repeats with a period a
+# step could match (stripes or a checkerboard did: the view after a W step looked like the one before it).
+
+FOV = np.pi / 2                  # horizontal field of view; focal length = half the image width
+BODY = 0.15                      # half the robot's (square) width: it collides with walls at this distance
+ACTION_LOW, ACTION_HIGH = np.array([-0.5, -0.25, -0.5]), np.array([0.5, 0.25, 0.5])   # dx, dy, dyaw bounds
+NAV_KEYS = {"w": (0.5, 0.0, 0.0), "s": (-0.5, 0.0, 0.0), "a": (0.2, 0.0, 0.5), "d": (0.2, 0.0, -0.5)}  # = data.WASD
+WALL_COLORS = np.array([(200, 60, 60), (60, 170, 70), (70, 90, 210), (210, 180, 50), (170, 70, 190), (50, 180, 190),
+                        (220, 120, 40), (150, 150, 150), (240, 150, 190), (110, 60, 30), (30, 100, 90),
+                        (150, 210, 90)], np.float32)   # 12, so that neighbouring views rarely look alike by chance
+
+
+@dataclass(frozen=True)
+class Maze:
+    wall: np.ndarray             # bool [H, W]: block (row j, column i) covers [i, i+1) x [j, j+1)
+    color: np.ndarray            # float [H, W, 3]: each wall block's colour
+    floor: np.ndarray            # float [2H, 2W]: the shade of each half-block floor tile
+
+
+def random_maze(rng: np.random.Generator, cells: int = 4, loops: float = 0.3) -> Maze:
+    """A (2 cells + 1)^2 block maze: depth-first carving (a perfect maze), then a share `loops` of the remaining
+    inner walls knocked down, so that there are open spots and more than one way round."""
+    n = 2 * cells + 1
+    wall = np.ones((n, n), bool)
+    seen, stack = {(0, 0)}, [(0, 0)]
+    wall[1, 1] = False
+    while stack:
+        r, c = stack[-1]
+        nxt = [(r + dr, c + dc) for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
+               if 0 <= r + dr < cells and 0 <= c + dc < cells and (r + dr, c + dc) not in seen]
+        if not nxt:
+            stack.pop()
+            continue
+        r2, c2 = nxt[rng.integers(len(nxt))]
+        wall[2 * r2 + 1, 2 * c2 + 1] = wall[r + r2 + 1, c + c2 + 1] = False
+        seen.add((r2, c2))
+        stack.append((r2, c2))
+    between = (np.arange(n)[:, None] + np.arange(n)) % 2 == 1          # the blocks that separate two cells
+    wall[1:-1, 1:-1] &= ~(between & (rng.random((n, n)) < loops))[1:-1, 1:-1]
+    return Maze(wall, WALL_COLORS[rng.integers(len(WALL_COLORS), size=(n, n))], rng.uniform(0.35, 1.0, (2 * n, 2 * n)))
+
+
+def maze_for(index: int, held_out: bool = False) -> Maze:
+    """Training mazes have even seeds, held-out evaluation mazes odd ones: no evaluation layout is ever trained on."""
+    return random_maze(np.random.default_rng(2 * int(index) + bool(held_out)))
+
+
+def is_free(maze: Maze, xy: np.ndarray) -> np.ndarray:
+    """Whether the robot's square body centred at xy [..., 2] touches no wall block (checking its 4 corners is
+    exact because the body is narrower than a block)."""
+    xy = np.asarray(xy, float)[..., None, :] + BODY * np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]])
+    i, j = np.floor(xy[..., 0]).astype(int), np.floor(xy[..., 1]).astype(int)
+    h, w = maze.wall.shape
+    inside = (i >= 0) & (i < w) & (j >= 0) & (j < h)
+    return np.all(inside & ~maze.wall[j.clip(0, h - 1), i.clip(0, w - 1)], axis=-1)
+
+
+def move(maze: Maze, pose, action) -> np.ndarray:
+    """One body-frame step: translate by (dx, dy) in the frame of the current heading, then turn by dyaw. A step
+    into a wall slides along it (keeps whichever world axis of the move stays free, else stops), as a robot bumping
+    into a corridor's side would; the action bounds keep steps shorter than a block, so no wall can be jumped."""
+    x, y, yaw = pose
+    dx, dy, dyaw = np.clip(action, ACTION_LOW, ACTION_HIGH)
+    mx, my = dx * np.cos(yaw) - dy * np.sin(yaw), dx * np.sin(yaw) + dy * np.cos(yaw)
+    tries = np.array([[x + mx, y + my], [x + mx, y], [x, y + my], [x, y]])
+    x, y = tries[np.argmax(is_free(maze, tries[:3]).tolist() + [True])]
+    return np.array([x, y, (yaw + dyaw + np.pi) % (2 * np.pi) - np.pi])
+
+
+def rollout_poses(maze: Maze, pose, actions) -> np.ndarray:
+    """Poses [T+1, 3] visited by executing actions [T, 3] from pose."""
+    poses = [np.asarray(pose, float)]
+    for a in actions:
+        poses.append(move(maze, poses[-1], a))
+    return np.stack(poses)
+
+
+def render_view(maze: Maze, pose, image_size: int = 32) -> np.ndarray:
+    """uint8 [H, W, 3] first-person view: one ray per column, marched in small steps to the first wall block."""
+    (x, y, yaw), s = pose, image_size
+    focal = s / 2 / np.tan(FOV / 2)
+    fwd, left = np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])
+    ray = fwd + ((s / 2 - np.arange(s) - 0.5) / focal)[:, None] * left          # [W, 2], forward component 1
+    h, w = maze.wall.shape
+    depth = np.arange(1, 24 * max(h, w)) / 16                                    # distances along the heading
+    pts = np.array([x, y]) + depth[:, None, None] * ray                          # [D, W, 2]
+    i, j = np.clip(np.floor(pts[..., 0]).astype(int), 0, w - 1), np.clip(np.floor(pts[..., 1]).astype(int), 0, h - 1)
+    hit, cols = maze.wall[j, i].argmax(0), np.arange(s)                          # first wall sample per column
+    dist = depth[hit]
+    side = i[hit, cols] != i[np.maximum(hit - 1, 0), cols]                       # crossed an x boundary: E/W face
+    along = np.where(side, pts[hit, cols, 1], pts[hit, cols, 0]) % 1.0           # where on the face it was hit
+    shade = np.where(side, 1.0, 0.7) * np.where(along < 0.15, 0.5, 1.0)          # face light, seam
+    wall_rgb = maze.color[j[hit, cols], i[hit, cols]] * shade[:, None] / (1 + 0.15 * dist[:, None])
+    # floor: the pixel row below the horizon fixes the distance, the column fixes the ray (camera height 0.5)
+    rows = np.arange(s)[:, None] + 0.5 - s / 2
+    floor_d = np.where(rows > 0, 0.5 * focal / np.maximum(rows, 1e-6), np.inf)   # [H, 1]
+    fp = np.array([x, y]) + np.minimum(floor_d, 50)[..., None] * ray[None]       # [H, W, 2]
+    tile = np.clip(np.floor(2 * fp).astype(int), 0, np.array(maze.floor.shape)[::-1] - 1)
+    floor_rgb = maze.floor[tile[..., 1], tile[..., 0], None] * np.array([160.0, 140.0, 100.0])
+    image = np.where(rows[..., None] > 0, floor_rgb, np.array([40.0, 40.0, 70.0]))   # sky above the horizon
+    on_wall = np.abs(rows) <= 0.5 * focal / dist[None, :]                       # wall height 1, eye at 0.5
+    return np.clip(np.where(on_wall[..., None], wall_rgb[None], image), 0, 255).astype(np.uint8)
+
+
+def random_pose(rng: np.random.Generator, maze: Maze) -> np.ndarray:
+    """A free block's centre, jittered, facing anywhere."""
+    free = np.argwhere(~maze.wall)
+    j, i = free[rng.integers(len(free))]
+    return np.array([i + 0.5 + rng.uniform(-0.2, 0.2), j + 0.5 + rng.uniform(-0.2, 0.2), rng.uniform(-np.pi, np.pi)])
+
+
+def path_to(maze: Maze, start, goal) -> list:
+    """Blocks (j, i) of a shortest path over free blocks from block start to block goal (breadth-first)."""
+    before, frontier = {start: None}, [start]
+    for cell in frontier:
+        if cell == goal:
+            break
+        for dj, di in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+            nxt = (cell[0] + dj, cell[1] + di)
+            if nxt not in before and not maze.wall[nxt]:
+                before[nxt] = cell
+                frontier.append(nxt)
+    path, cell = [], goal if goal in before else start
+    while cell is not None:
+        path.append(cell)
+        cell = before[cell]
+    return path[::-1]
+
+
+def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed: bool = False):
+    """(poses [n+1, 3], actions [n, 3]). Random walks mix WASD keys with uniform continuous actions; goal-directed
+    walks steer along the shortest path to a random free block (turn toward the next block, go when facing it).
+    Actions are rounded to 2 decimals, as data.action_text writes them, so the text says exactly what was done."""
+    free = np.argwhere(~maze.wall)
+    goal = tuple(free[rng.integers(len(free))])
+    poses, actions = [np.asarray(pose, float)], []
+    for _ in range(n_steps):
+        x, y, yaw = poses[-1]
+        if goal_directed:
+            path = path_to(maze, (int(y), int(x)), goal)
+            j, i = path[min(1, len(path) - 1)]
+            err = (np.arctan2(j + 0.5 - y, i + 0.5 - x) - yaw + np.pi) % (2 * np.pi) - np.pi
+            a = (0.5 if abs(err) < 0.4 else 0.1, 0.0, np.clip(err, -0.5, 0.5) + rng.normal(0, 0.05))
+            if len(path) == 1:                                        # arrived: pick a new goal
+                goal = tuple(free[rng.integers(len(free))])
+        elif rng.random() < 0.5:
+            a = list(NAV_KEYS.values())[rng.integers(4)]
+        else:
+            a = rng.uniform(ACTION_LOW, ACTION_HIGH)
+        actions.append(np.clip(np.round(a, 2), ACTION_LOW, ACTION_HIGH))
+        poses.append(move(maze, poses[-1], actions[-1]))
+    return np.stack(poses), np.stack(actions)
+
+
+def write_nwm_trajectory(folder: str, frames: np.ndarray, position: np.ndarray, yaw: np.ndarray) -> str:
+    """NWM's on-disk layout: folder/{0..T-1}.jpg and traj_data.pkl = {"position": [T, 2], "yaw": [T]}."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(os.path.join(folder, f"{t}.jpg"), quality=95)
+    with open(os.path.join(folder, "traj_data.pkl"), "wb") as f:
+        pickle.dump({"position": np.asarray(position, np.float64), "yaw": np.asarray(yaw, np.float64)}, f)
+    return folder

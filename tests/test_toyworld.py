@@ -1,4 +1,5 @@
 """Tests for the toy world: determinism, the caption grammar, the oracle and the scores."""
+import os
 import re
 
 import numpy as np
@@ -215,3 +216,84 @@ def test_comparisons_are_true():
     assert said == {"the red circle is left of the blue square.", "the red circle is above the blue square."}
     said = {tw.compare(blue_square, red_circle, rng) for _ in range(50)}
     assert said == {"the blue square is right of the red circle.", "the blue square is below the red circle."}
+
+
+# ---- the navigation world ----
+
+
+def open_room(n=7):
+    """A walled n x n room with nothing inside: motion there is never blocked."""
+    wall = np.ones((n, n), bool)
+    wall[1:-1, 1:-1] = False
+    return tw.Maze(wall, np.full((n, n, 3), 100.0), np.full((2 * n, 2 * n), 0.5))
+
+
+def test_move_is_a_body_frame_step_then_a_turn():
+    room = open_room()
+    x, y, yaw = tw.move(room, (2.5, 2.5, np.pi / 2), (0.5, 0.2, 0.3))
+    # facing +y: forward 0.5 is +y, left 0.2 is -x; then the heading turns counter-clockwise by 0.3
+    assert np.allclose([x, y, yaw], [2.3, 3.0, np.pi / 2 + 0.3])
+    x, y, yaw = tw.move(room, (3.0, 3.0, 3.0), tw.NAV_KEYS["a"])   # A: +0.2 forward, +0.5 yaw, wrapped to [-pi, pi)
+    assert np.allclose([x, y, yaw], [3.0 + 0.2 * np.cos(3.0), 3.0 + 0.2 * np.sin(3.0), 3.5 - 2 * np.pi])
+
+
+def test_walls_block_motion_and_are_never_entered():
+    room = open_room()
+    room.wall[3, 4] = True                                  # one block right in front of (3.5, 3.5) facing +x
+    assert np.allclose(tw.move(room, (3.5, 3.5, 0.0), tw.NAV_KEYS["w"]), (3.5, 3.5, 0.0))     # blocked: stays
+    assert np.allclose(tw.move(room, (3.5, 3.5, -np.pi), tw.NAV_KEYS["w"]), (3.0, 3.5, -np.pi))  # other way: moves
+    d = 0.5 / np.sqrt(2)                                     # heading north-east: east is blocked, it slides north
+    assert np.allclose(tw.move(room, (3.5, 3.5, np.pi / 4), tw.NAV_KEYS["w"]), (3.5, 3.5 + d, np.pi / 4))
+    maze = tw.random_maze(np.random.default_rng(3))
+    poses, _ = tw.walk(np.random.default_rng(4), maze, tw.random_pose(np.random.default_rng(5), maze), 400)
+    assert tw.is_free(maze, poses[:, :2]).all()
+    blocked = np.linalg.norm(np.diff(poses[:, :2], axis=0), axis=1) == 0
+    assert 0 < blocked.mean() < 0.9                          # walls were met, and the walk still got around
+
+
+def test_mazes_are_connected_deterministic_and_split_by_parity():
+    a, b = tw.maze_for(7), tw.maze_for(7)
+    assert np.array_equal(a.wall, b.wall) and np.array_equal(a.color, b.color)
+    assert not np.array_equal(tw.maze_for(7).wall, tw.maze_for(7, held_out=True).wall)
+    assert a.wall[0].all() and a.wall[-1].all() and a.wall[:, 0].all() and a.wall[:, -1].all()
+    free = [tuple(c) for c in np.argwhere(~a.wall)]
+    assert all(tw.path_to(a, free[0], c)[-1] == c for c in free)   # every free block is reachable
+
+
+def test_walks_and_views_are_deterministic_and_motion_is_visible():
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        maze = tw.random_maze(rng)
+        poses, actions = tw.walk(rng, maze, tw.random_pose(rng, maze), 6, goal_directed=True)
+        return poses, actions, np.stack([tw.render_view(maze, p) for p in poses])
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[2], c[2])
+    assert a[2].shape == (7, 32, 32, 3) and a[2].dtype == np.uint8
+    room = open_room(9)
+    room.color[:, 8] = (200, 60, 60)                        # a red east wall, 3 blocks ahead of (4.5, 4.5)
+    near, far = tw.render_view(room, (5.0, 4.5, 0.0)), tw.render_view(room, (4.5, 4.5, 0.0))
+    sky_or_floor = [(40, 40, 70), (80, 70, 50)]              # the sky, and the floor at shade 0.5
+    wall_rows = lambda im: sum(~np.any([np.all(im[:, 16] == c, -1) for c in sky_or_floor], 0))
+    assert wall_rows(near) > wall_rows(far) + 1 > 1           # a W step makes the wall ahead visibly taller
+    maze = tw.maze_for(0)
+    for pose in (tw.random_pose(np.random.default_rng(s), maze) for s in range(5)):   # in a maze, any step shows
+        for key in "wad":
+            after = tw.render_view(maze, tw.move(maze, pose, tw.NAV_KEYS[key])).astype(int)
+            assert np.abs(after - tw.render_view(maze, pose)).mean() > 3
+
+
+def test_nwm_layout_round_trips_the_executed_actions(tmp_path):
+    import pickle
+
+    from data import robot_frame_actions
+    rng = np.random.default_rng(0)
+    maze = open_room(30)                                     # 12 steps from the middle never reach a wall
+    poses, actions = tw.walk(rng, maze, (15.0, 15.0, 0.3), 12)
+    frames = np.stack([tw.render_view(maze, p) for p in poses])
+    folder = tw.write_nwm_trajectory(str(tmp_path / "traj0"), frames, poses[:, :2], poses[:, 2])
+    assert sorted(os.listdir(folder)) == sorted([f"{t}.jpg" for t in range(13)] + ["traj_data.pkl"])
+    data = pickle.load(open(os.path.join(folder, "traj_data.pkl"), "rb"))
+    assert data["position"].shape == (13, 2) and data["yaw"].shape == (13,)
+    executed = robot_frame_actions(data["position"], data["yaw"])
+    assert np.allclose(executed, actions, atol=1e-9) and np.abs(actions[:, :2]).sum() > 1   # steps were taken
