@@ -293,6 +293,26 @@ def test_navigation_windows_from_an_nwm_folder(tmp_path):
         take("navigation", d)
 
 
+def test_toy_world_trajectories_read_back_through_the_nwm_loader(tmp_path):
+    """The same loader serves real NWM data and the toy maze: a walk written by toyworld.write_nwm_trajectory comes
+    back as windows whose action texts are the moves it made (a step into a wall slides: the move, not the
+    command, is what the poses record) and whose frames are its renders (JPEG-compressed)."""
+    import toyworld as tw
+    rng = np.random.default_rng(3)
+    maze = tw.maze_for(0)
+    poses, _ = tw.walk(rng, maze, tw.random_pose(rng, maze), 7)
+    actions = robot_frame_actions(poses[:, :2], poses[:, 2])
+    frames = np.stack([tw.render_view(maze, p, SIZE) for p in poses])
+    tw.write_nwm_trajectory(str(tmp_path / "nwm/walk0"), frames, poses[:, :2], poses[:, 2])
+    tok, exs = Tokenizer(), take("navigation", make({"navigation": 1.0}, seq_len=400,
+                                                     navigation_data=str(tmp_path / "nwm/*")))
+    assert len(exs) == len(poses) - 4
+    for t, ex in enumerate(exs):
+        k = len(ex.frames) - 4
+        assert text_of(tok, ex) == "".join(action_text(*a) for a in actions[t + 3:t + 3 + k])
+        assert np.abs(np.stack(ex.frames).astype(int) - frames[t:t + 4 + k]).mean() < 8
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Slots and resumption
 
