@@ -111,7 +111,7 @@ def video_example(tok, frames):
 # left, yaw counter-clockwise, in radians), written with two decimals; the WASD keys of Appendix F.1 are presets.
 # Anything else (a free-form sentence) passes through as text, but only these forms can be parsed back.
 
-WASD = {"w": (0.5, 0.0, 0.0), "s": (-0.5, 0.0, 0.0), "a": (0.2, 0.0, 0.5), "d": (0.2, 0.0, -0.5)}
+WASD = toyworld.NAV_KEYS   # {"w": (+0.5, 0, 0), ...}: kept with the world they move
 _ACTION = re.compile(r"dx=([+-]\d+\.\d\d) dy=([+-]\d+\.\d\d) dyaw=([+-]\d+\.\d\d)")
 
 

@@ -380,7 +380,7 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
 FOV = np.pi / 2                  # horizontal field of view; focal length = half the image width
 BODY = 0.15                      # half the robot's (square) width: it collides with walls at this distance
 ACTION_LOW, ACTION_HIGH = np.array([-0.5, -0.25, -0.5]), np.array([0.5, 0.25, 0.5])   # dx, dy, dyaw bounds
-NAV_KEYS = {"w": (0.5, 0.0, 0.0), "s": (-0.5, 0.0, 0.0), "a": (0.2, 0.0, 0.5), "d": (0.2, 0.0, -0.5)}  # = data.WASD
+NAV_KEYS = {"w": (0.5, 0.0, 0.0), "s": (-0.5, 0.0, 0.0), "a": (0.2, 0.0, 0.5), "d": (0.2, 0.0, -0.5)}  # App. F.1 WASD
 WALL_COLORS = np.array([(200, 60, 60), (60, 170, 70), (70, 90, 210), (210, 180, 50), (170, 70, 190), (50, 180, 190),
                         (220, 120, 40), (150, 150, 150), (240, 150, 190), (110, 60, 30), (30, 100, 90),
                         (150, 210, 90)], np.float32)   # 12, so that neighbouring views rarely look alike by chance
