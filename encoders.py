@@ -4,7 +4,9 @@ Frozen visual encoders and decoders: images in, latent tokens [B, N, C] out, and
 The model never sees pixels: every image or video frame is turned into N latent tokens of C channels by a frozen
 encoder, flow matching runs in that latent space, and a frozen decoder maps generated latents back to pixels
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
-plus .tokens_per_frame and .latent_dim. The built-in one is raw pixels cut into patches.
+plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
+semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
+pixels; the download of published weights; VAEs; build_encoder; the pre-encoding command.
 """
 import json
 import os
@@ -50,7 +52,7 @@ class PixelPatches:
 # Semantic encoders (section 3): SigLIP 2 (the paper's choice), DINOv2 and WebSSL, all plain pre-LayerNorm ViTs.
 # Their latents are the last layer's output *before* the model's own final norm, normalised by a LayerNorm without
 # affine parameters (RAE). One block class serves every ViT here; checkpoints keep their published key names and
-# `rename_blocks` maps each family's names for a block's parts onto ours.
+# `load_published` maps each family's names for a block's parts onto ours.
 
 class ViTBlock(nn.Module):
     def __init__(self, width, heads, hidden, eps, approximate="none", layer_scale=False):
@@ -316,6 +318,8 @@ def weights_file(source, filename):
         if not os.path.exists(path):
             raise SystemExit(f"{path} is missing: the folder must hold the model's {filename}")
         return path
+    if source.count("/") < 1 or source.startswith((".", "/")):
+        raise SystemExit(f"weights '{source}': no such folder, and not a hub repository (owner/name[/subfolder])")
     owner, name, *sub = source.split("/")
     return hub_file(f"{owner}/{name}", "/".join([*sub, filename]))
 

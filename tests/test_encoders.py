@@ -221,6 +221,8 @@ def test_semantic_encoder_from_local_folders_normalises_and_decodes(tmp_path):
     assert (no_decoder.tokens_per_frame, no_decoder.latent_dim) == (256, 1024)
     with pytest.raises(ValueError, match="set decoder_weights"):
         no_decoder.decode(torch.zeros(1, 256, 1024))
+    with pytest.raises(SystemExit, match="no such folder, and not a hub repository"):
+        encoders.build_encoder("siglip2", weights=str(tmp_path / "nothing-here"))
     with pytest.raises(SystemExit, match="model.safetensors is missing"):
         encoders.build_encoder("siglip2", weights=str(tmp_path / "rae"))
     with pytest.raises(ValueError, match="unknown encoder 'clip'.*siglip2"):
