@@ -133,17 +133,14 @@ def parse_actions(text):
     return [tuple(float(v) for v in m.groups()) for m in matches]
 
 
-def wrap_angle(a):
-    return (a + np.pi) % (2 * np.pi) - np.pi
-
-
 def robot_frame_actions(position, yaw):
     """Poses [T, 2] and [T] in the world frame -> the T-1 actions between consecutive poses, each in the frame of
     the pose it starts from (as NWM computes them): (p[i+1] - p[i]) rotated by -yaw[i], and the wrapped yaw step."""
     position, yaw = np.asarray(position, float), np.asarray(yaw, float)
     d = position[1:] - position[:-1]
     c, s = np.cos(yaw[:-1]), np.sin(yaw[:-1])
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], wrap_angle(yaw[1:] - yaw[:-1])], 1)
+    dyaw = toyworld.wrap_angle(yaw[1:] - yaw[:-1])
+    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], dyaw], 1)
 
 
 def navigation_example(tok, context, actions, targets=None):
@@ -228,21 +225,28 @@ NAV_CONTEXT, NAV_MAX_TARGETS = 4, 3     # the paper's 4 context frames; at most 
 SPLITS = {"train": 0, "val": 1, "eval_prompts": 2}
 
 
+def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
+    """The sources a mixture weights, in SOURCES order (the toy world's and real data's alike). An unknown source,
+    a mixture that weights nothing, or a video too long for a row stops with a message."""
+    unknown = set(mixture) - set(SOURCES)
+    if unknown or not any(w > 0 for w in mixture.values()):
+        raise ValueError(f"mixture {mixture} must weight some of {SOURCES} (unknown: {sorted(unknown)})")
+    names = [s for s in SOURCES if mixture.get(s, 0) > 0]
+    need = video_example(tok, [None] * video_frames).length(tokens_per_frame)
+    if "video" in names and need > seq_len:
+        raise ValueError(f"a video of {video_frames} frames needs {need} positions but seq_len is {seq_len}: "
+                         f"lower video_frames or raise seq_len")
+    return names
+
+
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3,
                  video_frames=4, cfg_dropout=0.1):
-        unknown = set(mixture) - set(SOURCES)
-        if unknown or not any(w > 0 for w in mixture.values()):
-            raise ValueError(f"mixture {mixture} must weight some of {SOURCES} (unknown: {sorted(unknown)})")
         self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
-        self.names = [s for s in SOURCES if mixture.get(s, 0) > 0]
+        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
         self.video_frames, self.cfg_dropout = video_frames, cfg_dropout
-        need = video_example(tok, [None] * video_frames).length(tokens_per_frame)
-        if "video" in self.names and need > seq_len:
-            raise ValueError(f"a video of {video_frames} frames needs {need} positions but seq_len is {seq_len}: "
-                             f"lower video_frames or raise seq_len")
         nav_len = lambda k: navigation_example(tok, [None] * NAV_CONTEXT, [action_text(0, 0, 0)] * k,
                                                [None] * k).length(tokens_per_frame)
         self.nav_steps = max([k for k in range(1, NAV_MAX_TARGETS + 1) if nav_len(k) <= seq_len], default=0)
@@ -314,7 +318,6 @@ class ToyWorldData:
 SHARD_MAGIC = 20240520                        # llm.c: 256 int32 header (magic, version, token count), then tokens
 SHARD_DTYPES = {1: np.uint16, 2: np.uint32}   # version 2 is ours: uint32 tokens, for vocabularies over 65,536
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-REAL_SOURCES = SOURCES + ("navigation",)
 CONTEXT_FRAMES = 4                            # navigation: 4 context frames, then 1 to 4 predicted ones (section 5)
 
 
@@ -427,7 +430,7 @@ class Stream:
             self.files, self.part = files[slot::n_slots], (0, 1)
         else:
             self.files, self.part = [files[slot % F]], (slot // F, len(range(slot % F, n_slots, F)))
-        self.data, self.source, self.key = data, source, [data.seed, REAL_SOURCES.index(source), slot]
+        self.data, self.source, self.key = data, source, [data.seed, SOURCES.index(source), slot]
         self.state, self.items, self.pending, self.dry = list(state or (0, 0, 0, 0)), None, [], 0
 
     def peek(self):
@@ -464,16 +467,11 @@ class ShardData:
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
                  image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None):
-        unknown = set(mixture) - set(REAL_SOURCES)
-        if unknown or not any(w > 0 for w in mixture.values()):
-            raise ValueError(f"mixture {mixture} must weight some of {REAL_SOURCES} (unknown: {sorted(unknown)})")
-        self.names = [s for s in REAL_SOURCES if mixture.get(s, 0) > 0]
+        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         for s in self.names:
             if not sources.get(s):
                 raise ValueError(f"the mixture weights {s} but {s}_data is empty: set it (paths, globs or URLs, "
                                  f"comma-separated) or drop {s} from the mixture")
-        if "video" in self.names and video_example(tok, [None] * video_frames).length(tokens_per_frame) > seq_len:
-            raise ValueError(f"a video of {video_frames} frames needs more than seq_len {seq_len}: lower video_frames")
         self.files = {s: expand(sources[s]) for s in self.names}
         self.val_files = {s: expand(v) for s, v in (val_sources or {}).items() if s in self.names and v}
         self.tok, self.seq_len, self.N, self.latent_shape = tok, seq_len, tokens_per_frame, (tokens_per_frame,

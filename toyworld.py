@@ -431,6 +431,11 @@ def is_free(maze: Maze, xy: np.ndarray) -> np.ndarray:
     return np.all(inside & ~maze.wall[j.clip(0, h - 1), i.clip(0, w - 1)], axis=-1)
 
 
+def wrap_angle(a):
+    """An angle (or array of them) in [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
 def move(maze: Maze, pose, action) -> np.ndarray:
     """One body-frame step: translate by (dx, dy) in the frame of the current heading, then turn by dyaw. A step
     into a wall slides along it (keeps whichever world axis of the move stays free, else stops), as a robot bumping
@@ -440,7 +445,7 @@ def move(maze: Maze, pose, action) -> np.ndarray:
     mx, my = dx * np.cos(yaw) - dy * np.sin(yaw), dx * np.sin(yaw) + dy * np.cos(yaw)
     tries = np.array([[x + mx, y + my], [x + mx, y], [x, y + my], [x, y]])
     x, y = tries[np.argmax(is_free(maze, tries[:3]).tolist() + [True])]
-    return np.array([x, y, (yaw + dyaw + np.pi) % (2 * np.pi) - np.pi])
+    return np.array([x, y, wrap_angle(yaw + dyaw)])
 
 
 def rollout_poses(maze: Maze, pose, actions) -> np.ndarray:
@@ -515,7 +520,7 @@ def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed
         if goal_directed:
             path = path_to(maze, (int(y), int(x)), goal)
             j, i = path[min(1, len(path) - 1)]
-            err = (np.arctan2(j + 0.5 - y, i + 0.5 - x) - yaw + np.pi) % (2 * np.pi) - np.pi
+            err = wrap_angle(np.arctan2(j + 0.5 - y, i + 0.5 - x) - yaw)
             a = (0.5 if abs(err) < 0.4 else 0.1, 0.0, np.clip(err, -0.5, 0.5) + rng.normal(0, 0.05))
             if len(path) == 1:                                        # arrived: pick a new goal
                 goal = tuple(free[rng.integers(len(free))])

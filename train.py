@@ -165,7 +165,7 @@ def build(c, device):
 
 
 def _build(c, device):
-    from data import REAL_SOURCES, ShardData, Tokenizer, ToyWorldData
+    from data import SOURCES, ShardData, Tokenizer, ToyWorldData
     from encoders import build_encoder
     from model import ModelConfig, UnifiedTransformer
     tok = Tokenizer(c.tokenizer)
@@ -174,7 +174,7 @@ def _build(c, device):
         raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
     if c.dataset == "shards":
         data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
-                         {s: getattr(c, f"{s}_data") for s in REAL_SOURCES}, c.gradient_accumulation_steps, c.seed,
+                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
                          c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
     else:
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
