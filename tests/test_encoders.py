@@ -132,8 +132,11 @@ def test_dinov2_matches_transformers_with_and_without_registers(tmp_path, regist
     torch.manual_seed(0)
     kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=7, image_size=56,
               layerscale_value=0.5)
-    reference = (transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
-        num_register_tokens=registers, **kw)) if registers else transformers.Dinov2Model(transformers.Dinov2Config(**kw)))
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **kw)
+        reference = transformers.Dinov2WithRegistersModel(config)
+    else:
+        reference = transformers.Dinov2Model(transformers.Dinov2Config(**kw))
     reference.eval().save_pretrained(tmp_path)
     with torch.no_grad():   # make position embeddings and layer scales non-trivial
         reference.embeddings.position_embeddings.normal_()
@@ -233,8 +236,9 @@ def test_vae_latents_are_scaled_unshuffled_tokens(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                  norm_num_groups=4, layers_per_block=1, scaling_factor=0.3611, shift_factor=0.1159)
+                                  down_block_types=("DownEncoderBlock2D",) * 4,
+                                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4, layers_per_block=1,
+                                  scaling_factor=0.3611, shift_factor=0.1159)
     vae.save_pretrained(tmp_path / "vae")
     enc = encoders.build_encoder("flux", 64, weights=str(tmp_path / "vae"))
     assert (enc.tokens_per_frame, enc.latent_dim) == (16, 16)    # 64 px / 8 = 8x8x4, unshuffled: 4x4 tokens of 16
