@@ -410,6 +410,13 @@ def decode_frame(ext, data, size, latent_shape):
     return load_image(data, size)
 
 
+def frame_members(group):
+    """The extensions of a sample's frames, images or pre-encoded latents, in frame order ("000.jpg", "001.jpg", ...
+    for a video; one "jpg" or "latent.npy" for an image-text pair)."""
+    frames = [e for e in group if e.rsplit(".", 1)[-1] in IMAGE_EXTS or e.endswith("latent.npy")]
+    return sorted(frames, key=lambda e: int(e.split(".")[0]) if e.split(".")[0].isdigit() else -1)
+
+
 def caption_of(group):
     """A sample's .txt, or the "caption" (else "text") field of its .json; None when it has none."""
     try:
@@ -545,8 +552,7 @@ class ShardData:
 
     def tar_examples(self, source, group, rng):
         """One webdataset sample -> its examples; [] when it is unusable, the reason counted."""
-        frames = sorted((e for e in group if e.rsplit(".", 1)[-1] in IMAGE_EXTS or e.endswith("latent.npy")),
-                        key=lambda e: int(e.split(".")[0]) if e.split(".")[0].isdigit() else -1)
+        frames = frame_members(group)
         K = self.video_frames if source == "video" else 1
         frames = frames[:len(frames) // K * K]
         caption = caption_of(group) if source != "video" else ""
@@ -671,13 +677,17 @@ def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-ed
     return paths
 
 
+def command_kwargs(args):
+    """--key=value arguments of the data commands (here and encoders.py's preencode); digits become ints."""
+    return {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in args)}
+
+
 if __name__ == "__main__":   # python data.py prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2 (see README)
     commands = {"prepare-text": prepare_text, "download-fineweb": download_fineweb}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(f"usage: python data.py {' | '.join(commands)} --key=value ... (README, 'Real data')")
-    kwargs = {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in sys.argv[2:])}
     try:
-        written = commands[sys.argv[1]](**kwargs)
+        written = commands[sys.argv[1]](**command_kwargs(sys.argv[2:]))
     except (ValueError, TypeError) as e:      # a bad file, or a key the command does not take
         raise SystemExit(f"data.py {sys.argv[1]}: {e}")
     print(f"{len(written)} shard(s): {', '.join(written[:3])}{' ...' if len(written) > 3 else ''}")

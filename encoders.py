@@ -473,7 +473,7 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
     import tarfile
     from collections import Counter
     from tqdm import tqdm
-    from data import IMAGE_EXTS, load_image, tar_samples
+    from data import frame_members, load_image, tar_samples
     os.makedirs(out_dir, exist_ok=True)
     stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
 
@@ -501,13 +501,13 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
         with tarfile.open(dest + ".part", "w") as tar:
             pending = []
             for key, group in tar_samples(shard, stats):   # key: (folder, name)
-                images = [e for e in group if e.rpartition(".")[2] in IMAGE_EXTS]   # video frames: 000.jpg, ...
+                images = [e for e in frame_members(group) if not e.endswith("latent.npy")]   # video: 000.jpg, ...
                 if not images:
                     stats["samples_without_image"] += 1
                     continue
                 try:   # "000.jpg" -> frame ".000"; "jpg" -> frame ""
                     decoded = [("." + e.rpartition(".")[0] if "." in e else "", load_image(group[e], image_size))
-                               for e in sorted(images)]
+                               for e in images]
                 except Exception:   # a corrupt image: the sample is skipped and counted
                     stats["corrupt_images"] += 1
                     continue
@@ -537,8 +537,8 @@ if __name__ == "__main__":   # python encoders.py preencode --shards='data/cc3m/
     if sys.argv[1:2] != ["preencode"]:
         raise SystemExit("usage: python encoders.py preencode --shards=... --out=... [--encoder=siglip2 "
                          "--image_size=224 --encoder_weights= --batch=64 --device=auto]")
-    kwargs = {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in sys.argv[2:])}
+    from data import command_kwargs
     try:
-        print(dict(preencode_command(**kwargs)))
+        print(dict(preencode_command(**command_kwargs(sys.argv[2:]))))
     except (ValueError, TypeError) as e:      # a bad shard list or encoder, or a key the command does not take
         raise SystemExit(f"encoders.py preencode: {e}")

@@ -73,11 +73,15 @@ def model_world(model, tok, context, steps=10, generator=None):
                                    steps, generator)
 
 
+def true_frames(maze, start, actions, image_size):
+    """What the simulator shows after each of the actions [H, 3] from the start pose: [H, h, w, 3]."""
+    return np.stack([tw.render_view(maze, p, image_size) for p in tw.rollout_poses(maze, start, actions)[1:]])
+
+
 def oracle_world(maze, start, enc, image_size):
     """The simulator itself as the world model: the best a learned one could do."""
     def predict(actions):
-        frames = np.array([[tw.render_view(maze, p, image_size) for p in tw.rollout_poses(maze, start, row)[1:]]
-                           for row in actions])                                  # [B, H, h, w, 3]
+        frames = np.stack([true_frames(maze, start, row, image_size) for row in actions])   # [B, H, h, w, 3]
         return enc.encode(frames.reshape(-1, *frames.shape[2:])).view(*frames.shape[:2], enc.tokens_per_frame, -1)
     return predict
 
@@ -181,8 +185,7 @@ def rollout(model, tok, enc, c, folder):
     context = enc.encode(ep["context"]).to(c.dev)
     for texts, steps in alts:   # top row: context + imagined frames; below: the simulator's frames, grey if none
         made = enc.decode(imagine(model, tok, context, [texts], c.steps, generator)[0])
-        truth = np.full_like(made, 128) if steps is None else np.stack(
-            [tw.render_view(ep["maze"], p, c.image_size) for p in tw.rollout_poses(ep["maze"], ep["start"], steps)[1:]])
+        truth = np.full_like(made, 128) if steps is None else true_frames(ep["maze"], ep["start"], steps, c.image_size)
         pad = lambda x: np.concatenate([ep["context"], x, x[-1:].repeat(H - len(x), 0)])
         rows += [pad(made), pad(truth)]
         print(f"{' | '.join(texts)}")

@@ -245,15 +245,14 @@ def as_text(tok, ids):
 
 
 def load_image(path, size):
-    """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square."""
-    from PIL import Image
-    from encoders import to_rgb
+    """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square, converted
+    as the data loader converts training images (data.load_image)."""
+    from data import load_image as decode
     try:
-        img = Image.open(path)
-        img.load()
+        with open(path, "rb") as f:
+            return decode(f.read(), size)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot read image '{path}' ({e}): give a PNG or JPEG file")
-    return to_rgb(img, size)
 
 
 def upscale(images, scale):
