@@ -213,7 +213,16 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
 
 
 def to_device(batch, device):
-    return {k: torch.as_tensor(v).to(device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    return {k: move(torch.as_tensor(v), device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def move(x, device):
+    """A CPU tensor to the device. To a GPU through pinned memory, without waiting: a plain copy would first wait
+    for all the work queued on the GPU (the last micro-batch's backward), leaving the GPU idle while the next
+    forward pass is launched."""
+    if x.device.type == "cpu" and torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ embedding of the frame's time t, and leave through a linear flow head. No U-Net.
 Read top to bottom: the configuration, the flow-matching maths, the hybrid attention mask, the building blocks
 (RMSNorm, RoPE, grouped-query attention, SwiGLU, the FFN seam), the model, and the training loss.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -128,27 +129,30 @@ def dense_mask(doc, frame, doc_k=None, frame_k=None):
 
 
 def flex_block_mask(doc, frame):
-    """The same rule as a FlexAttention BlockMask: built once per batch, shared by every layer."""
+    """The same rule as a FlexAttention BlockMask: built once per batch (outside the compiled model), shared by
+    every layer. On the GPU its construction is compiled too: eager, it would first build the whole [B, S, S] mask."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q, k):
         return may_attend(doc[b, q], doc[b, k], frame[b, q], frame[b, k], q, k)
     B, S = doc.shape
-    return create_block_mask(mask_mod, B, None, S, S, device=doc.device)
+    build = compiled(create_block_mask) if doc.is_cuda else create_block_mask
+    return build(mask_mod, B, None, S, S, device=doc.device)
 
 
-_compiled_flex = None
+@functools.cache
+def compiled(fn):
+    """torch.compile(fn), made once per function: a new wrapper per call would compile again."""
+    return torch.compile(fn, dynamic=False)
 
 
 def flex_attention(q, k, v, block_mask):
-    """FlexAttention is only fast when compiled (it then emits one fused kernel that skips empty blocks)."""
-    global _compiled_flex
+    """FlexAttention is only fast when compiled: one fused kernel that skips the blocks the mask empties. Inside a
+    compiled model it fuses there; called eagerly on the GPU it is compiled on its own; on the CPU it runs as is."""
     from torch.nn.attention.flex_attention import flex_attention as flex
-    if q.device.type != "cuda":
-        return flex(q, k, v, block_mask=block_mask, enable_gqa=True)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=True)
+    if q.is_cuda and not torch.compiler.is_compiling():
+        flex = compiled(flex)
+    return flex(q, k, v, block_mask=block_mask, enable_gqa=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ class SharedFFN(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
     def forward(self, x, is_vision):
-        return self.ffn(x)
+        return self.ffn(x), {}
 
     def active_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -265,7 +269,8 @@ class SharedFFN(nn.Module):
 
 class ModalityFFN(nn.Module):
     """A text FFN and a vision FFN (Appendix C): every token goes through exactly one of them, so the FLOPs per
-    token equal the shared FFN's while the parameters double."""
+    token equal the shared FFN's while the parameters double. Tokens are sorted by modality and both FFNs run as
+    one grouped matrix multiply (a two-expert MoE whose router is the modality), so nothing waits for the host."""
     def __init__(self, cfg):
         super().__init__()
         self.text, self.vision = SwiGLU(cfg.d_model, cfg.ffn_hidden), SwiGLU(cfg.d_model, cfg.ffn_hidden)
@@ -273,19 +278,48 @@ class ModalityFFN(nn.Module):
     def forward(self, x, is_vision):
         shape = x.shape
         x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
-        vis = is_vision.nonzero().squeeze(1)          # gathering by index keeps the compute to one FFN per token
-        txt = (~is_vision).nonzero().squeeze(1)
-        out = torch.empty_like(x)
-        out = out.index_copy(0, vis, self.vision(x[vis])).index_copy(0, txt, self.text(x[txt]))
-        return out.view(shape)
+        order = torch.argsort(is_vision.to(torch.uint8), stable=True)        # text tokens first, then vision
+        n_vision = is_vision.sum()
+        counts = torch.stack([is_vision.numel() - n_vision, n_vision])
+        ffns = (self.text, self.vision)
+        y = grouped_swiglu(x[order], torch.stack([f.w_gate_up.weight.t() for f in ffns]),
+                           torch.stack([f.w_down.weight.t() for f in ffns]), counts)
+        return torch.empty_like(x).index_copy(0, order, y.to(x.dtype)).view(shape), {}
 
     def active_params(self):
         return sum(p.numel() for p in self.text.parameters())
 
 
+# torch._grouped_mm runs on any recent GPU and on the CPU from torch 2.9 (before, on Hopper only), in bfloat16
+GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
+
+
+def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
+    """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
+    of xs [A, d]; counts [E] rows per set. On the GPU (and under bf16 autocast on the CPU): one grouped matrix
+    multiply per projection in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and
+    torch.compile sees one graph. Otherwise a loop over the sets: the exact float32 reference."""
+    if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
+        cpu_bf16 = xs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+            torch.get_autocast_dtype("cpu") == torch.bfloat16
+        grouped = GROUPED_MM and (xs.is_cuda or cpu_bf16) and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
+    if grouped:
+        offs = counts.cumsum(0).to(torch.int32)       # where each set's run of rows ends
+        bf = torch.bfloat16                            # the kernel's one type; autocast does not reach it
+        gate, up = torch._grouped_mm(xs.to(bf), w_gate_up.to(bf), offs=offs).chunk(2, dim=-1)
+        return torch._grouped_mm((F.silu(gate) * up).to(bf), w_down.to(bf), offs=offs)
+    outs = []
+    for e, xe in enumerate(torch.split(xs, counts.tolist())):
+        gate, up = (xe @ w_gate_up[e]).chunk(2, dim=-1)
+        outs.append((F.silu(gate) * up) @ w_down[e])
+    return torch.cat(outs)
+
+
 def make_ffn(cfg):
-    """The FFN seam: every FFN maps (x [B, S, d], is_vision [B, S]) -> [B, S, d] and says how many of its
-    parameters one token uses. The Mixture-of-Experts FFN plugs in here."""
+    """The FFN seam: every FFN maps (x [B, S, d], is_vision [B, S]) -> ([B, S, d], statistics for training) and
+    says how many of its parameters one token uses. The statistics ({} for a dense FFN; the MoE's balance loss and
+    expert load) are returned, not stored, so a layer has no side effects that would stop activation
+    checkpointing from compiling. The Mixture-of-Experts FFN plugs in here."""
     if cfg.ffn == "shared":
         return SharedFFN(cfg)
     if cfg.ffn == "modality":
@@ -304,7 +338,8 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask, is_vision, cache=None, commit=True):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, commit)
-        return x + self.ffn(self.ffn_norm(x), is_vision)
+        y, stats = self.ffn(self.ffn_norm(x), is_vision)
+        return x + y, stats
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,25 +374,28 @@ class UnifiedTransformer(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True):
+    def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True, mask=None):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
         Generation adds pos [B, S] (rotary positions; default 0..S-1) and a KVCache holding earlier positions.
+        mask: attention_mask(doc, frame), when the caller built it (training does, outside torch.compile).
         Returns next-token logits [B, S, V] and the flow head's prediction (x or v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
         v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]
         # scatter the frames' tokens into their sequence positions (an index, not a boolean mask: no host sync)
         x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1]).to(x.dtype)).view(B, S, -1)
-        mask = self.attention_mask(doc, frame, cache)
+        mask = self.attention_mask(doc, frame, cache) if mask is None else mask
         pos = torch.arange(S, device=tokens.device) if pos is None else pos
         cos, sin = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
-        is_vision = frame >= 0
+        is_vision, stats = frame >= 0, []
         for block in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():   # recompute in backward: less memory
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, is_vision, use_reentrant=False)
+                x, s = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, is_vision, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, is_vision, cache, commit)
+                x, s = block(x, cos, sin, mask, is_vision, cache, commit)
+            stats.append(s)
+        self.ffn_stats = stats   # per layer, for the training step (moe.auxiliary_loss)
         if cache is not None and commit:
             cache.doc, cache.frame = cache.ids_with(doc, frame)
         h = self.norm(x)
@@ -393,12 +431,14 @@ def training_losses(model, batch, generator=None):
     """batch (from data.pack): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True for
     frames that only condition, e.g. the image of an image->caption example: seen clean, no flow loss).
     Returns (text_loss, flow_loss) as tensors; they are weighted and summed by the caller."""
-    cfg, z0, cond = getattr(model, "module", model).cfg, batch["latents"], batch["cond"]  # DDP wraps the model
+    core = getattr(model, "module", model)   # DDP's wrapper (torch.compile's passes attributes through)
+    cfg, z0, cond = core.cfg, batch["latents"], batch["cond"]
     t = torch.where(cond, torch.ones_like(cond, dtype=torch.float32),
                     sample_time(z0.shape[0], cfg, z0.device, generator))
     eps = torch.randn(z0.shape, device=z0.device, generator=generator)
     zt = add_noise(z0, eps, t)
-    logits, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t)
+    mask = core.attention_mask(batch["doc"], batch["frame"])       # once per batch, for every layer, not compiled
+    logits, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t, mask=mask)
     logits, targets = logits.float(), batch["targets"]
     ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1, reduction="sum")
     text_loss = ce / (targets >= 0).sum().clamp(min=1)

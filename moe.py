@@ -8,8 +8,9 @@ Shared experts are always on: one for every token ("global"), or one for text an
 ("per_modality", the paper's best); the router picks the other k - 1.
 
 Dispatch is dropless: every (token, expert) assignment is kept, assignments are sorted by expert, and each
-projection is one grouped matrix multiply over the sorted tokens (torch._grouped_mm on GPU), then the weighted
-outputs are added back per token. Nothing in it waits for the host. The CPU path loops over experts, exactly.
+projection is one grouped matrix multiply over the sorted tokens (model.grouped_swiglu, torch._grouped_mm), then
+the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
+reference.
 
 The second half of the file measures what the experts learned: selection counts by modality, diffusion timestep
 and task, the specialization score S_i and the text/vision/multimodal classes, coefficients of variation over
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model import grouped_swiglu
 
 
 class MoEFFN(nn.Module):
@@ -47,8 +50,7 @@ class MoEFFN(nn.Module):
         self.w_down = nn.Parameter(torch.randn(E, self.hidden, d) * 0.02 / math.sqrt(2 * cfg.n_layer))
         self.router = nn.Linear(d, self.n_routed, bias=False)
         self.register_buffer("balance_bias", torch.zeros(self.n_routed))   # the auxiliary-loss-free method
-        self.register_buffer("load", torch.zeros(self.n_routed), persistent=False)
-        self.aux_loss = None
+        self.register_buffer("load", torch.zeros(self.n_routed), persistent=False)   # the step's, bias method
 
     # -- routing ----------------------------------------------------------------------------------------------
     def route(self, x, is_vision):
@@ -70,28 +72,26 @@ class MoEFFN(nn.Module):
 
     def balance_losses(self, top, logits):
         """Switch/OLMoE balance loss n * sum_i f_i P_i (f_i: share of routed assignments to expert i, P_i: mean
-        router probability of i), plus the router z-loss mean(logsumexp(logits)^2). Also keeps the load."""
+        router probability of i), plus the router z-loss mean(logsumexp(logits)^2), and the load (counts)."""
         routed = top[:, -self.k_routed:].reshape(-1)
         counts = expert_counts(routed, self.n_routed).float()
-        self.load = counts.detach()
         f = counts / routed.numel()
         P = logits.softmax(-1).mean(0)
         aux = self.cfg.moe_aux_coef * self.n_routed * (f * P).sum() if self.cfg.moe_balance == "aux" else 0.0
-        return aux + self.cfg.moe_z_coef * torch.logsumexp(logits, -1).pow(2).mean()
+        return aux + self.cfg.moe_z_coef * torch.logsumexp(logits, -1).pow(2).mean(), counts.detach()
 
     # -- dispatch -----------------------------------------------------------------------------------------------
     def forward(self, x, is_vision):
         shape = x.shape
         x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
         top, weights, logits = self.route(x, is_vision)
-        if self.training:
-            self.aux_loss = self.balance_losses(top, logits)
+        stats = dict(zip(("balance_loss", "load"), self.balance_losses(top, logits))) if self.training else {}
         flat = top.reshape(-1)
         order = torch.argsort(flat, stable=True)                    # assignments grouped by expert
         token = order // self.k
-        y = expert_mlp(x[token], self.w_gate_up, self.w_down, expert_counts(flat, self.w_gate_up.shape[0]))
+        y = grouped_swiglu(x[token], self.w_gate_up, self.w_down, expert_counts(flat, len(self.w_gate_up)))
         y = y * weights.reshape(-1)[order, None].to(y.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape)
+        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape), stats
 
     def active_params(self):
         """k experts' weights and the router: with k = G, the experts alone equal the dense FFN's parameters."""
@@ -103,34 +103,31 @@ def expert_counts(ids, n):
     return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
 
 
-def expert_mlp(xs, w_gate_up, w_down, counts, grouped=None):
-    """SwiGLU of each expert over its contiguous run of sorted tokens xs [A, d]; counts [E] tokens per expert."""
-    if grouped is None:   # the grouped kernel wants widths in multiples of 8 (16-byte rows in bf16)
-        grouped = xs.is_cuda and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
-    if grouped:           # one grouped GEMM per projection, no host sync
-        offs = counts.cumsum(0).to(torch.int32)       # where each expert's run of rows ends
-        dt = torch.bfloat16 if xs.is_cuda else xs.dtype   # Hopper's grouped GEMM kernel wants bf16
-        h = torch._grouped_mm(xs.to(dt), w_gate_up.to(dt), offs=offs)
-        gate, up = h.chunk(2, dim=-1)
-        return torch._grouped_mm((F.silu(gate) * up).to(dt), w_down.to(dt), offs=offs)
-    outs = []
-    for e, xe in enumerate(torch.split(xs, counts.tolist())):   # exact reference path (CPU)
-        gate, up = (xe @ w_gate_up[e]).chunk(2, dim=-1)
-        outs.append((F.silu(gate) * up) @ w_down[e])
-    return torch.cat(outs)
-
-
 def auxiliary_loss(model):
-    """The sum of every MoE layer's balance and z-losses from the last forward pass (0 for dense models)."""
-    return sum((m.aux_loss for m in model.modules() if isinstance(m, MoEFFN) and m.aux_loss is not None), 0.0)
+    """Once per training micro-batch, after its forward pass: the sum of the MoE layers' balance and z-losses (0 for
+    dense models). Their expert loads are added to the step's count, which the bias method balances by."""
+    total = 0.0
+    for block, stats in zip(model.blocks, getattr(model, "ffn_stats", [])):
+        if stats:
+            total = total + stats["balance_loss"]
+            block.ffn.load += stats["load"]
+    return total
 
 
 @torch.no_grad()
 def update_balance_biases(model, rate):
-    """Auxiliary-loss-free balancing: after each step, raise the bias of under-loaded experts, lower the others."""
-    for m in model.modules():
-        if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias":
-            m.balance_bias += rate * torch.sign(m.load.mean() - m.load)
+    """Auxiliary-loss-free balancing, after each optimizer step: raise the bias of the experts that got fewer than
+    the mean number of tokens over the whole step (every micro-batch, summed over every process, so all processes
+    keep the same biases), lower the others."""
+    layers = [m for m in model.modules() if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias"]
+    if not layers:
+        return
+    load = torch.stack([m.load for m in layers])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(load)
+    for m, used in zip(layers, load):
+        m.balance_bias += rate * torch.sign(used.mean() - used)
+        m.load.zero_()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +255,7 @@ def main(argv):
         batches += [(task, get_batch(data, enc, i, 0, cfg, dev, "val")) for i in range(c.batches)]
     stats, ks = routing_counts(model, batches)
     rows = analyze(stats, ks)
-    header = "| layer | text | vision | multimodal | unused | timestep CV | gen/und r |\n|---|---|---|---|---|---|---|\n"
+    header = "| layer | text | vision | multimodal | unused | timestep CV | gen/und r |\n" + "|---" * 7 + "|\n"
     table = header + "".join(f"| {r['layer']} | {r['text']} | {r['vision']} | {r['multimodal']} | {r['unused']} | "
                              f"{r['timestep_cv']:.3f} | {r['gen_und_r']:.3f} |\n" for r in rows)
     print(table)

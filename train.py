@@ -187,14 +187,14 @@ def _build(c, device):
 
 def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     """A micro-batch on the device, its frames encoded; `batch` when the loader thread has made it already."""
-    from data import to_device
+    from data import move, to_device
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
     latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
                torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
                enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = latents.to(device).float()   # pre-encoded float16 latents travel at half the size
+    batch["latents"] = move(latents, device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 
@@ -423,7 +423,8 @@ def main(argv):
         model = torch.compile(model)
     if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        # buffers (the MoE balance biases) stay equal on every process by themselves: no broadcast per forward
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
 
     total, active = raw_model.num_params()
     flops_per_step = raw_model.flops_per_token(c.seq_len) * c.batch_size * c.seq_len * c.gradient_accumulation_steps
@@ -459,7 +460,7 @@ def main(argv):
         lr = learning_rate_at(step, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = torch.zeros(2, device=dev)
+        sums = torch.zeros(3, device=dev)   # text, flow and MoE balance losses, averaged over the step
         for i in range(accum):
             micro = rank * accum + i
             made, consumed[micro] = loader.next()
@@ -470,15 +471,17 @@ def main(argv):
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
                 w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
-                loss = (w_lm * text_loss + w_flow * flow_loss + auxiliary_loss(raw_model)) / accum
+                balance = auxiliary_loss(raw_model)
+                loss = (w_lm * text_loss + w_flow * flow_loss + balance) / accum
             loss.backward()
-            sums += torch.stack([text_loss.detach(), flow_loss.detach()]) / accum
+            sums += torch.stack([text_loss.detach(), flow_loss.detach(), torch.as_tensor(balance, device=dev).detach()
+                                 ]) / accum
         if ddp:  # log the losses of the whole global batch, not just this process's share
             torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
             sums /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
-        text_l, flow_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()  # one host sync per step
+        text_l, flow_l, balance_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()   # one host sync
         if not all(map(math.isfinite, (text_l, flow_l, gnorm))):
             loader.close()
             raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
@@ -498,12 +501,16 @@ def main(argv):
             last = dict(step=step, text_loss=text_l, flow_loss=flow_l, loss=c.lambda_lm * text_l +
                         c.lambda_flow * flow_l, lr=lr, grad_norm=gnorm, tokens_per_s=tok_s,
                         data_wait_s=data_wait / steps_done, data_share=data_wait / dt,
+                        **({"balance_loss": balance_l} if c.ffn == "moe" else {}),
                         **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
             if peak:
                 last["mfu"] = flops_per_step * steps_done / dt / peak
+            if device_type == "cuda":
+                last["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
             log(last)
             pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s data {data_wait / dt:.0%}"
-                                 + (f" mfu {100 * last['mfu']:.1f}%" if peak else ""))
+                                 + (f" mfu {100 * last['mfu']:.1f}%" if peak else "")
+                                 + (f" mem {last['peak_memory_gib']:.1f} GiB" if device_type == "cuda" else ""))
         if step % c.eval_interval == 0 or step == c.max_iters:
             if master or fsdp:   # a sharded model runs forward passes on every rank together
                 scores = evaluate(raw_model, tok, enc, data, c, dev, step, write=master)

@@ -1,4 +1,5 @@
 """moe.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting, analysis."""
+import json
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 import moe
+from model import GROUPED_MM, grouped_swiglu
 import train
 from model import ModelConfig, UnifiedTransformer
 
@@ -39,7 +41,8 @@ def test_dispatch_equals_per_expert_loop_with_gradients(shared):
     m, _ = layer(moe_shared=shared, moe_renorm=shared == "global")
     x = torch.randn(2, 9, 32, requires_grad=True)
     is_vision = torch.rand(2, 9) < 0.5
-    out = m(x, is_vision)
+    out, stats = m(x, is_vision)
+    assert stats["load"].sum() == 18 * m.k_routed                  # every routed assignment counted once
     ref = reference(m, x.reshape(-1, 32), is_vision.reshape(-1)).view(2, 9, 32)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(out)
@@ -51,18 +54,21 @@ def test_dispatch_equals_per_expert_loop_with_gradients(shared):
     assert got[3].abs().sum() > 0                  # the router learns through the weights of its choices
 
 
-@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch without grouped GEMM")
-def test_grouped_gemm_path_equals_the_loop():
+@pytest.mark.skipif(not GROUPED_MM, reason="torch without a CPU grouped GEMM (2.9+)")
+def test_grouped_gemm_path_equals_the_loop_with_gradients():
+    """The GPU's path (one bf16 grouped GEMM per projection, an empty expert included) against the loop on the
+    same bf16 inputs: outputs and gradients."""
     torch.manual_seed(0)
     counts = torch.tensor([3, 0, 5, 8])
-    xs = torch.randn(16, 16, requires_grad=True)
-    w1, w2 = torch.randn(4, 16, 32, requires_grad=True), torch.randn(4, 16, 16, requires_grad=True)
-    try:
-        grouped = moe.expert_mlp(xs, w1, w2, counts, grouped=True)
-    except RuntimeError as e:
-        pytest.skip(f"no grouped GEMM on this CPU build: {e}")
-    loop = moe.expert_mlp(xs, w1, w2, counts, grouped=False)
-    torch.testing.assert_close(grouped, loop, atol=1e-4, rtol=1e-4)
+    xs, w1, w2 = torch.randn(16, 16), torch.randn(4, 16, 32), torch.randn(4, 16, 16)
+    g = torch.randn(16, 16)
+    results = []
+    for grouped in (True, False):
+        leaves = [t.bfloat16().requires_grad_() for t in (xs, w1, w2)]
+        out = grouped_swiglu(*leaves, counts, grouped=grouped)
+        results.append([out, *torch.autograd.grad((out.float() * g).sum(), leaves)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.float(), b.float(), atol=0.05, rtol=0.02)
 
 
 def test_balance_and_z_loss_by_hand():
@@ -76,9 +82,9 @@ def test_balance_and_z_loss_by_hand():
     x = torch.eye(4)[[0, 0, 1, 2]]
     top, _, logits = m.route(x, torch.zeros(4, dtype=torch.bool))
     assert top[:, 0].tolist() == [0, 0, 1, 2]
-    loss = m.balance_losses(top, logits)
+    loss, load = m.balance_losses(top, logits)
     assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5
-    assert m.load.tolist() == [2, 1, 1, 0]
+    assert load.tolist() == [2, 1, 1, 0]
 
 
 def test_per_modality_shared_experts_are_the_ones_used():
@@ -90,7 +96,7 @@ def test_per_modality_shared_experts_are_the_ones_used():
     assert (top[:, 0] == n + is_vision.long()).all() and (weights[:, 0] == 1).all()
     assert (top[:, 1:] < n).all() and top.shape[1] == m.k == cfg.moe_granularity
     # text tokens only: the vision-shared expert gets no gradient, the text-shared one does
-    out = m(torch.randn(1, 5, 32), torch.zeros(1, 5, dtype=torch.bool))
+    out, _ = m(torch.randn(1, 5, 32), torch.zeros(1, 5, dtype=torch.bool))
     g_up, = torch.autograd.grad(out.sum(), m.w_gate_up)
     assert g_up[n + 1].abs().sum() == 0 and g_up[n].abs().sum() > 0
 
@@ -112,9 +118,27 @@ def test_router_learns_and_bias_balancing_moves_toward_even_load(tmp_path):
     m, _ = layer(moe_balance="bias")
     model = torch.nn.Module()
     model.ffn = m
-    m.load = torch.tensor([5.0, 1, 3, 3, 3, 3])
+    m.load += torch.tensor([5.0, 1, 3, 3, 3, 3])
     moe.update_balance_biases(model, 0.1)
     assert m.balance_bias.tolist() == pytest.approx([-0.1, 0.1, 0, 0, 0, 0])
+    assert m.load.sum() == 0                     # counted afresh for the next step
+
+
+def test_bias_balancing_counts_every_micro_batch_of_the_step():
+    """Two micro-batches, one all routed to expert 0 and one all to expert 1: the step's load is their sum, so both
+    experts are lowered and the four idle ones raised (the last micro-batch alone would raise expert 0)."""
+    m, _ = layer(d_model=8, n_head=1, moe_experts=6, moe_granularity=2, moe_shared="none", moe_top_k=1,
+                 moe_balance="bias")
+    with torch.no_grad():
+        m.router.weight.copy_(10 * torch.eye(6, 8))
+    model = torch.nn.Module()   # what the training step sees: UnifiedTransformer's blocks and ffn_stats
+    model.blocks = torch.nn.ModuleList([torch.nn.Module()])
+    model.blocks[0].ffn = m
+    for expert in (0, 1):
+        model.ffn_stats = [m(torch.eye(8)[expert].repeat(5, 1)[None], torch.zeros(1, 5, dtype=torch.bool))[1]]
+        moe.auxiliary_loss(model)
+    moe.update_balance_biases(model, 0.1)
+    assert m.balance_bias.tolist() == pytest.approx([-0.1, -0.1, 0.1, 0.1, 0.1, 0.1])
 
 
 def test_specialization_classes_cv_and_correlation():
@@ -131,9 +155,11 @@ def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
     train.main(["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
                 "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
                 "--eval_iters=1", "--sample_steps=2", "--max_iters=3", "--eval_interval=3", "--device=cpu",
-                "--ffn=moe", "--moe_experts=6", "--moe_granularity=2", f"--out_dir={tmp_path}"])
+                "--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--log_interval=1", f"--out_dir={tmp_path}"])
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if "tokens_per_s" in line]
+    assert len(logged) == 3 and all(r["balance_loss"] > 0 for r in logged)    # the balance loss is logged
     moe.main([f"--out_dir={tmp_path}", "--batches=1"])
     out = capsys.readouterr().out
     assert "| layer | text | vision |" in out and (tmp_path / "routing.md").exists()
-    rows = __import__("json").load(open(tmp_path / "routing.json"))
+    rows = json.load(open(tmp_path / "routing.json"))
     assert len(rows) == 2 and all(r["text"] + r["vision"] + r["multimodal"] + r["unused"] == 4 for r in rows)

@@ -126,6 +126,17 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
 
 
+def test_moe_bias_balancing_on_two_processes_matches_one(tmp_path):
+    """The auxiliary-loss-free biases follow the load of the whole step, every micro-batch of every process, so
+    the experts chosen (and the losses) do not depend on how the global batch is split."""
+    args = ["--max_iters=4", "--eval_interval=4", "--gradient_accumulation_steps=2", "--ffn=moe", "--moe_experts=8",
+            "--moe_granularity=2", "--moe_balance=bias", "--moe_bias_rate=0.05"]
+    one = launch(tmp_path, "one", *args)
+    two = launch(tmp_path, "two", *args, procs=2)
+    for s in one:
+        assert one[s] == pytest.approx(two[s], rel=1e-5)
+
+
 def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     run(tmp_path, "--max_iters=2", "--eval_interval=2")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
