@@ -423,8 +423,7 @@ def main(argv):
         model = torch.compile(model)
     if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        # buffers (the MoE balance biases) stay equal on every process by themselves: no broadcast per forward
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     total, active = raw_model.num_params()
     flops_per_step = raw_model.flops_per_token(c.seq_len) * c.batch_size * c.seq_len * c.gradient_accumulation_steps

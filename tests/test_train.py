@@ -105,8 +105,10 @@ def launch(tmp_path, name, *extra, procs=1):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runner = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                    f"--nproc_per_node={procs}"]
-    subprocess.run([*runner, "train.py", *TINY, f"--out_dir={tmp_path / name}", *extra], cwd=root, check=True,
-                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run([*runner, "train.py", *TINY, f"--out_dir={tmp_path / name}", *extra], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:   # show why (the processes' own output), not only that it failed
+        pytest.fail(f"{' '.join(runner)} train.py exited with {done.returncode}:\n{done.stderr[-4000:]}")
     return train_lines(json.loads(line) for line in open(tmp_path / name / "metrics.jsonl"))
 
 
