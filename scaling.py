@@ -75,17 +75,18 @@ def collect(sweep_dir):
 
 def isoflop_minimum(n, loss):
     """The minimum of a parabola of loss against log N: (N_opt, fit coefficients, fitted). When the parabola opens
-    downward, or its minimum lies outside the sizes swept (an extrapolation, not a measurement), fall back to the
-    best run and say so: fitted is False."""
+    downward, its minimum lies outside the sizes swept (an extrapolation, not a measurement), or the best run is
+    the smallest or largest model (a lopsided curve can put a parabola's minimum inside the sweep while the loss
+    still falls toward its end), fall back to the best run and say so: fitted is False."""
     x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
-    coef = None
+    coef, best = None, x[np.argmin(y)]
     if len(set(x)) >= 3:
         with warnings.catch_warnings():    # bootstrap resamples can repeat points: conditioning warnings only
             warnings.simplefilter("ignore")
             coef = np.polyfit(x, y, 2)
-        if coef[0] > 0 and x.min() <= -coef[1] / (2 * coef[0]) <= x.max():
+        if coef[0] > 0 and x.min() <= -coef[1] / (2 * coef[0]) <= x.max() and x.min() < best < x.max():
             return float(np.exp(-coef[1] / (2 * coef[0]))), coef, True
-    return float(np.exp(x[np.argmin(y)])), coef, False
+    return float(np.exp(best)), coef, False
 
 
 def power_law(x, y):

@@ -4,7 +4,7 @@
 #   bash tests/gpu_report.sh tests      # the GPU-only tests (tests/test_gpu.py)                       ~2 min
 #   bash tests/gpu_report.sh speed      # training steps, attention and MoE layers (README "One GPU")   ~8 min
 #   bash tests/gpu_report.sh nav        # a toy navigation model, then planning time and table          ~10 min
-#   bash tests/gpu_report.sh sweep      # the toy IsoFLOP sweep, dense and MoE, and its fit             ~10 min
+#   bash tests/gpu_report.sh sweep      # the toy IsoFLOP sweep, dense and MoE, and its fit   ~1 h: not one lease
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
@@ -36,8 +36,9 @@ part_nav() {
 
 part_sweep() {
   for cfg in toy toy_moe; do
-    run python scaling.py plan configs/$cfg.py --budgets=1e14,3e14,1e15 --depths=2,3,4,6 --device=cuda \
-        --compile=True --sweep_dir="$out/sweep_$cfg"
+    # sizes 4e4 to 3e6 active parameters: on the CPU the optimum was ~1.5e5 at 1e13 FLOPs (README, Scaling laws)
+    run python scaling.py plan configs/$cfg.py --budgets=1e13,3e13,1e14 --depths=1,2,3,4,6 --aspect=32 \
+        --device=cuda --compile=True --loader_threads=8 --sweep_dir="$out/sweep_$cfg"
     bash "$out/sweep_$cfg/sweep.sh" > "$out/sweep_$cfg.log" 2>&1
     run python scaling.py fit --sweep_dir="$out/sweep_$cfg"
   done

@@ -50,6 +50,12 @@ def test_a_non_convex_budget_is_flagged_not_fitted():
     # convex, but its minimum lies beyond the largest model swept: an extrapolation, also flagged
     n_opt, coef, fitted = scaling.isoflop_minimum(n, [(k - 6.0) ** 2 for k in range(4)])
     assert not fitted and n_opt == pytest.approx(1e9) and coef[0] > 0
+    # lopsided: the parabola's minimum falls between the two smallest models, but the smallest is the best run
+    # (the toy CPU sweep's text losses at 1e12 FLOPs)
+    lopsided = [0.203, 0.213, 0.320, 0.738]
+    n_opt, coef, fitted = scaling.isoflop_minimum(n, lopsided)
+    assert coef[0] > 0 and n[0] < np.exp(-coef[1] / (2 * coef[0])) < n[1]
+    assert not fitted and n_opt == pytest.approx(n[0])
     results = chinchilla_sweep(0.47)
     bad = results[0]["budget"]
     for r in results:
