@@ -306,7 +306,7 @@ class ModalityFFN(nn.Module):
         order = torch.argsort(is_vision.to(torch.uint8), stable=True)        # text tokens first, then vision
         n_vision = is_vision.sum()
         counts = torch.stack([is_vision.numel() - n_vision, n_vision])
-        ffns = (self.text, self.vision)
+        ffns = (self.text, self.vision)   # their weights stacked per call: a copy small beside the tokens' work
         y = grouped_swiglu(x[order], torch.stack([f.w_gate_up.weight.t() for f in ffns]),
                            torch.stack([f.w_down.weight.t() for f in ffns]), counts)
         return torch.empty_like(x).index_copy(0, order, y.to(x.dtype)).view(shape), {}

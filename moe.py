@@ -110,7 +110,8 @@ def auxiliary_loss(model):
     for block, stats in zip(model.blocks, getattr(model, "ffn_stats", [])):
         if stats:
             total = total + stats["balance_loss"]
-            block.ffn.load += stats["load"]
+            if block.ffn.cfg.moe_balance == "bias":   # update_balance_biases reads and resets it
+                block.ffn.load += stats["load"]
     return total
 
 

@@ -473,8 +473,7 @@ def main(argv):
                 balance = auxiliary_loss(raw_model)
                 loss = (w_lm * text_loss + w_flow * flow_loss + balance) / accum
             loss.backward()
-            sums += torch.stack([text_loss.detach(), flow_loss.detach(), torch.as_tensor(balance, device=dev).detach()
-                                 ]) / accum
+            sums += torch.stack([text_loss, flow_loss, torch.as_tensor(balance, device=dev)]).detach() / accum
         if ddp:  # log the losses of the whole global batch, not just this process's share
             torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
             sums /= world
