@@ -640,37 +640,75 @@ class Prefetcher:
 # Commands that fill data/ (README):  python data.py prepare-text FILES  |  python data.py download-fineweb
 
 def documents(path):
-    """A .txt file is one document; a .jsonl file holds one per line, in its "text" field."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        if not path.endswith(".jsonl"):
-            yield f.read()
-            return
-        for n, line in enumerate(f, 1):
-            try:
-                yield json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError):
-                print(f"{path}:{n}: no \"text\" field, line skipped")
+    """A .txt file is one document; a .jsonl file holds one per line, in its "text" field. A file that is not UTF-8
+    text (binary, another encoding) stops the command rather than becoming replacement characters."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate([f.read()] if not path.endswith(".jsonl") else f, 1):
+                if "\0" in line:
+                    raise UnicodeError("a NUL byte")
+                if not path.endswith(".jsonl"):
+                    yield line
+                    continue
+                try:
+                    yield json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    print(f"{path}:{n}: no \"text\" field, line skipped")
+    except UnicodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason if hasattr(e, 'reason') else e}): give .txt or "
+                         f".jsonl files")
 
 
-def prepare_text(inputs, out_dir="data/text", tokenizer="gpt2", shard_tokens=100_000_000, prefix="text"):
+def prepare_text(inputs,                 # .txt / .jsonl files: comma-separated paths or globs
+                 out_dir="data/text",    # where the shards go
+                 tokenizer="gpt2",       # a tiktoken encoding name (train with the same tokenizer)
+                 shard_tokens=100_000_000,   # tokens per shard, about
+                 prefix="text",          # shards are named {prefix}_000000.bin, ...
+                 overwrite=False):       # replace shards of this prefix already in out_dir
     """Tokenize .txt/.jsonl files into shards out_dir/{prefix}_000000.bin, ... of about shard_tokens tokens, every
-    document preceded by the end-of-text token, as in llm.c's FineWeb shards."""
-    files, chunks, n, paths = expand(inputs), [], 0, []       # a wrong path stops before the tokenizer loads
+    document preceded by the end-of-text token, as in llm.c's FineWeb shards. Shards are written under .part names
+    and renamed once every input has been read, so a failure leaves out_dir as it was."""
+    from train import refuse_overwrite
+    files, chunks, n, parts = expand(inputs), [], 0, []       # a wrong path stops before the tokenizer loads
+    old = sorted(glob.glob(os.path.join(out_dir, f"{prefix}_[0-9]*.bin")))
+    refuse_overwrite(old[:1], overwrite)
     tok = Tokenizer(tokenizer)
-    os.makedirs(out_dir, exist_ok=True)
-    for doc in itertools.chain((doc for path in files for doc in documents(path)), [None]):
-        if doc is not None:
-            chunks.append(np.array([tok.eot, *tok.encode(doc)], np.uint32))
-            n += len(chunks[-1])
-        if n and (doc is None or n >= shard_tokens):   # whole documents only: none is split between two shards
-            paths.append(os.path.join(out_dir, f"{prefix}_{len(paths):06d}.bin"))
-            write_shard(paths[-1], np.concatenate(chunks), tok.vocab_size)
-            chunks, n = [], 0
+
+    def flush():
+        os.makedirs(out_dir, exist_ok=True)
+        parts.append(os.path.join(out_dir, f"{prefix}_{len(parts):06d}.bin.part"))
+        write_shard(parts[-1], np.concatenate(chunks), tok.vocab_size)
+        chunks.clear()
+    try:
+        for path in files:
+            empty = True
+            for doc in filter(str.strip, documents(path)):
+                empty = False
+                chunks.append(np.array([tok.eot, *tok.encode(doc)], np.uint32))
+                n += len(chunks[-1])
+                if n >= shard_tokens:   # whole documents only: none is split between two shards
+                    flush()
+                    n = 0
+            if empty:
+                raise ValueError(f"{path} holds no text: nothing to tokenize")
+        if chunks:
+            flush()
+    except BaseException:
+        for part in parts:
+            os.remove(part)
+        raise
+    paths = [part[:-len(".part")] for part in parts]
+    for part, path in zip(parts, paths):
+        os.replace(part, path)
+    for stale in set(old) - set(paths):   # --overwrite: shards of the old set beyond the new one's end
+        os.remove(stale)
     return paths
 
 
-def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-edu-100B-gpt2-token-shards",
-                     endpoint=None):
+def download_fineweb(out_dir="data/fineweb",   # where the shards are linked
+                     shards=1,                 # train shards of 100M tokens (the val shard always comes)
+                     repo="karpathy/fineweb-edu-100B-gpt2-token-shards",   # the hub dataset
+                     endpoint=None):           # another hub endpoint (a mirror)
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
     downloaded once into the hub cache (resumable, encoders.hub_file) and linked into out_dir."""
     from encoders import hub_file
@@ -687,16 +725,39 @@ def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-ed
 
 
 def command_kwargs(args):
-    """--key=value arguments of the data commands (here and encoders.py's preencode); digits become ints."""
-    return {k: int(v) if v.isdigit() else v for k, _, v in (a.lstrip("-").partition("=") for a in args)}
+    """--key=value arguments of the data commands (here and encoders.py's preencode); digits become ints, a bare
+    --flag and True/False become booleans."""
+    value = lambda v, eq: True if not eq else int(v) if v.isdigit() else {"True": True, "False": False}.get(v, v)
+    return {k: value(v, eq) for k, eq, v in (a.lstrip("-").partition("=") for a in args)}
+
+
+def run_command(commands, argv, script):
+    """python script COMMAND --key=value ...: runs commands[COMMAND] with the keys; -h/--help lists each command's
+    keys with their defaults and comments. Bad input (a ValueError or an unknown key) stops with one line."""
+    import inspect
+    from train import print_help
+    name = argv[0] if argv else ""
+    if name not in commands:
+        print(f"usage: python {script} {' | '.join(commands)} --key=value ... (README, 'Real data'); "
+              f"python {script} COMMAND --help for its keys")
+        raise SystemExit(0 if name in ("-h", "--help") else 2)
+    fn = commands[name]
+    if "-h" in argv or "--help" in argv:
+        keys = {k: "" if p.default is p.empty else p.default for k, p in inspect.signature(fn).parameters.items()}
+        print_help(keys, [inspect.getsourcefile(fn)], f"usage: python {script} {name} --key=value ...\n"
+                   f"{inspect.getdoc(fn)}", function=fn.__name__)
+        raise SystemExit(0)
+    try:
+        return fn(**command_kwargs(argv[1:]))
+    except (ValueError, TypeError) as e:      # a bad file, or a key the command does not take
+        raise SystemExit(f"{script} {name}: {e}")
+
+
+def main(argv):
+    written = run_command({"prepare-text": prepare_text, "download-fineweb": download_fineweb}, argv, "data.py")
+    print(f"{len(written)} shard(s): {', '.join(written[:3])}{' ...' if len(written) > 3 else ''}")
 
 
 if __name__ == "__main__":   # python data.py prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2 (see README)
-    commands = {"prepare-text": prepare_text, "download-fineweb": download_fineweb}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        raise SystemExit(f"usage: python data.py {' | '.join(commands)} --key=value ... (README, 'Real data')")
-    try:
-        written = commands[sys.argv[1]](**command_kwargs(sys.argv[2:]))
-    except (ValueError, TypeError) as e:      # a bad file, or a key the command does not take
-        raise SystemExit(f"data.py {sys.argv[1]}: {e}")
-    print(f"{len(written)} shard(s): {', '.join(written[:3])}{' ...' if len(written) > 3 else ''}")
+    from train import cli
+    cli(main, sys.argv[1:])

@@ -475,7 +475,7 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
     from collections import Counter
     from tqdm import tqdm
     from data import frame_members, load_image, tar_samples
-    os.makedirs(out_dir, exist_ok=True)
+    from train import part_file
     stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
 
     def add(tar, name, data):
@@ -499,7 +499,8 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
         if os.path.exists(dest):
             stats["shards_already_done"] += 1
             continue
-        with tarfile.open(dest + ".part", "w") as tar:
+        os.makedirs(out_dir, exist_ok=True)
+        with part_file(dest) as part, tarfile.open(part, "w") as tar:
             pending = []
             for key, group in tar_samples(shard, stats):   # key: (folder, name)
                 images = [e for e in frame_members(group) if not e.endswith("latent.npy")]   # video: 000.jpg, ...
@@ -519,13 +520,19 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
                     flush(tar, pending)
             if pending:
                 flush(tar, pending)
-        os.replace(dest + ".part", dest)
         stats["shards"] += 1
     bar.close()
     return stats
 
 
-def preencode_command(shards, out, encoder="siglip2", image_size=224, encoder_weights="", batch=64, device="auto"):
+def preencode_command(shards,                # image(-text) tar shards: comma-separated paths, globs or URLs
+                      out,                   # the folder for the latent shards (a shard already there is kept)
+                      encoder="siglip2",     # the frozen encoder (train with the same one)
+                      image_size=224,
+                      encoder_weights="",    # hub repository or local folder; "" = the published default
+                      batch=64,              # images per encoder pass
+                      device="auto"):
+    """Image shards -> latent shards (key.latent.npy in place of each image), so training skips the encoder."""
     from data import expand
     files = expand(shards)   # a wrong path stops before any weights load
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -533,13 +540,12 @@ def preencode_command(shards, out, encoder="siglip2", image_size=224, encoder_we
                      image_size, batch)
 
 
+def main(argv):
+    from data import run_command
+    print(dict(run_command({"preencode": preencode_command}, argv, "encoders.py")))
+
+
 if __name__ == "__main__":   # python encoders.py preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2 (README)
     import sys
-    if sys.argv[1:2] != ["preencode"]:
-        raise SystemExit("usage: python encoders.py preencode --shards=... --out=... [--encoder=siglip2 "
-                         "--image_size=224 --encoder_weights= --batch=64 --device=auto]")
-    from data import command_kwargs
-    try:
-        print(dict(preencode_command(**command_kwargs(sys.argv[2:]))))
-    except (ValueError, TypeError) as e:      # a bad shard list or encoder, or a key the command does not take
-        raise SystemExit(f"encoders.py preencode: {e}")
+    from train import cli
+    cli(main, sys.argv[1:])

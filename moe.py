@@ -241,8 +241,10 @@ def plot(rows, stats, path):
 
 
 def main(argv):
-    from train import configure, get_batch, load_for_inference
-    c = configure({"out_dir": "out/toy_moe", "batches": 8, "device": "auto"}, argv)
+    from train import configure, get_batch, load_for_inference, refuse_overwrite
+    c = configure({"out_dir": "out/toy_moe", "batches": 8, "device": "auto", "overwrite": False}, argv, [__file__],
+                  "usage: python moe.py --out_dir=RUN [--batches=8 --device=auto --overwrite]: routing analysis")
+    refuse_overwrite([os.path.join(c.out_dir, f"routing.{e}") for e in ("json", "md")], c.overwrite)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     if not any(isinstance(m, MoEFFN) for m in model.modules()):
         raise SystemExit(f"the checkpoint in {c.out_dir} has no MoE layers (ffn={model.cfg.ffn!r})")
@@ -271,4 +273,5 @@ def main(argv):
 
 if __name__ == "__main__":
     import moe  # run main from the module model.py imports, so isinstance() sees one MoEFFN class
-    moe.main(sys.argv[1:])
+    from train import cli
+    cli(moe.main, sys.argv[1:])

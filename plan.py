@@ -218,13 +218,15 @@ episode_index = 0           # rollout: whose context
 seed = 0
 device = "auto"
 out = ""                    # output folder; default out_dir/plan
+overwrite = False           # replace the files of an earlier run in the output folder
 
 
 def main(argv):
-    from train import configure, load_for_inference
+    from train import configure, load_for_inference, refuse_overwrite
     keys = ("out_dir", "mode", "planners", "episodes", "horizon", "samples", "elites", "iterations", "repeats",
-            "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out")
-    c = configure({k: globals()[k] for k in keys}, argv)
+            "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out",
+            "overwrite")
+    c = configure({k: globals()[k] for k in keys}, argv, [__file__])
     if c.mode not in ("plan", "rollout"):
         raise SystemExit(f"unknown mode '{c.mode}': use plan or rollout")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \
@@ -236,9 +238,11 @@ def main(argv):
         raise SystemExit(f"planners={c.planners!r}: choose from model, oracle, forward, random, still")
     if c.mode == "rollout":
         read_alternatives(c)   # a malformed action fails before the model loads
+    folder = c.out or os.path.join(c.out_dir, "plan")
+    names = ["rollout.gif", "rollout.png"] if c.mode == "rollout" else ["plan.md"]
+    refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     c.dev, c.image_size = str(next(model.parameters()).device), cfg.image_size
-    folder = c.out or os.path.join(c.out_dir, "plan")
     os.makedirs(folder, exist_ok=True)
     if c.mode == "rollout":
         for path in rollout(model, tok, enc, c, folder):
@@ -258,4 +262,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from train import cli
+    cli(main, sys.argv[1:])

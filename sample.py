@@ -325,21 +325,42 @@ new_frames = 2          # video mode: frames to generate
 seed = 0
 device = "auto"
 out = ""                # output folder; default out_dir/samples
+overwrite = False       # replace the pictures of an earlier run in the output folder
+
+
+def check_length(c, tok, N, seq_len):
+    """A prompt and what the mode adds to it must fit in the trained sequence length: positions beyond it were
+    never trained, so the model's output there means little. (Text mode's images are not counted.)"""
+    P = len(tok.encode(c.prompt))
+    need = {"image": P + N + 3, "caption": N + 3 + c.max_tokens, "video": 1 + (c.context_frames + c.new_frames) *
+            (N + 2), "text": 1 + P + c.max_tokens}[c.mode]
+    if need > seq_len:
+        raise SystemExit(f"{c.mode} mode needs {need} positions here (prompt {P} tokens, max_tokens {c.max_tokens}, "
+                         f"{N} per image) but the model was trained on {seq_len}: shorten --prompt or lower "
+                         f"--max_tokens / the frames")
 
 
 def main(argv):
     import toyworld
-    from train import configure, load_for_inference
+    from train import configure, load_for_inference, refuse_overwrite
     c = configure({k: globals()[k] for k in ("out_dir", "mode", "prompt", "image", "num_samples", "guidance",
                                              "steps", "temperature", "top_k", "max_tokens", "context_frames",
-                                             "new_frames", "seed", "device", "out")}, argv)
+                                             "new_frames", "seed", "device", "out", "overwrite")}, argv, [__file__])
     if c.mode not in ("image", "caption", "video", "text"):
         raise SystemExit(f"unknown mode '{c.mode}': use image, caption, video or text")
+    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature,
+                                                                                            c.top_k) < 0:
+        raise SystemExit("num_samples, steps, max_tokens, context_frames and new_frames must be >= 1, temperature "
+                         "and top_k >= 0")
+    folder = c.out or os.path.join(c.out_dir, "samples")
+    names = {"image": ["images.png"], "caption": ["caption_inputs.png"], "text": ["text_images.png"],
+             "video": [f"video_{i}.gif" for i in range(c.num_samples)]}[c.mode]
+    refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    check_length(c, tok, enc.tokens_per_frame, cfg.seq_len)
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(c.seed)
     rng = np.random.default_rng(c.seed)
-    folder = c.out or os.path.join(c.out_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     written = []
     if c.mode == "image":
@@ -380,4 +401,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from train import cli
+    cli(main, sys.argv[1:])

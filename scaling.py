@@ -61,10 +61,11 @@ def plan(c, argv_base):
 
 def collect(sweep_dir):
     """The final evaluation of every planned run that has finished, with its N, D and C."""
+    from train import read_log
     results = []
     for run in map(json.loads, open(os.path.join(sweep_dir, "plan.jsonl"))):
         path = os.path.join(run["out_dir"], "metrics.jsonl")
-        evals = [r for r in map(json.loads, open(path)) if "val_text_loss" in r] if os.path.exists(path) else []
+        evals = [r for _, r in read_log(path) if "val_text_loss" in r] if os.path.exists(path) else []
         if evals:
             results.append({**run, "text": evals[-1]["val_text_loss"], "vision": evals[-1]["val_flow_loss"]})
     return results
@@ -185,19 +186,29 @@ def plot(results, fits, sweep_dir):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-DEFAULTS = dict(budgets="3e12,1e13,3e13", depths="2,3,4,6", aspect=64, sweep_dir="out/sweep", attention_flops=False)
+budgets = "3e12,1e13,3e13"     # the sweep's compute budgets C, in FLOPs
+depths = "2,3,4,6"             # the model sizes trained at each budget (n_layer)
+aspect = 64                    # d_model = aspect * depth
+sweep_dir = "out/sweep"        # plan.jsonl, sweep.sh, the runs and the fits
+attention_flops = False        # count attention in the FLOPs per token (else 6 N)
+overwrite = False              # plan: replace an existing plan.jsonl and sweep.sh
+DEFAULTS = {k: globals()[k] for k in ("budgets", "depths", "aspect", "sweep_dir", "attention_flops", "overwrite")}
+USAGE = "usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=..."
 
 
 def main(argv):
     import train
+    keys, sources = {**DEFAULTS, **train.DEFAULTS}, [__file__, train.__file__]
     if not argv or argv[0] not in ("plan", "fit"):
-        raise SystemExit("usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=...")
+        train.configure(keys, argv[:1] if argv[:1] in (["-h"], ["--help"]) else [], sources, USAGE)
+        raise SystemExit(USAGE)
     action, argv = argv[0], argv[1:]
-    c = train.configure({**train.DEFAULTS, **DEFAULTS}, argv)
-    os.makedirs(c.sweep_dir, exist_ok=True)
+    c = train.configure(keys, argv, sources, USAGE)
     if action == "plan":
+        train.refuse_overwrite([os.path.join(c.sweep_dir, n) for n in ("plan.jsonl", "sweep.sh")], c.overwrite)
         base = [a for a in argv if not a.split("=")[0].lstrip("-") in DEFAULTS]
         runs = plan(c, base)
+        os.makedirs(c.sweep_dir, exist_ok=True)
         with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in runs)
         with open(os.path.join(c.sweep_dir, "sweep.sh"), "w") as f:
@@ -206,6 +217,8 @@ def main(argv):
             print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['steps']}")
         print(f"wrote {os.path.join(c.sweep_dir, 'plan.jsonl')} and {os.path.join(c.sweep_dir, 'sweep.sh')}")
         return
+    if not os.path.isfile(os.path.join(c.sweep_dir, "plan.jsonl")):
+        raise SystemExit(f"no plan.jsonl in {c.sweep_dir}: run python scaling.py plan first, or fix --sweep_dir")
     results = collect(c.sweep_dir)
     if len({r["budget"] for r in results}) < 2:
         raise SystemExit(f"{c.sweep_dir}: finished runs at fewer than 2 budgets; run sweep.sh first")
@@ -230,4 +243,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from train import cli
+    cli(main, sys.argv[1:])

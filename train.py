@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import numpy as np
@@ -108,8 +108,87 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration: defaults < config files < --key=value.
 
-def configure(defaults, argv):
-    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value)."""
+def key_comments(sources, function=None):
+    """{name: its comment} for each module-level `name = value  # comment` in the source files (or each argument
+    of `function`, one a line): what --help shows beside the key."""
+    import io
+    import tokenize
+    comments = {}
+    for path in sources:
+        text = open(path).read()
+        notes = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                 if t.type == tokenize.COMMENT}
+        tree = ast.parse(text)
+        nodes = tree.body if function is None else \
+            next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function).args.args
+        for node in nodes:
+            if isinstance(node, ast.arg) or isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                name = node.arg if isinstance(node, ast.arg) else node.targets[0].id
+                comments.setdefault(name, notes.get(node.end_lineno, "") or notes.get(node.lineno, ""))
+    return comments
+
+
+def print_help(defaults, sources, usage="", function=None):
+    comments = key_comments(sources, function)
+    print(usage or f"usage: python {os.path.basename(sources[0])} [config.py ...] [--key=value ...]")
+    for k, v in defaults.items():
+        print((f"  --{k}={v}".ljust(36) + f"  {comments.get(k, '')}").rstrip())
+
+
+def refuse_overwrite(paths, overwrite=False):
+    """No command replaces an existing output unless asked to: the first one that exists stops it."""
+    for path in paths:
+        if os.path.exists(path) and not overwrite:
+            raise SystemExit(f"{path} exists: pass --overwrite to replace it, or write elsewhere")
+
+
+@contextmanager
+def part_file(path):
+    """A temporary name to write `path` under: renamed to it when the block succeeds, removed when it fails, so a
+    failed or killed command never leaves a half-written file under a real name."""
+    part = path + ".part"
+    try:
+        yield part
+    except BaseException:
+        if os.path.exists(part):
+            os.remove(part)
+        raise
+    os.replace(part, path)
+
+
+def cli(main, argv):
+    """Runs a command's main. Whatever stops it, open progress bars are closed first, so that its last message is
+    a line of its own, not the tail of the bar's line."""
+    try:
+        main(argv)
+    except BaseException:
+        from tqdm import tqdm
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+        raise
+
+
+def run_config_file(path):
+    """The names a python config file assigns; one that fails to run stops with its file, line and error."""
+    import builtins
+    import traceback
+    scope = {"__file__": path}   # a config may build on another: exec(open(...).read())
+    try:
+        exec(builtins.compile(open(path).read(), path, "exec"), scope)   # named, so errors point into the file
+    except Exception as e:
+        lines = [e.lineno] if isinstance(e, SyntaxError) else \
+            [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        raise SystemExit(f"config file {path}, line {lines[-1] if lines else '?'}: {type(e).__name__}: "
+                         f"{e.msg if isinstance(e, SyntaxError) else e}")
+    return scope
+
+
+def configure(defaults, argv, sources=(__file__,), usage=""):
+    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value). --help (-h)
+    lists the keys, their defaults and the comment beside each in `sources`, and exits."""
+    if "--help" in argv or "-h" in argv:
+        print_help(defaults, sources, usage)
+        raise SystemExit(0)
     c = dict(defaults)
 
     def set_key(key, value, origin):
@@ -136,8 +215,7 @@ def configure(defaults, argv):
         else:
             if not os.path.isfile(arg):
                 raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = {"__file__": arg}   # a config may build on another: exec(open(...).read())
-            exec(open(arg).read(), scope)
+            scope = run_config_file(arg)
             for key, value in scope.items():
                 if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
                     set_key(key, value, f"in {arg}")
@@ -240,11 +318,25 @@ def gpu_peak_flops(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one.
+# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one; the
+# one before is kept as ckpt.prev.pt, so a checkpoint damaged later (a full disk, a bad copy) never costs the run.
+
+def crash_point(name):
+    """Test-only (tests/test_errors.py): BLM_CRASH_AT=name:k kills this process the k-th time it passes `name`."""
+    spec = os.environ.get("BLM_CRASH_AT", "")
+    if spec.rpartition(":")[0] == name:
+        crash_point.seen[name] = crash_point.seen.get(name, 0) + 1
+        if crash_point.seen[name] == int(spec.rpartition(":")[2]):
+            os.kill(os.getpid(), 9)
+crash_point.seen = {}
+
 
 def save_checkpoint(path, obj):
-    tmp = path + ".tmp"
+    tmp, prev = path + ".tmp", os.path.splitext(path)[0] + ".prev.pt"
     torch.save(obj, tmp)
+    crash_point("checkpoint")
+    if os.path.exists(path):
+        os.replace(path, prev)
     os.replace(tmp, path)
 
 
@@ -280,10 +372,32 @@ def load_optimizer_state(model, optimizer, state, fsdp):
 
 
 def load_checkpoint(path):
+    """The checkpoint's dict; a missing or unreadable file stops with one line that names the way out."""
+    prev = os.path.splitext(path)[0] + ".prev.pt"
+    way_out = (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
+               "start a fresh run with another --out_dir")
     if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
-                         f"--out_dir")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise SystemExit(f"no checkpoint at {path}: " + (way_out if os.path.isfile(prev) else "train one first "
+                         "(python train.py configs/toy.py) or fix --out_dir"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()
+    except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
+        raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
+    return ckpt
+
+
+def read_log(path):
+    """[(line, record)] of a metrics.jsonl; a last line torn by a crash mid-write is dropped (resume trims it)."""
+    lines = open(path).readlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append((line.rstrip("\n") + "\n", json.loads(line)))
+        except ValueError:
+            if n < len(lines):
+                raise SystemExit(f"{path}, line {n}: not a JSON record; fix or move the log aside, then resume")
+    return out
 
 
 def check_same_model(saved, current, path):
@@ -397,12 +511,16 @@ def main(argv):
                              f"--gradient_accumulation_steps={saved['n_slots']}")
         data.load_state(saved.get("slots", {}))
         if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
-            lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
+            lines = [ln for ln, r in read_log(metrics_path) if r["step"] <= step]
             with open(metrics_path + ".tmp", "w") as f:
                 f.writelines(lines)
             os.replace(metrics_path + ".tmp", metrics_path)
-    elif os.path.exists(ckpt_path):
+    elif any(map(os.path.exists, (ckpt_path, os.path.splitext(ckpt_path)[0] + ".prev.pt"))):
         raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif master and os.path.exists(metrics_path):   # a run that died before its first checkpoint: its log aside
+        aside = next(f"{metrics_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{metrics_path}.{i}"))
+        os.replace(metrics_path, aside)
+        print(f"{metrics_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
     if master:
         os.makedirs(c.out_dir, exist_ok=True)
     raw_model = model
@@ -436,6 +554,7 @@ def main(argv):
     def log(record):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        crash_point("log")
 
     def checkpoint():
         weights, opt_state = full_state(raw_model, optimizer, fsdp)   # collective under FSDP: every rank calls
@@ -525,4 +644,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main, sys.argv[1:])
