@@ -738,9 +738,12 @@ def run_command(commands, argv, script):
     from train import print_help
     name = argv[0] if argv else ""
     if name not in commands:
-        print(f"usage: python {script} {' | '.join(commands)} --key=value ... (README, 'Real data'); "
-              f"python {script} COMMAND --help for its keys")
-        raise SystemExit(0 if name in ("-h", "--help") else 2)
+        usage = (f"usage: python {script} {' | '.join(commands)} --key=value ... (README, 'Real data'); "
+                 f"python {script} COMMAND --help for its keys")
+        if name not in ("-h", "--help"):
+            raise SystemExit(usage)
+        print(usage)
+        raise SystemExit(0)
     fn = commands[name]
     if "-h" in argv or "--help" in argv:
         keys = {k: "" if p.default is p.empty else p.default for k, p in inspect.signature(fn).parameters.items()}
