@@ -236,6 +236,8 @@ def main(argv):
     chosen = c.planners.split(",")
     if set(chosen) - {"model", "oracle", "forward", "random", "still"}:
         raise SystemExit(f"planners={c.planners!r}: choose from model, oracle, forward, random, still")
+    if c.score not in ("latent", "lpips"):
+        raise SystemExit(f"unknown score '{c.score}': use latent or lpips")
     if c.mode == "rollout":
         read_alternatives(c)   # a malformed action fails before the model loads
     folder = c.out or os.path.join(c.out_dir, "plan")
