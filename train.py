@@ -327,7 +327,8 @@ def crash_point(name):
     if spec.rpartition(":")[0] == name:
         crash_point.seen[name] = crash_point.seen.get(name, 0) + 1
         if crash_point.seen[name] == int(spec.rpartition(":")[2]):
-            os.kill(os.getpid(), 9)
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
 crash_point.seen = {}
 
 
@@ -381,7 +382,8 @@ def load_checkpoint(path):
                          "(python train.py configs/toy.py) or fix --out_dir"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        assert isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()
+        if not (isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()):
+            raise ValueError("not a training checkpoint")
     except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
         raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
     return ckpt
@@ -515,8 +517,8 @@ def main(argv):
             with open(metrics_path + ".tmp", "w") as f:
                 f.writelines(lines)
             os.replace(metrics_path + ".tmp", metrics_path)
-    elif any(map(os.path.exists, (ckpt_path, os.path.splitext(ckpt_path)[0] + ".prev.pt"))):
-        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif found := [p for p in (ckpt_path, os.path.splitext(ckpt_path)[0] + ".prev.pt") if os.path.exists(p)]:
+        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
     elif master and os.path.exists(metrics_path):   # a run that died before its first checkpoint: its log aside
         aside = next(f"{metrics_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{metrics_path}.{i}"))
         os.replace(metrics_path, aside)

@@ -66,7 +66,7 @@ CASES = [
      r"\(\w+\): the one before is {w}/withprev/ckpt.prev.pt: copy it to {w}/withprev/ckpt.pt", False),
     ("train", T + " --out_dir={w}/onlyprev --resume", 1, r"no checkpoint at {w}/onlyprev/ckpt.pt: the one before "
      r"is {w}/onlyprev/ckpt.prev.pt", False),
-    ("train", T + " --out_dir={w}/onlyprev", 1, r"{w}/onlyprev/ckpt.pt exists: pass --resume", False),
+    ("train", T + " --out_dir={w}/onlyprev", 1, r"{w}/onlyprev/ckpt.prev.pt exists: pass --resume", False),
     ("train", T + " --out_dir={w}/run", 1, r"{w}/run/ckpt.pt exists: pass --resume", False),
     ("train", T + " --out_dir={w}/../nan --learning_rate=1e30", 1, r"^step \d+: non-finite loss", True),   # bar open
     ("train", T + " --out_dir={w}/badlog --resume", 1, r"{w}/badlog/metrics.jsonl, line 2: not a JSON record",
