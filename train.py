@@ -321,15 +321,14 @@ def gpu_peak_flops(device):
 # Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one; the
 # one before is kept as ckpt.prev.pt, so a checkpoint damaged later (a full disk, a bad copy) never costs the run.
 
-def crash_point(name):
+def crash_point(name, _passes={}):
     """Test-only (tests/test_errors.py): BLM_CRASH_AT=name:k kills this process the k-th time it passes `name`."""
-    spec = os.environ.get("BLM_CRASH_AT", "")
-    if spec.rpartition(":")[0] == name:
-        crash_point.seen[name] = crash_point.seen.get(name, 0) + 1
-        if crash_point.seen[name] == int(spec.rpartition(":")[2]):
+    point, _, k = os.environ.get("BLM_CRASH_AT", "").rpartition(":")
+    if point == name:
+        _passes[name] = _passes.get(name, 0) + 1
+        if _passes[name] == int(k):
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
-crash_point.seen = {}
 
 
 def save_checkpoint(path, obj):

@@ -59,7 +59,7 @@ CASES = [
     ("train", "{w}/nope.py", 1, r"config file '{w}/nope.py' not found", False),
     ("train", "--max_iters=many", 1, r"config key 'max_iters' \(from --max_iters=many\) must be int", False),
     ("train", "--learning_rat=1", 1, r"unknown config key 'learning_rat' .*valid keys: ", False),
-    ("train", T + " --out_dir={w}/cut --resume", 1, NOT_CKPT.replace("{d}", "cut"), True),
+    ("train", T + " --out_dir={w}/cut --resume", 1, NOT_CKPT.replace("{d}", "cut"), False),
     ("train", T + " --out_dir={w}/random --resume", 1, NOT_CKPT.replace("{d}", "random"), False),
     ("train", T + " --out_dir={w}/empty --resume", 1, NOT_CKPT.replace("{d}", "empty"), False),
     ("train", T + " --out_dir={w}/withprev --resume", 1, r"{w}/withprev/ckpt.pt is not a readable checkpoint "
