@@ -642,21 +642,22 @@ class Prefetcher:
 def documents(path):
     """A .txt file is one document; a .jsonl file holds one per line, in its "text" field. A file that is not UTF-8
     text (binary, another encoding) stops the command rather than becoming replacement characters."""
+    jsonl = path.endswith(".jsonl")
     try:
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate([f.read()] if not path.endswith(".jsonl") else f, 1):
-                if "\0" in line:
+            for n, text in enumerate(f if jsonl else [f.read()], 1):
+                if "\0" in text:
                     raise UnicodeError("a NUL byte")
-                if not path.endswith(".jsonl"):
-                    yield line
-                    continue
                 try:
-                    yield json.loads(line)["text"]
+                    doc = json.loads(text)["text"] if jsonl else text
                 except (ValueError, KeyError, TypeError):
+                    doc = None
+                if isinstance(doc, str):
+                    yield doc
+                else:
                     print(f"{path}:{n}: no \"text\" field, line skipped")
     except UnicodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason if hasattr(e, 'reason') else e}): give .txt or "
-                         f".jsonl files")
+        raise ValueError(f"{path} is not UTF-8 text ({getattr(e, 'reason', e)}): give .txt or .jsonl files")
 
 
 def prepare_text(inputs,                 # .txt / .jsonl files: comma-separated paths or globs
