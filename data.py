@@ -672,8 +672,8 @@ def prepare_text(inputs, out_dir="data/text", tokenizer="gpt2", shard_tokens=100
 def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-edu-100B-gpt2-token-shards",
                      endpoint=None):
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
-    downloaded once into the hub cache (resumable, encoders.hub_file) and linked into out_dir."""
-    from encoders import hub_file
+    downloaded once into the hub cache (resumable, hub.hub_file) and linked into out_dir."""
+    from hub import hub_file
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in ["edu_fineweb_val_000000.bin"] + [f"edu_fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import encoders
+import hub as hub_module
 
 
 def test_pixel_patches_round_trip():
@@ -69,33 +70,33 @@ def test_download_resumes_after_a_cut_connection(hub, tmp_path):
     Hub.files["/org/model/resolve/main/model.pt"] = data
     Hub.cut.add("/org/model/resolve/main/model.pt")
     with pytest.raises(SystemExit, match="run again to resume from [1-9][0-9]* bytes"):
-        encoders.hub_file("org/model", "model.pt", endpoint=hub)
+        hub_module.hub_file("org/model", "model.pt", endpoint=hub)
     assert cached(tmp_path) == ["org/model/main/model.pt.part"]
     kept = os.path.getsize(tmp_path / "cache/org/model/main/model.pt.part")
-    path = encoders.hub_file("org/model", "model.pt", endpoint=hub, sha256=hashlib.sha256(data).hexdigest())
+    path = hub_module.hub_file("org/model", "model.pt", endpoint=hub, sha256=hashlib.sha256(data).hexdigest())
     assert Hub.ranges == [0, kept] and 0 < kept <= 150_000 and open(path, "rb").read() == data
     assert cached(tmp_path) == ["org/model/main/model.pt"]
-    assert encoders.hub_file("org/model", "model.pt", endpoint=hub) == path and len(Hub.ranges) == 2  # cached
+    assert hub_module.hub_file("org/model", "model.pt", endpoint=hub) == path and len(Hub.ranges) == 2  # cached
 
 
 def test_size_and_checksum_mismatches_leave_nothing(hub, tmp_path):
     Hub.files["/org/m/resolve/main/a.bin"] = b"x" * 1000
     with pytest.raises(SystemExit, match="got 1000 bytes, expected 999"):
-        encoders.hub_file("org/m", "a.bin", size=999, endpoint=hub)
+        hub_module.hub_file("org/m", "a.bin", size=999, endpoint=hub)
     with pytest.raises(SystemExit, match="sha256 mismatch"):
-        encoders.hub_file("org/m", "a.bin", sha256="0" * 64, endpoint=hub)
+        hub_module.hub_file("org/m", "a.bin", sha256="0" * 64, endpoint=hub)
     assert cached(tmp_path) == []
 
 
 def test_404_401_and_offline_errors(hub, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"not found \(404\); check the repository and file names"):
-        encoders.hub_file("org/nothing", "model.pt", endpoint=hub)
+        hub_module.hub_file("org/nothing", "model.pt", endpoint=hub)
     with pytest.raises(SystemExit, match=r"access denied \(401\).*set HF_TOKEN"):
-        encoders.hub_file("gated/model", "model.pt", endpoint=hub)
+        hub_module.hub_file("gated/model", "model.pt", endpoint=hub)
     assert cached(tmp_path) == []
     monkeypatch.setenv("BLM_OFFLINE", "1")
     with pytest.raises(SystemExit, match="offline and .*org/m/main/a.bin is not in the cache"):
-        encoders.hub_file("org/m", "a.bin", endpoint=hub)
+        hub_module.hub_file("org/m", "a.bin", endpoint=hub)
     assert Hub.ranges == []
 
 
@@ -182,7 +183,7 @@ def vit_mae_decoder(tmp_path, latent_dim=40, width=24, grid=4, patch=4):
 def test_rae_decoder_matches_transformers_vit_mae_decoder(tmp_path):
     reference, cls_in = vit_mae_decoder(tmp_path)
     assert any("attention.attention.query" in k for k in torch.load(tmp_path / "rae/model.pt")["model"])
-    config, state = encoders.read_weights(str(tmp_path / "rae"), "model.pt")
+    config, state = hub_module.read_weights(str(tmp_path / "rae"), "model.pt")
     ours = encoders.RAEDecoder.from_published(config, state, grid=4).eval()
     assert ours.patch == 4 and len(ours.blocks) == 2
     z = torch.randn(3, 16, 40)
