@@ -29,6 +29,7 @@ import tiktoken
 import torch
 
 import toyworld
+from pictures import load_image
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer: tiktoken. The toy world uses a byte-level encoding built in code (256 byte tokens, no merges), so
@@ -103,7 +104,6 @@ def video_example(tok, frames):
     for _ in frames:
         ids += [tok.boi, FRAME, tok.eoi]
     return Example(ids + [tok.eos], list(frames), [False] * len(frames))
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,16 +398,6 @@ def tar_samples(path, stats):
         stats["truncated_shards"] += 1
     finally:
         f.close()
-
-
-def load_image(data, size):
-    """Encoded image bytes -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, short side resized, centre
-    cropped). JPEGs much larger than `size` are decoded at a reduced scale, which is much faster."""
-    from PIL import Image
-    from encoders import to_rgb
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (size, size))
-    return to_rgb(im, size)
 
 
 def decode_frame(ext, data, size, latent_shape):

@@ -379,7 +379,8 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
     import tarfile
     from collections import Counter
     from tqdm import tqdm
-    from data import frame_members, load_image, tar_samples
+    from data import frame_members, tar_samples
+    from pictures import load_image
     os.makedirs(out_dir, exist_ok=True)
     stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
 

@@ -217,7 +217,7 @@ def analyze(stats, ks):
 
 
 def plot(rows, stats, path):
-    from sample import pyplot, save_figure
+    from pictures import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return []

@@ -19,7 +19,8 @@ import torch
 import toyworld as tw
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from model import KVCache
-from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch, save_gif, save_grid
+from pictures import save_gif, save_grid
+from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Episodes: a goal-directed walk in a held-out maze. Its first 4 frames are the context, the next `horizon` steps

@@ -24,6 +24,7 @@ import torch
 
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
 from model import KVCache, shift_time, velocity
+from pictures import save_gif, save_grid
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts. A prompt is a data.Example whose frames are latents [N, C]; rows are left-padded so every row's next
@@ -247,64 +248,12 @@ def as_text(tok, ids):
 def load_image(path, size):
     """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square, converted
     as the data loader converts training images (data.load_image)."""
-    from data import load_image as decode
+    from pictures import load_image as decode
     try:
         with open(path, "rb") as f:
             return decode(f.read(), size)
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot read image '{path}' ({e}): give a PNG or JPEG file")
-
-
-def upscale(images, scale):
-    """uint8 [..., H, W, 3] -> nearest-neighbour enlarged, so small images stay crisp."""
-    return np.asarray(images).repeat(scale, axis=-3).repeat(scale, axis=-2)
-
-
-def save_grid(images, path, ncol=8, scale=4):
-    """uint8 [B, H, W, 3] -> one PNG, a white line between images."""
-    from PIL import Image
-    images = upscale(images, scale)
-    B, H, W, _ = images.shape
-    grid = np.full((-(-B // ncol) * (H + 2 * scale), min(B, ncol) * (W + 2 * scale), 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncol)
-        y, x = r * (H + 2 * scale) + scale, c * (W + 2 * scale) + scale
-        grid[y:y + H, x:x + W] = im
-    tmp = path + ".tmp"
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def save_gif(frames, path, scale=4, ms_per_frame=400):
-    """uint8 [T, H, W, 3] -> an animated GIF that loops."""
-    from PIL import Image
-    images = [Image.fromarray(f) for f in upscale(frames, scale)]
-    tmp = path + ".tmp"
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
-    os.replace(tmp, path)
-    return path
-
-
-def pyplot():
-    """matplotlib.pyplot, or None with a note: plots are optional, every table is printed without them."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): figures skipped")
-        return None
-
-
-def save_figure(fig, path):
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------

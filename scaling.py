@@ -148,7 +148,7 @@ def data_ratio_exponent(a_text, a_vision):
 # Plots (matplotlib is optional: the table is always printed).
 
 def plot(results, fits, sweep_dir):
-    from sample import pyplot, save_figure
+    from pictures import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return []

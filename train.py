@@ -317,7 +317,8 @@ def load_for_inference(out_dir, device="auto"):
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from sample import describe, draw, save_grid
+    from pictures import save_grid
+    from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
     text, flow, scores = [], [], {}

@@ -275,7 +275,7 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
     import io
     import tarfile
     from PIL import Image
-    from data import load_image
+    from pictures import load_image
     rng = np.random.default_rng(0)
 
     def png(array):

@@ -1,0 +1,72 @@
+"""
+Pictures in and out: image files read as the data loader reads them, image grids (PNG) and videos (GIF) written,
+and matplotlib for the figures of the analysis commands. Files are written to a temporary name and renamed, so no
+half-written file is ever left behind.
+"""
+import io
+import os
+
+import numpy as np
+
+from encoders import to_rgb
+
+
+def upscale(images, scale):
+    """uint8 [..., H, W, 3] -> nearest-neighbour enlarged, so small images stay crisp."""
+    return np.asarray(images).repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def save_grid(images, path, ncol=8, scale=4):
+    """uint8 [B, H, W, 3] -> one PNG, a white line between images."""
+    from PIL import Image
+    images = upscale(images, scale)
+    B, H, W, _ = images.shape
+    grid = np.full((-(-B // ncol) * (H + 2 * scale), min(B, ncol) * (W + 2 * scale), 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        y, x = r * (H + 2 * scale) + scale, c * (W + 2 * scale) + scale
+        grid[y:y + H, x:x + W] = im
+    tmp = path + ".tmp"
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_gif(frames, path, scale=4, ms_per_frame=400):
+    """uint8 [T, H, W, 3] -> an animated GIF that loops."""
+    from PIL import Image
+    images = [Image.fromarray(f) for f in upscale(frames, scale)]
+    tmp = path + ".tmp"
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot, or None with a note: plots are optional, every table is printed without them."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): figures skipped")
+        return None
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    plt.close(fig)
+    return path
+
+
+def load_image(data, size):
+    """Encoded image bytes -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, short side resized, centre
+    cropped). JPEGs much larger than `size` are decoded at a reduced scale, which is much faster."""
+    from PIL import Image
+    im = Image.open(io.BytesIO(data))
+    im.draft("RGB", (size, size))
+    return to_rgb(im, size)
