@@ -6,7 +6,7 @@ encoder, flow matching runs in that latent space, and a frozen decoder maps gene
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
 plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
 semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
-pixels; the download of published weights; VAEs; build_encoder; the pre-encoding command.
+pixels; VAEs; build_encoder. Downloads are hub.py's; pre-encoding image shards is realdata.py's.
 """
 import os
 import re
@@ -367,85 +367,3 @@ def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weig
         config, state = read_weights(decoder_weights, "model.pt")
         decoder = RAEDecoder.from_published(config, state, tower.image_size // tower.patch)
     return SemanticEncoder(tower, decoder, mean_std, device)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pre-encoding: image(-text) tar shards -> latent shards, so repeated experiments skip the encoder. Each image is
-# replaced by <key>.latent.npy (float16 [N, C]); captions and everything else are copied; data.py reads the result
-# like any image shard. A shard already in out_dir is skipped, so an interrupted run continues where it stopped.
-
-def preencode(shards, out_dir, enc, image_size, batch=64):
-    import io
-    import tarfile
-    from collections import Counter
-    from tqdm import tqdm
-    from data import frame_members, tar_samples
-    from pictures import load_image
-    os.makedirs(out_dir, exist_ok=True)
-    stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
-
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-    def flush(tar, pending):
-        z = enc.encode(np.stack([image for *_, image in pending])).to(torch.float16).cpu().numpy()
-        for (key, frame, rest, _), latent in zip(pending, z):
-            buf = io.BytesIO()
-            np.save(buf, latent)
-            add(tar, f"{key}{frame}.latent.npy", buf.getvalue())
-            for ext, data in rest.items():
-                add(tar, f"{key}.{ext}", data)
-        bar.update(len(pending))
-        pending.clear()
-
-    for shard in shards:
-        dest = os.path.join(out_dir, os.path.basename(shard.split("?")[0]))
-        if os.path.exists(dest):
-            stats["shards_already_done"] += 1
-            continue
-        with tarfile.open(dest + ".part", "w") as tar:
-            pending = []
-            for key, group in tar_samples(shard, stats):   # key: (folder, name)
-                images = [e for e in frame_members(group) if not e.endswith("latent.npy")]   # video: 000.jpg, ...
-                if not images:
-                    stats["samples_without_image"] += 1
-                    continue
-                try:   # "000.jpg" -> frame ".000"; "jpg" -> frame ""
-                    decoded = [("." + e.rpartition(".")[0] if "." in e else "", load_image(group[e], image_size))
-                               for e in images]
-                except Exception:   # a corrupt image: the sample is skipped and counted
-                    stats["corrupt_images"] += 1
-                    continue
-                rest = {e: data for e, data in group.items() if e not in images}
-                pending += [("/".join(filter(None, key)), frame, rest if i == len(decoded) - 1 else {}, image)
-                            for i, (frame, image) in enumerate(decoded)]
-                if len(pending) >= batch:
-                    flush(tar, pending)
-            if pending:
-                flush(tar, pending)
-        os.replace(dest + ".part", dest)
-        stats["shards"] += 1
-    bar.close()
-    return stats
-
-
-def preencode_command(shards, out, encoder="siglip2", image_size=224, encoder_weights="", batch=64, device="auto"):
-    from data import expand
-    files = expand(shards)   # a wrong path stops before any weights load
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return preencode(files, out, build_encoder(encoder, image_size, device=device, weights=encoder_weights),
-                     image_size, batch)
-
-
-if __name__ == "__main__":   # python encoders.py preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2 (README)
-    import sys
-    if sys.argv[1:2] != ["preencode"]:
-        raise SystemExit("usage: python encoders.py preencode --shards=... --out=... [--encoder=siglip2 "
-                         "--image_size=224 --encoder_weights= --batch=64 --device=auto]")
-    from data import command_kwargs
-    try:
-        print(dict(preencode_command(**command_kwargs(sys.argv[2:]))))
-    except (ValueError, TypeError) as e:      # a bad shard list or encoder, or a key the command does not take
-        raise SystemExit(f"encoders.py preencode: {e}")

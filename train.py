@@ -165,7 +165,8 @@ def build(c, device):
 
 
 def _build(c, device):
-    from data import SOURCES, ShardData, Tokenizer, ToyWorldData
+    from data import SOURCES, Tokenizer, ToyWorldData
+    from realdata import ShardData
     from encoders import build_encoder
     from model import ModelConfig, UnifiedTransformer
     tok = Tokenizer(c.tokenizer)
@@ -358,7 +359,7 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 def main(argv):
     from tqdm import tqdm
     from model import training_losses
-    from data import Prefetcher
+    from realdata import Prefetcher
     from moe import auxiliary_loss, update_balance_biases
     c = configure(DEFAULTS, argv)
 

@@ -11,6 +11,7 @@ import torch
 
 import encoders
 import hub as hub_module
+import realdata
 
 
 def test_pixel_patches_round_trip():
@@ -294,7 +295,7 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     enc = encoders.PixelPatches(32, 8)
-    stats = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32, batch=2)
+    stats = realdata.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32, batch=2)
     assert stats["corrupt_images"] == 1 and stats["shards"] == 1
     assert os.listdir(tmp_path / "out") == ["shard-0.tar"]
     with tarfile.open(tmp_path / "out/shard-0.tar") as tar:
@@ -305,5 +306,5 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
         z = np.load(io.BytesIO(got[f"{key}.latent.npy"]))
         want = enc.encode(load_image(members[f"{key}.png"], 32)[None])[0].to(torch.float16).numpy()
         assert z.dtype == np.float16 and z.shape == (16, 192) and np.array_equal(z, want)
-    again = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32)
+    again = realdata.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32)
     assert again["shards_already_done"] == 1 and again["shards"] == 0
