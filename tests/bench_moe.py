@@ -28,7 +28,7 @@ def main(argv):
     c = train.configure(DEFAULTS, argv)
     dev = train.resolve_device(c.device)
     dtype = getattr(torch, c.dtype if c.dtype != "auto" else "bfloat16" if dev.startswith("cuda") else "float32")
-    grouped = model.GROUPED_MM and (dev.startswith("cuda") or dtype == torch.bfloat16)   # as grouped_swiglu decides
+    grouped = moe.GROUPED_MM and (dev.startswith("cuda") or dtype == torch.bfloat16)   # as grouped_swiglu decides
     cfg = model.ModelConfig(d_model=c.d_model, n_head=max(1, c.d_model // 64), n_kv_head=1, ffn="moe",
                             moe_experts=c.experts, moe_granularity=c.granularity, moe_shared=c.shared)
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def main(argv):
               f"MoE ({path})": moe.MoEFFN(cfg)}
     if c.loop and grouped:   # the same MoE layer (same weights) dispatched by a plain loop over experts
         layers["MoE (loop over experts)"] = layers[f"MoE ({path})"]
-    mlp = model.grouped_swiglu
+    mlp = moe.grouped_swiglu
     print(f"{c.tokens} tokens, d_model {c.d_model}, FFN hidden {cfg.ffn_hidden}; MoE: {c.experts} experts "
           f"{cfg.ffn_hidden // c.granularity} wide, top-{c.granularity}, shared={c.shared}; {dev} "
           f"{str(dtype).split('.')[-1]}")

@@ -8,7 +8,7 @@ import torch
 
 import moe
 import routing
-from model import GROUPED_MM, grouped_swiglu
+from moe import GROUPED_MM, grouped_swiglu
 import train
 from model import ModelConfig, UnifiedTransformer
 
