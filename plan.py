@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import toyworld as tw
+from config import configure, load_for_inference
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from model import KVCache
 from pictures import save_gif, save_grid
@@ -222,7 +223,6 @@ out = ""                    # output folder; default out_dir/plan
 
 
 def main(argv):
-    from train import configure, load_for_inference
     keys = ("out_dir", "mode", "planners", "episodes", "horizon", "samples", "elites", "iterations", "repeats",
             "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out")
     c = configure({k: globals()[k] for k in keys}, argv)

@@ -12,11 +12,12 @@ import sys
 import numpy as np
 import torch
 
+from config import configure, load_for_inference
 from data import ToyWorldData
 from model import add_noise, sample_time
 from moe import MoEFFN
 from pictures import pyplot, save_figure
-from train import configure, get_batch, load_for_inference
+from train import get_batch
 
 
 def specialization(count_text, count_vision, n_text, n_vision, k):

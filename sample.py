@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import torch
 
+from config import configure, load_for_inference
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
 from model import KVCache, shift_time, velocity
 from pictures import save_gif, save_grid
@@ -278,7 +279,6 @@ out = ""                # output folder; default out_dir/samples
 
 def main(argv):
     import toyworld
-    from train import configure, load_for_inference
     c = configure({k: globals()[k] for k in ("out_dir", "mode", "prompt", "image", "num_samples", "guidance",
                                              "steps", "temperature", "top_k", "max_tokens", "context_frames",
                                              "new_frames", "seed", "device", "out")}, argv)

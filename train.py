@@ -8,18 +8,17 @@ Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a
 The defaults below are the configuration; a config file (python, assigning some of these names) and then
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
-import ast
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+from config import build, check_same_model, configure, load_checkpoint, resolve_device
 
 # ---- I/O
 out_dir = "out/toy"
@@ -106,84 +105,7 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Configuration: defaults < config files < --key=value.
-
-def configure(defaults, argv):
-    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value)."""
-    c = dict(defaults)
-
-    def set_key(key, value, origin):
-        if key not in c:
-            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
-        want = type(c[key])
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
-                             f"{value!r}")
-        c[key] = value
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            if not eq:                      # a bare flag, like --resume, means True
-                raw = "True"
-            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
-                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-            set_key(key, value, f"from {arg}")
-        else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = {"__file__": arg}   # a config may build on another: exec(open(...).read())
-            exec(open(arg).read(), scope)
-            for key, value in scope.items():
-                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
-                    set_key(key, value, f"in {arg}")
-    return SimpleNamespace(**c)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Building the pieces from a configuration.
-
-def resolve_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def build(c, device):
-    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
-    run with a one-line message."""
-    try:
-        return _build(c, device)
-    except ValueError as e:
-        raise SystemExit(f"bad configuration: {e}")
-
-
-def _build(c, device):
-    from data import SOURCES, Tokenizer, ToyWorldData
-    from realdata import ShardData
-    from encoders import build_encoder
-    from model import ModelConfig, UnifiedTransformer
-    tok = Tokenizer(c.tokenizer)
-    enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
-    if c.dataset not in ("toyworld", "shards"):
-        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
-    if c.dataset == "shards":
-        data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
-                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
-                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
-    else:
-        data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
-    mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
-                       max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
-    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
 
 
 def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
@@ -278,37 +200,6 @@ def load_optimizer_state(model, optimizer, state, fsdp):
     optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
                                    param_groups=[{**g, "params": [index[n] for n in g["params"]]}
                                                  for g in state["param_groups"]]))
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
-                         f"--out_dir")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
-    from model import ModelConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for key in current:
-        was = saved.get(key, defaults[key])
-        if was != current[key]:
-            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
-                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
-
-
-def load_for_inference(out_dir, device="auto"):
-    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**{**DEFAULTS, **ckpt["config"]})
-    device = resolve_device(device)
-    tok, enc, _, model = build(c, device)
-    check_same_model(ckpt["model_args"], vars(model.cfg), path)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), tok, enc, c
 
 
 # ----------------------------------------------------------------------------------------------------------------
