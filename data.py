@@ -200,10 +200,11 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
 
 
 def to_device(batch, device):
-    return {k: move(torch.as_tensor(v), device) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    return {k: tensor_to_device(torch.as_tensor(v), device) if isinstance(v, np.ndarray) else v
+            for k, v in batch.items()}
 
 
-def move(x, device):
+def tensor_to_device(x, device):
     """A CPU tensor to the device. To a GPU through pinned memory, without waiting: a plain copy would first wait
     for all the work queued on the GPU (the last micro-batch's backward), leaving the GPU idle while the next
     forward pass is launched."""

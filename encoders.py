@@ -260,9 +260,9 @@ def to_rgb(image, size):
 
 def pixels_in(images, device, dtype):
     """uint8 [B, H, W, 3] (numpy or torch) -> float [B, 3, H, W] in [0, 1] on the device."""
-    from data import move
+    from data import tensor_to_device
     x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    return move(x, device).permute(0, 3, 1, 2).to(dtype) / 255
+    return tensor_to_device(x, device).permute(0, 3, 1, 2).to(dtype) / 255
 
 
 def pixels_out(x):

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from data import (SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate, image_to_caption,
-                  navigation_example, robot_frame_actions, video_example, weighted_sources)
+from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate,
+                  image_to_caption, navigation_example, robot_frame_actions, video_example, weighted_sources)
 from encoders import build_encoder
 from hub import hub_file
 from pictures import load_image
@@ -39,7 +39,6 @@ from pictures import load_image
 SHARD_MAGIC = 20240520                        # llm.c: 256 int32 header (magic, version, token count), then tokens
 SHARD_DTYPES = {1: np.uint16, 2: np.uint32}   # version 2 is ours: uint32 tokens, for vocabularies over 65,536
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-CONTEXT_FRAMES = 4                            # navigation: 4 context frames, then 1 to 4 predicted ones (section 5)
 
 
 def write_shard(path, tokens, vocab_size):
@@ -294,17 +293,17 @@ class ShardData:
         def frame(i):
             with open(os.path.join(path, f"{i}.jpg"), "rb") as f:
                 return load_image(f.read(), self.image_size)
-        for t in range(pos, len(actions) + 1 - CONTEXT_FRAMES):
+        for t in range(pos, len(actions) + 1 - NAV_CONTEXT):
             if t % part[1] != part[0]:
                 continue
-            k = min(int(np.random.default_rng([*key, t]).integers(1, 5)), len(actions) + 1 - CONTEXT_FRAMES - t)
+            k = min(int(np.random.default_rng([*key, t]).integers(1, 5)), len(actions) + 1 - NAV_CONTEXT - t)
             try:
-                window = [frame(i) for i in range(t, t + CONTEXT_FRAMES + k)]
+                window = [frame(i) for i in range(t, t + NAV_CONTEXT + k)]
             except Exception:                 # a missing or corrupt frame: skip the windows that need it
                 yield t, self.skip("bad_frame")
                 continue
-            steps = [action_text(*a) for a in actions[t + CONTEXT_FRAMES - 1:t + CONTEXT_FRAMES - 1 + k]]
-            yield t, [navigation_example(self.tok, window[:CONTEXT_FRAMES], steps, window[CONTEXT_FRAMES:])]
+            steps = [action_text(*a) for a in actions[t + NAV_CONTEXT - 1:t + NAV_CONTEXT - 1 + k]]
+            yield t, [navigation_example(self.tok, window[:NAV_CONTEXT], steps, window[NAV_CONTEXT:])]
 
 
 class Prefetcher:

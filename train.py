@@ -110,14 +110,14 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 
 def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     """A micro-batch on the device, its frames encoded; `batch` when the loader thread has made it already."""
-    from data import move, to_device
+    from data import tensor_to_device, to_device
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
     latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
                torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
                enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = move(latents, device).float()   # pre-encoded float16 latents travel at half the size
+    batch["latents"] = tensor_to_device(latents, device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 

@@ -90,8 +90,8 @@ def main(size=224):
 
     # the training loop's view: realdata.Prefetcher over 4 slots of JPEG caption->image rows, 1 or 2 threads
     for threads in (1, 2):
-        d = realdata.ShardData(tok, 4096, 256, 1152, {"caption_to_image": 1.0}, {"caption_to_image": f"{root}/pairs.tar"},
-                           4, image_size=size)
+        d = realdata.ShardData(tok, 4096, 256, 1152, {"caption_to_image": 1.0},
+                               {"caption_to_image": f"{root}/pairs.tar"}, 4, image_size=size)
         loader = realdata.Prefetcher(d, 0, range(4), 1, depth=8, threads=threads)
         loader.next()
         t, frames = time.perf_counter(), 0

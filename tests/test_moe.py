@@ -1,4 +1,4 @@
-"""moe.py and routing.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting, analysis."""
+"""moe.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting; routing.py."""
 import json
 import math
 
