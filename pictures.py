@@ -11,6 +11,16 @@ import numpy as np
 from encoders import to_rgb
 
 
+def load_image(source, size):
+    """An image file's bytes, or its path -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, the short side
+    resized, the centre cropped): the data loader and the sampler read images alike. JPEGs much larger than `size`
+    are decoded at a reduced scale, which is much faster."""
+    from PIL import Image
+    im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    im.draft("RGB", (size, size))
+    return to_rgb(im, size)
+
+
 def upscale(images, scale):
     """uint8 [..., H, W, 3] -> nearest-neighbour enlarged, so small images stay crisp."""
     return np.asarray(images).repeat(scale, axis=-3).repeat(scale, axis=-2)
@@ -61,12 +71,3 @@ def save_figure(fig, path):
     os.replace(path + ".tmp.png", path)
     plt.close(fig)
     return path
-
-
-def load_image(data, size):
-    """Encoded image bytes -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, short side resized, centre
-    cropped). JPEGs much larger than `size` are decoded at a reduced scale, which is much faster."""
-    from PIL import Image
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (size, size))
-    return to_rgb(im, size)

@@ -25,7 +25,7 @@ import torch
 from config import configure, load_for_inference
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
 from model import KVCache, shift_time, velocity
-from pictures import save_gif, save_grid
+from pictures import load_image, save_gif, save_grid
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts. A prompt is a data.Example whose frames are latents [N, C]; rows are left-padded so every row's next
@@ -232,7 +232,7 @@ def continue_video(model, tok, context, n_frames, steps=25, guidance=3.0, genera
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pictures in and out. Files are written to a temporary name and renamed, so no half-written file is left.
+# Generated sequences as text.
 
 def as_text(tok, ids):
     """A generated sequence as text, with <image> where each frame is."""
@@ -244,17 +244,6 @@ def as_text(tok, ids):
         else:
             current.append(i)
     return " <image> ".join(parts + [tok.decode(current)])
-
-
-def load_image(path, size):
-    """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square, converted
-    as the data loader converts training images (data.load_image)."""
-    from pictures import load_image as decode
-    try:
-        with open(path, "rb") as f:
-            return decode(f.read(), size)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot read image '{path}' ({e}): give a PNG or JPEG file")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,7 +285,10 @@ def main(argv):
         written.append(save_grid(enc.decode(z), os.path.join(folder, "images.png")))
     elif c.mode == "caption":
         if c.image:
-            pictures = np.stack([load_image(c.image, cfg.image_size)] * c.num_samples)
+            try:
+                pictures = np.stack([load_image(c.image, cfg.image_size)] * c.num_samples)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"cannot read image '{c.image}' ({e}): give a PNG or JPEG file")
         else:
             pictures = np.stack([toyworld.render(toyworld.random_scene(rng, cfg.max_shapes, cfg.image_size),
                                                  cfg.image_size) for _ in range(c.num_samples)])
