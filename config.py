@@ -55,6 +55,13 @@ def configure(defaults, argv):
     return SimpleNamespace(**c)
 
 
+def settings(namespace):
+    """A command's defaults: the lowercase names its module assigns a bool, int, float, str or dict (the settings
+    block of train.py, sample.py, plan.py, routing.py and scaling.py), as configure takes them."""
+    return {k: v for k, v in namespace.items()
+            if k.islower() and not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Building the pieces from a configuration.
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import toyworld as tw
-from config import configure, load_for_inference
+from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from model import KVCache
 from pictures import save_gif, save_grid
@@ -223,9 +223,7 @@ out = ""                    # output folder; default out_dir/plan
 
 
 def main(argv):
-    keys = ("out_dir", "mode", "planners", "episodes", "horizon", "samples", "elites", "iterations", "repeats",
-            "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out")
-    c = configure({k: globals()[k] for k in keys}, argv)
+    c = configure(settings(globals()), argv)
     if c.mode not in ("plan", "rollout"):
         raise SystemExit(f"unknown mode '{c.mode}': use plan or rollout")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \

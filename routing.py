@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from config import configure, load_for_inference
+from config import configure, load_for_inference, settings
 from data import ToyWorldData
 from model import add_noise, sample_time
 from moe import MoEFFN
@@ -124,8 +124,16 @@ def plot(rows, stats, path):
     return [save_figure(fig, path)]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Command line.
+
+out_dir = "out/toy_moe"     # the MoE run whose checkpoint to analyse
+batches = 8                 # held-out batches per task
+device = "auto"
+
+
 def main(argv):
-    c = configure({"out_dir": "out/toy_moe", "batches": 8, "device": "auto"}, argv)
+    c = configure(settings(globals()), argv)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     if not any(isinstance(m, MoEFFN) for m in model.modules()):
         raise SystemExit(f"the checkpoint in {c.out_dir} has no MoE layers (ffn={model.cfg.ffn!r})")

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 
-from config import configure, load_for_inference
+from config import configure, load_for_inference, settings
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
 from model import KVCache, shift_time, velocity
 from pictures import load_image, save_gif, save_grid
@@ -268,9 +268,7 @@ out = ""                # output folder; default out_dir/samples
 
 def main(argv):
     import toyworld
-    c = configure({k: globals()[k] for k in ("out_dir", "mode", "prompt", "image", "num_samples", "guidance",
-                                             "steps", "temperature", "top_k", "max_tokens", "context_frames",
-                                             "new_frames", "seed", "device", "out")}, argv)
+    c = configure(settings(globals()), argv)
     if c.mode not in ("image", "caption", "video", "text"):
         raise SystemExit(f"unknown mode '{c.mode}': use image, caption, video or text")
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)

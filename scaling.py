@@ -15,8 +15,14 @@ import json
 import os
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import torch
+
+import train
+from config import build, configure, settings
+from pictures import pyplot, save_figure
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.
@@ -30,13 +36,8 @@ def family(depth, aspect):
 
 def model_size(c, depth):
     """(N_active, training FLOPs per token) of the family member at this depth under config c."""
-    from types import SimpleNamespace
-
-    import torch
-
-    import train
     with torch.device("meta"):   # count parameters without allocating them
-        model = train.build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
+        model = build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
     n_active = model.num_params()[1]
     return n_active, (model.flops_per_token(c.seq_len) if c.attention_flops else 6 * n_active)
 
@@ -148,7 +149,6 @@ def data_ratio_exponent(a_text, a_vision):
 # Plots (matplotlib is optional: the table is always printed).
 
 def plot(results, fits, sweep_dir):
-    from pictures import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return []
@@ -185,18 +185,22 @@ def plot(results, fits, sweep_dir):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-DEFAULTS = dict(budgets="3e12,1e13,3e13", depths="2,3,4,6", aspect=64, sweep_dir="out/sweep", attention_flops=False)
+budgets = "3e12,1e13,3e13"   # FLOP budgets C of the IsoFLOP sweep
+depths = "2,3,4,6"           # model depths per budget; width = aspect * depth
+aspect = 64
+sweep_dir = "out/sweep"
+attention_flops = False      # count attention FLOPs in C (6N + 12 L d S), not just 6N
 
 
 def main(argv):
-    import train
     if not argv or argv[0] not in ("plan", "fit"):
         raise SystemExit("usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=...")
     action, argv = argv[0], argv[1:]
-    c = train.configure({**train.DEFAULTS, **DEFAULTS}, argv)
+    own = settings(globals())
+    c = configure({**train.DEFAULTS, **own}, argv)
     os.makedirs(c.sweep_dir, exist_ok=True)
     if action == "plan":
-        base = [a for a in argv if not a.split("=")[0].lstrip("-") in DEFAULTS]
+        base = [a for a in argv if not a.split("=")[0].lstrip("-") in own]
         runs = plan(c, base)
         with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in runs)

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from config import build, check_same_model, configure, load_checkpoint, resolve_device
+from config import build, check_same_model, configure, load_checkpoint, resolve_device, settings
 
 # ---- I/O
 out_dir = "out/toy"
@@ -100,8 +100,7 @@ activation_checkpointing = False   # recompute each block in the backward pass: 
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
 
-DEFAULTS = {k: v for k, v in dict(globals()).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
+DEFAULTS = settings(globals())
 
 
 # ----------------------------------------------------------------------------------------------------------------
