@@ -18,6 +18,7 @@ training; the noisy steps never do.
 """
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -128,6 +129,21 @@ def append_tokens(model, cache, token_lists, pos, pad_id):
 # ----------------------------------------------------------------------------------------------------------------
 # The modal-switching loop.
 
+@dataclass
+class Row:
+    """Where one prompt's generation stands."""
+    out: Example          # the prompt, then everything generated (FRAME markers with their latents in .frames)
+    last: int             # the token last fed to the model: BOI means this row draws an image next
+    feed: int = None      # the token to feed in this pass; None: nothing (the row waits, or is done)
+    done: bool = False
+    images: int = 0       # images drawn
+    texts: int = 0        # text tokens sampled
+
+    def write(self, token, feed=True):
+        self.out.ids.append(token)
+        self.feed = token if feed else None
+
+
 @torch.no_grad()
 def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=64, temperature=1.0, top_k=0,
              steps=25, guidance=3.0, generator=None, progress=False):
@@ -137,9 +153,9 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
     prompt with BOI; video continuation with EOI). Otherwise text is sampled until EOS or max_tokens, and BOI,
     if allow_images, switches to drawing."""
     from tqdm import tqdm
-    cfg, N, B = model.cfg, model.cfg.tokens_per_frame, len(prompts)
+    cfg, N = model.cfg, model.cfg.tokens_per_frame
     dev = next(model.parameters()).device
-    outs = [Example(list(p.ids), list(p.frames), list(p.cond)) for p in prompts]
+    rows = [Row(Example(list(p.ids), list(p.frames), list(p.cond)), last=p.ids[-1]) for p in prompts]
     b = prompt_batch(prompts, model, tok.pad)
     cache, uncond = KVCache(cfg.n_layer), KVCache(cfg.n_layer)
     logits = prefill(model, b, cache)
@@ -148,58 +164,55 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
                                          .ids[:-1])], model, tok.pad), uncond)
     pos = b["pos"][:, -1] + 1
     frame_id = len(b["latents"])
-    last = [p.ids[-1] for p in prompts]
-    done, n_images, n_text = [False] * B, [0] * B, [0] * B
     bar = tqdm(disable=not progress, desc="generating", unit="pass")
     while True:
+        for row in rows:
+            row.feed = None
         # rows that have just written BOI draw an image, all of them together
-        drawing = [r for r in range(B) if not done[r] and last[r] == tok.boi]
-        pending = {}
+        drawing = [r for r, row in enumerate(rows) if not row.done and row.last == tok.boi]
         if drawing:
-            rows = torch.tensor(drawing, device=dev)
-            z = draw_image(model, cache, uncond, rows, pos, frame_id, steps, guidance, generator)
-            commit_image(model, cache, rows, z, pos, frame_id, tok.pad)
+            index = torch.tensor(drawing, device=dev)
+            z = draw_image(model, cache, uncond, index, pos, frame_id, steps, guidance, generator)
+            commit_image(model, cache, index, z, pos, frame_id, tok.pad)
             bar.update(steps + 1)
-            pos[rows] += N
+            pos[index] += N
             frame_id += 1
             for i, r in enumerate(drawing):
-                outs[r].ids += [FRAME, tok.eoi]
-                outs[r].frames.append(z[i])
-                outs[r].cond.append(False)
-                n_images[r] += 1
-                pending[r] = tok.eoi
-        # every other row picks its next token (each chosen token is recorded in outs as it is chosen)
+                rows[r].out.ids.append(FRAME)
+                rows[r].out.frames.append(z[i])
+                rows[r].out.cond.append(False)
+                rows[r].images += 1
+                rows[r].write(tok.eoi)
+        # every other row picks its next token
         if not allow_images:
             logits[..., tok.boi] = float("-inf")
         nxt = None if force_images else sample_token(logits[:, -1], temperature, top_k, generator).tolist()
-        for r in range(B):
-            if done[r] or r in pending:
+        for r, row in enumerate(rows):
+            if row.done or row.feed is not None:
                 continue
             if force_images:
-                done[r] = n_images[r] >= force_images
-                if not done[r]:
-                    pending[r] = tok.boi
-                    outs[r].ids.append(tok.boi)
+                row.done = row.images >= force_images
+                if not row.done:
+                    row.write(tok.boi)
             else:
-                outs[r].ids.append(nxt[r])
-                n_text[r] += 1
-                done[r] = nxt[r] == tok.eos or n_text[r] >= max_tokens
-                if not done[r]:
-                    pending[r] = nxt[r]
-        if not pending:
+                row.texts += 1
+                row.done = nxt[r] == tok.eos or row.texts >= max_tokens
+                row.write(nxt[r], feed=not row.done)
+        live = [row.feed is not None for row in rows]
+        if not any(live):
             break
         # feed the chosen tokens (rows with nothing to feed get padding nobody sees)
-        feed = torch.tensor([pending.get(r, tok.pad) for r in range(B)], device=dev)[:, None]
-        live = torch.tensor([r in pending for r in range(B)], device=dev)[:, None]
-        for r, token in pending.items():
-            last[r] = token
+        feed = torch.tensor([row.feed if row.feed is not None else tok.pad for row in rows], device=dev)[:, None]
+        live = torch.tensor(live, device=dev)[:, None]
+        for row in rows:
+            row.last = row.feed if row.feed is not None else row.last
         logits, _ = model(feed, torch.where(live, 0, -1), torch.full_like(feed, -1),
                           torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, N, cfg.latent_dim, device=dev),
                           torch.zeros(0, device=dev), pos=pos[:, None], cache=cache)
         pos += live[:, 0].long()
         bar.update(1)
     bar.close()
-    return outs
+    return [row.out for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------
