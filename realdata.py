@@ -19,6 +19,7 @@ import tarfile
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -136,10 +137,18 @@ def caption_of(group):
         return None
 
 
+@dataclass
+class Position:
+    """The next example a stream consumes. Checkpoints save it as the list [epoch, file, item, taken]."""
+    epoch: int = 0
+    file: int = 0          # index into this epoch's order of the stream's files
+    item: int = 0          # position in the file: a token offset, a tar sample's index or a trajectory window's start
+    taken: int = 0         # examples of that item consumed already
+
+
 class Stream:
     """One source's examples for one micro-batch slot, epoch after epoch. With at least as many files as slots,
-    slot g reads files g, g + n, ...; with fewer, slots share a file and each takes its own part of it. The state
-    [epoch, file, position, examples taken at that position] names the next example to be consumed."""
+    slot g reads files g, g + n, ...; with fewer, slots share a file and each takes its own part of it."""
 
     def __init__(self, data, source, files, slot, n_slots, state=None):
         F = len(files)
@@ -148,19 +157,24 @@ class Stream:
         else:
             self.files, self.part = [files[slot % F]], (slot // F, len(range(slot % F, n_slots, F)))
         self.data, self.source, self.key = data, source, [data.seed, SOURCES.index(source), slot]
-        self.state, self.items, self.pending, self.dry = list(state or (0, 0, 0, 0)), None, [], 0
+        self.at, self.items, self.pending, self.dry = Position(*(state or ())), None, [], 0
+
+    @property
+    def state(self):
+        return [self.at.epoch, self.at.file, self.at.item, self.at.taken]
 
     def peek(self):
+        at = self.at
         while not self.pending:
-            epoch, f, pos, taken = self.state
             if self.items is None:            # open the file at the saved position; a new file order every epoch
-                path = self.files[np.random.default_rng([*self.key, epoch]).permutation(len(self.files))[f]]
-                self.items = self.data.read(self.source, path, pos, self.part, [*self.key, epoch, f])
-                self.skip = taken             # examples of the item at pos that were consumed before a resume
+                path = self.files[np.random.default_rng([*self.key, at.epoch]).permutation(len(self.files))[at.file]]
+                self.items = self.data.read(self.source, path, at.item, self.part, [*self.key, at.epoch, at.file])
+                self.skip = at.taken          # examples of that item consumed before a resume
             item = next(self.items, None)
             if item is None:                  # the file is done: the next one, or the first of a new epoch
-                last = f + 1 == len(self.files)
-                self.items, self.state, self.dry = None, [epoch + last, 0 if last else f + 1, 0, 0], self.dry + last
+                last = at.file + 1 == len(self.files)
+                self.items, self.dry = None, self.dry + last
+                at = self.at = Position(at.epoch + last, 0 if last else at.file + 1)
                 if self.dry > 1:
                     raise ValueError(f"no usable {self.source} example in {', '.join(self.files)} (see the skip "
                                      f"counts in the log)")
@@ -168,12 +182,12 @@ class Stream:
             examples = [ex for ex in item[1] if ex.length(self.data.N) <= self.data.seq_len]
             if len(examples) < len(item[1]):
                 self.data.stats["too_long"] += len(item[1]) - len(examples)
-            self.state[2:], self.pending, self.skip = [item[0], self.skip], examples[self.skip:], 0
+            at.item, at.taken, self.pending, self.skip = item[0], self.skip, examples[self.skip:], 0
             self.dry = 0 if examples else self.dry
         return self.pending[0]
 
     def pop(self):
-        self.state[3] += 1
+        self.at.taken += 1
         return self.pending.pop(0)
 
 
@@ -227,7 +241,7 @@ class ShardData:
         return collate(rows, self.seq_len, self.N, self.tok.pad)
 
     def state(self, micro):
-        return {s: list(stream.state) for s, stream in self.streams.get(micro, {}).items()}
+        return {s: stream.state for s, stream in self.streams.get(micro, {}).items()}
 
     def load_state(self, saved):
         self.saved, self.streams = saved, {}
