@@ -1,4 +1,4 @@
-"""Data-loader throughput on this machine, single loader thread: python tests/bench_data.py [image_size]
+"""Data-loader throughput on this machine, single loader thread: python bench/bench_data.py [image_size]
 
 Writes synthetic shards in a temporary folder (500x375 JPEGs with captions, pre-encoded SigLIP-sized latents,
 a 20M-token text shard, NWM trajectories) and times realdata.ShardData on each source alone, at seq_len 4096 with

@@ -1,8 +1,8 @@
 """One FFN layer, forward and backward: the MoE's grouped-GEMM dispatch against a plain loop over experts and
 against the dense FFN of equal active FLOPs (and the modality FFNs, which run as a two-expert grouped GEMM).
 
-    python tests/bench_moe.py                                   # CPU: small sizes
-    python tests/bench_moe.py --device=cuda --tokens=32768 --d_model=1024 --experts=64 --granularity=4
+    python bench/bench_moe.py                                   # CPU: small sizes
+    python bench/bench_moe.py --device=cuda --tokens=32768 --d_model=1024 --experts=64 --granularity=4
 
 Weights and routing are random (a fresh router spreads tokens about evenly). On a GPU everything runs under bf16
 autocast; `--compile=True` compiles each layer first.
@@ -14,7 +14,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model  # noqa: E402
 import moe  # noqa: E402
 import train  # noqa: E402
