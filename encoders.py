@@ -243,21 +243,6 @@ class RAEDecoder(nn.Module):
         return x.reshape(-1, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, g * p, g * p)
 
 
-def to_rgb(image, size):
-    """Any image (a pillow image or an array; grayscale, RGBA, palette, CMYK, any size) -> uint8 [size, size, 3]:
-    transparency over white, the shorter side resized to `size` (bilinear: as good when shrinking, and faster in
-    the data loader, which uses this too), the centre cropped square."""
-    from PIL import Image
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
-    if "A" in img.getbands() or "transparency" in img.info:
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-    img = img.convert("RGB")
-    scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
-
-
 def pixels_in(images, device, dtype):
     """uint8 [B, H, W, 3] (numpy or torch) -> float [B, 3, H, W] in [0, 1] on the device."""
     from data import tensor_to_device

@@ -8,11 +8,24 @@ import os
 
 import numpy as np
 
-from encoders import to_rgb
+
+def to_rgb(image, size):
+    """Any image (a pillow image or an array; grayscale, RGBA, palette, CMYK, any size) -> uint8 [size, size, 3]:
+    transparency over white, the shorter side resized to `size` (bilinear: as good when shrinking, and faster in
+    the data loader, which uses this too), the centre cropped square."""
+    from PIL import Image
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
+    if "A" in img.getbands() or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    img = img.convert("RGB")
+    scale = size / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 def load_image(source, size):
-    """An image file's bytes, or its path -> RGB uint8 [size, size, 3] (encoders.to_rgb: any mode, the short side
+    """An image file's bytes, or its path -> RGB uint8 [size, size, 3] (to_rgb: any mode, the short side
     resized, the centre cropped): the data loader and the sampler read images alike. JPEGs much larger than `size`
     are decoded at a reduced scale, which is much faster."""
     from PIL import Image

@@ -11,6 +11,7 @@ import torch
 
 import encoders
 import hub as hub_module
+import pictures
 import realdata
 
 
@@ -262,12 +263,12 @@ def test_any_image_becomes_square_rgb():
     from PIL import Image
     rgba = np.zeros((20, 40, 4), np.uint8)
     rgba[:, :20] = (255, 0, 0, 255)          # left half opaque red, right half transparent
-    out = encoders.to_rgb(rgba, 10)
+    out = pictures.to_rgb(rgba, 10)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert (out[5, 0] == (255, 0, 0)).all() and (out[5, -1] == 255).all()   # transparency over white
-    gray = encoders.to_rgb(np.full((30, 10), 77, np.uint8), 8)
+    gray = pictures.to_rgb(np.full((30, 10), 77, np.uint8), 8)
     assert gray.shape == (8, 8, 3) and (gray == 77).all()
-    assert encoders.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
+    assert pictures.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
 
 
 def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
