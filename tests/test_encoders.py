@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import encoders
-import hub as hub_module
+import weights as hub_module
 import pictures
 import realdata
 
