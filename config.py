@@ -1,7 +1,7 @@
 """
 How every command is set up: its settings (defaults < config files < --key=value), the pieces of a training run
 built from them (tokenizer, frozen encoder, data, model), and a trained run loaded back from its checkpoint for
-sampling, planning and analysis.
+sampling, planning and analysis (the checkpoint files themselves are weights.py's).
 """
 import ast
 import dataclasses
@@ -14,6 +14,7 @@ from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
 from model import ModelConfig, UnifiedTransformer
 from realdata import ShardData
+from weights import check_same_model, load_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,25 +102,7 @@ def _build(c, device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints, loaded back.
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
-                         f"--out_dir")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for key in current:
-        was = saved.get(key, defaults[key])
-        if was != current[key]:
-            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
-                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
-
+# A trained run, loaded back.
 
 def load_for_inference(out_dir, device="auto"):
     """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir. The checkpoint holds the

@@ -18,7 +18,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from config import build, check_same_model, configure, load_checkpoint, resolve_device, settings
+from config import build, configure, resolve_device, settings
+from weights import check_same_model, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
 
 # ---- I/O
 out_dir = "out/toy"
@@ -159,46 +160,6 @@ def gpu_peak_flops(device):
         if key in name:
             return peak
     return 0.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one.
-
-def save_checkpoint(path, obj):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def optimizer_param_names(model, optimizer):
-    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def full_state(model, optimizer, fsdp):
-    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
-    number of processes, sharded or not."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
-    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
-                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
-                                                  for g in sd["param_groups"]])
-
-
-def load_optimizer_state(model, optimizer, state, fsdp):
-    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
-                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
-                                                 for g in state["param_groups"]]))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """
-Files from the Hugging Face hub: published encoder and decoder weights, and llm.c's FineWeb token shards. Each is
-downloaded once into a local cache (BLM_CACHE, default ~/.cache/beyond-lm), resumably, and never left half-written.
-A weights source is a hub repository ("owner/name[/subfolder]") or a local folder holding the same files.
+Weight files. Files from the Hugging Face hub (published encoder and decoder weights, llm.c's FineWeb token
+shards) are downloaded once into a local cache (BLM_CACHE, default ~/.cache/beyond-lm), resumably, and never left
+half-written; a weights source is a hub repository ("owner/name[/subfolder]") or a local folder holding the same
+files. This project's own checkpoints are saved and loaded here too.
 """
+import dataclasses
 import json
 import os
 
 import torch
+
+from model import ModelConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,3 +107,61 @@ def read_weights(source, filename, keep=lambda key: True):
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state.get("state_dict", state))
     return config, {k: v for k, v in state.items() if keep(k)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one.
+
+def save_checkpoint(path, obj):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def optimizer_param_names(model, optimizer):
+    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(model, optimizer, fsdp):
+    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
+    number of processes, sharded or not."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
+    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
+                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
+                                                  for g in sd["param_groups"]])
+
+
+def load_optimizer_state(model, optimizer, state, fsdp):
+    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
+    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
+                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
+                                                 for g in state["param_groups"]]))
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
+                         f"--out_dir")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_same_model(saved, current, path):
+    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
+    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for key in current:
+        was = saved.get(key, defaults[key])
+        if was != current[key]:
+            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
+                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
