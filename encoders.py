@@ -74,7 +74,7 @@ class ViTBlock(nn.Module):
         return x + (m if self.ls2 is None else m * self.ls2)
 
 
-BLOCK_KEYS = {  # published names of a block's parts -> ViTBlock's (SigLIP; DINOv2 and ViT-MAE in transformers 4 and 5)
+BLOCK_KEYS = {  # published names of a block's parts (SigLIP, DINOv2, ViT-MAE; old and new layouts) -> ViTBlock's
     "layer_norm1": "norm1", "layernorm_before": "norm1", "layer_norm2": "norm2", "layernorm_after": "norm2",
     "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.out_proj": "o",
     "attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# torch._grouped_mm runs on any recent GPU and on the CPU from torch 2.9 (before, on Hopper only), in bfloat16
+# the grouped GEMM kernel (torch._grouped_mm, bfloat16): on GPUs, and on the CPU in recent torch
 GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
 
 

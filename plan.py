@@ -110,11 +110,9 @@ def goal_distance(kind, enc, goal):
 # The Cross-Entropy Method (NWM, App. F.1): sample action sequences from a Gaussian, roll them all out, refit the
 # Gaussian to the best few; the plan is the average of the final elites.
 
-# The search starts from a slow forward drive, as robots mostly move forward: from a zero mean most samples end near
-# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is. The
-# first samples spread over 0.3 of each action's half-range: the distance to a goal view has narrow basins, so
-# samples over the whole range leave the elites to chance (20 held-out episodes with the simulator as world model:
-# final error 1.83 with the whole range, 1.36 with 0.3, the forward start alone 1.53).
+# The search starts from a slow forward drive (robots mostly move forward; from a zero mean few refits get away from
+# the start), its first samples within 0.3 of each action's half-range: the distance to a goal view has narrow
+# basins, so wider samples leave the elites to chance (docs/world-model.md).
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), 0.3
 
 

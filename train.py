@@ -372,8 +372,8 @@ def main(argv):
             t0 = time.time()
     pbar.close()
     loader.close()
-    if ddp:   # DDP's wrapper holds the process group: drop it first, so that the group is torn down here, not in
-        del model   # the interpreter's exit (where gloo runs sometimes aborted: "terminate called without ...")
+    if ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
+        del model
         torch.distributed.destroy_process_group()
 
 

@@ -158,7 +158,7 @@ def load_checkpoint(path):
 
 def check_same_model(saved, current, path):
     """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
+    the checkpoint predates counts as its default."""
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     for key in current:
         was = saved.get(key, defaults[key])
