@@ -84,3 +84,28 @@ def save_figure(fig, path):
     os.replace(path + ".tmp.png", path)
     plt.close(fig)
     return path
+
+
+def routing_figure(rows, stats, path):
+    """routing.py's figure: experts by specialization per layer, the last layer's selection rates by timestep bin,
+    and the generation/understanding correlation per layer."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    layers = [r["layer"] for r in rows]
+    bottom = np.zeros(len(rows))
+    for name, colour in (("text", "tab:blue"), ("multimodal", "tab:gray"), ("vision", "tab:orange")):
+        values = np.array([r[name] for r in rows])
+        axes[0].bar(layers, values, bottom=bottom, label=name, color=colour)
+        bottom += values
+    axes[0].set(title="experts by specialization (Fig. 18)", xlabel="layer", ylabel="experts")
+    axes[0].legend()
+    rates = stats[-1]["tbins"] / np.maximum(stats[-1]["n_tbins"][:, None], 1)
+    im = axes[1].imshow(rates.T, aspect="auto", cmap="viridis")
+    axes[1].set(title="last layer: selection rate by timestep bin", xlabel="t bin (0 noise .. 9 clean)",
+                ylabel="expert")
+    fig.colorbar(im, ax=axes[1])
+    axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
+    axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
+    return [save_figure(fig, path)]

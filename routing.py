@@ -16,7 +16,7 @@ from config import configure, load_for_inference, settings
 from data import ToyWorldData
 from model import add_noise, sample_time
 from moe import MoEFFN
-from pictures import pyplot, save_figure
+from pictures import routing_figure
 from train import get_batch
 
 
@@ -101,29 +101,6 @@ def analyze(stats, ks):
     return rows
 
 
-def plot(rows, stats, path):
-    plt = pyplot()
-    if plt is None:
-        return []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    layers = [r["layer"] for r in rows]
-    bottom = np.zeros(len(rows))
-    for name, colour in (("text", "tab:blue"), ("multimodal", "tab:gray"), ("vision", "tab:orange")):
-        values = np.array([r[name] for r in rows])
-        axes[0].bar(layers, values, bottom=bottom, label=name, color=colour)
-        bottom += values
-    axes[0].set(title="experts by specialization (Fig. 18)", xlabel="layer", ylabel="experts")
-    axes[0].legend()
-    rates = stats[-1]["tbins"] / np.maximum(stats[-1]["n_tbins"][:, None], 1)
-    im = axes[1].imshow(rates.T, aspect="auto", cmap="viridis")
-    axes[1].set(title="last layer: selection rate by timestep bin", xlabel="t bin (0 noise .. 9 clean)",
-                ylabel="expert")
-    fig.colorbar(im, ax=axes[1])
-    axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
-    axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
-    return [save_figure(fig, path)]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
@@ -155,7 +132,7 @@ def main(argv):
     with open(os.path.join(c.out_dir, "routing.md"), "w") as f:
         f.write(table)
     for path in [os.path.join(c.out_dir, "routing.json"), os.path.join(c.out_dir, "routing.md"),
-                 *plot(rows, stats, os.path.join(c.out_dir, "routing.png"))]:
+                 *routing_figure(rows, stats, os.path.join(c.out_dir, "routing.png"))]:
         print(f"wrote {path}")
 
 
