@@ -1,7 +1,7 @@
 """
 How every command is set up: its settings (defaults < config files < --key=value), the pieces of a training run
 built from them (tokenizer, frozen encoder, data, model), and a trained run loaded back from its checkpoint for
-sampling, planning and analysis (the checkpoint files themselves are weights.py's).
+sampling, planning and analysis (the checkpoint files themselves are files.py's).
 """
 import ast
 import dataclasses
@@ -14,7 +14,7 @@ from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
 from model import ModelConfig, UnifiedTransformer
 from realdata import ShardData
-from weights import check_same_model, load_checkpoint
+from files import check_same_model, load_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ encoder, flow matching runs in that latent space, and a frozen decoder maps gene
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
 plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
 semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
-pixels; VAEs; build_encoder. Downloads and weight files are weights.py's; pre-encoding image shards is realdata.py's.
+pixels; VAEs; build_encoder. Downloads and weight files are files.py's; pre-encoding image shards is realdata.py's.
 """
 import os
 import re
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights import read_weights, weights_file
+from files import read_weights, weights_file
 
 
 class PixelPatches:

@@ -20,7 +20,7 @@ import toyworld as tw
 from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from model import KVCache
-from pictures import save_gif, save_grid
+from files import save_gif, save_grid
 from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ import torch
 from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, weighted_sources)
 from encoders import build_encoder
-from weights import hub_file
-from pictures import load_image
+from files import hub_file, load_image
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -387,7 +386,7 @@ def prepare_text(inputs, out_dir="data/text", tokenizer="gpt2", shard_tokens=100
 def download_fineweb(out_dir="data/fineweb", shards=1, repo="karpathy/fineweb-edu-100B-gpt2-token-shards",
                      endpoint=None):
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
-    downloaded once into the hub cache (resumable, weights.hub_file) and linked into out_dir."""
+    downloaded once into the hub cache (resumable, files.hub_file) and linked into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in ["edu_fineweb_val_000000.bin"] + [f"edu_fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]:

@@ -16,7 +16,7 @@ from config import configure, load_for_inference, settings
 from data import ToyWorldData
 from model import add_noise, sample_time
 from moe import MoEFFN
-from pictures import routing_figure
+from files import routing_figure
 from train import get_batch
 
 

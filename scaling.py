@@ -22,7 +22,7 @@ import torch
 
 import train
 from config import build, configure, settings
-from pictures import pyplot, save_figure
+from files import pyplot, save_figure
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from config import build, configure, resolve_device, settings
-from weights import check_same_model, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
+from files import check_same_model, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
 
 # ---- I/O
 out_dir = "out/toy"
@@ -169,7 +169,7 @@ def gpu_peak_flops(device):
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from pictures import save_grid
+    from files import save_grid
     from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
