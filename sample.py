@@ -166,8 +166,6 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
     frame_id = len(b["latents"])
     bar = tqdm(disable=not progress, desc="generating", unit="pass")
     while True:
-        for row in rows:
-            row.feed = None
         # rows that have just written BOI draw an image, all of them together
         drawing = [r for r, row in enumerate(rows) if not row.done and row.last == tok.boi]
         if drawing:
@@ -198,14 +196,13 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
                 row.texts += 1
                 row.done = nxt[r] == tok.eos or row.texts >= max_tokens
                 row.write(nxt[r], feed=not row.done)
-        live = [row.feed is not None for row in rows]
-        if not any(live):
+        if all(row.feed is None for row in rows):
             break
         # feed the chosen tokens (rows with nothing to feed get padding nobody sees)
-        feed = torch.tensor([row.feed if row.feed is not None else tok.pad for row in rows], device=dev)[:, None]
-        live = torch.tensor(live, device=dev)[:, None]
+        feed = torch.tensor([tok.pad if row.feed is None else row.feed for row in rows], device=dev)[:, None]
+        live = torch.tensor([row.feed is not None for row in rows], device=dev)[:, None]
         for row in rows:
-            row.last = row.feed if row.feed is not None else row.last
+            row.last, row.feed = row.last if row.feed is None else row.feed, None
         logits, _ = model(feed, torch.where(live, 0, -1), torch.full_like(feed, -1),
                           torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, N, cfg.latent_dim, device=dev),
                           torch.zeros(0, device=dev), pos=pos[:, None], cache=cache)
