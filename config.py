@@ -12,9 +12,9 @@ import torch
 
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
+from files import check_same_model, load_checkpoint
 from model import ModelConfig, UnifiedTransformer
 from realdata import ShardData
-from files import check_same_model, load_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------

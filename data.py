@@ -6,7 +6,7 @@ Every example is a list of token ids in which each image or video frame is a blo
 examples never see each other), a frame id (-1 for text; the attention mask and the FFN routing read it) and a
 next-token target (-1 where there is none). Frames travel as images (or as latents pre-encoded into the shards);
 train.py encodes them with the frozen encoder. A toy-world batch is a pure function of (seed, step, micro-batch
-index); a real-data batch (ShardData) of those and the reading position of its micro-batch's streams, which
+index); a real-data batch (realdata.ShardData) of those and the reading position of its micro-batch's streams, which
 checkpoints save: resumed and re-run jobs, on any number of processes, see exactly the same data.
 """
 import re

@@ -8,8 +8,8 @@ Shared experts are always on: one for every token ("global"), or one for text an
 ("per_modality", the paper's best); the router picks the other k - 1.
 
 Dispatch is dropless: every (token, expert) assignment is kept, assignments are sorted by expert, and each
-projection is one grouped matrix multiply over the sorted tokens (grouped_swiglu, torch._grouped_mm), then
-the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
+projection is one grouped matrix multiply over the sorted tokens (grouped_swiglu, which model.ModalityFFN shares:
+a two-expert MoE routed by modality), then the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
 reference.
 
 What the experts learned (the routing analysis of Appendix E.8) is measured by routing.py.

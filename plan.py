@@ -19,8 +19,8 @@ import torch
 import toyworld as tw
 from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
-from model import KVCache
 from files import save_gif, save_grid
+from model import KVCache
 from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
 # ----------------------------------------------------------------------------------------------------------------

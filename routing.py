@@ -14,9 +14,9 @@ import torch
 
 from config import configure, load_for_inference, settings
 from data import ToyWorldData
+from files import routing_figure
 from model import add_noise, sample_time
 from moe import MoEFFN
-from files import routing_figure
 from train import get_batch
 
 

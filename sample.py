@@ -25,8 +25,8 @@ import torch
 
 from config import configure, load_for_inference, settings
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
-from model import KVCache, shift_time, velocity
 from files import load_image, save_gif, save_grid
+from model import KVCache, shift_time, velocity
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts. A prompt is a data.Example whose frames are latents [N, C]; rows are left-padded so every row's next
