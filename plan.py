@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 import toyworld as tw
+from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
+from files import cli, refuse_overwrite, save_gif, save_grid
 from model import KVCache
-from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch, save_gif, save_grid
+from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Episodes: a goal-directed walk in a held-out maze. Its first 4 frames are the context, the next `horizon` steps
@@ -108,11 +110,9 @@ def goal_distance(kind, enc, goal):
 # The Cross-Entropy Method (NWM, App. F.1): sample action sequences from a Gaussian, roll them all out, refit the
 # Gaussian to the best few; the plan is the average of the final elites.
 
-# The search starts from a slow forward drive, as robots mostly move forward: from a zero mean most samples end near
-# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is. The
-# first samples spread over 0.3 of each action's half-range: the distance to a goal view has narrow basins, so
-# samples over the whole range leave the elites to chance (20 held-out episodes with the simulator as world model:
-# final error 1.83 with the whole range, 1.36 with 0.3, the forward start alone 1.53).
+# The search starts from a slow forward drive (robots mostly move forward; from a zero mean few refits get away from
+# the start), its first samples within 0.3 of each action's half-range: the distance to a goal view has narrow
+# basins, so wider samples leave the elites to chance (docs/world-model.md).
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), 0.3
 
 
@@ -222,11 +222,7 @@ overwrite = False           # replace the files of an earlier run in the output 
 
 
 def main(argv):
-    from train import configure, load_for_inference, refuse_overwrite
-    keys = ("out_dir", "mode", "planners", "episodes", "horizon", "samples", "elites", "iterations", "repeats",
-            "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out",
-            "overwrite")
-    c = configure({k: globals()[k] for k in keys}, argv, [__file__])
+    c = configure(settings(globals()), argv, [__file__])
     if c.mode not in ("plan", "rollout"):
         raise SystemExit(f"unknown mode '{c.mode}': use plan or rollout")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \
@@ -264,5 +260,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from train import cli
     cli(main, sys.argv[1:])

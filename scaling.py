@@ -15,8 +15,14 @@ import json
 import os
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import torch
+
+import train
+from config import build, configure, settings
+from files import cli, pyplot, read_log, refuse_overwrite, save_figure
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.
@@ -30,13 +36,8 @@ def family(depth, aspect):
 
 def model_size(c, depth):
     """(N_active, training FLOPs per token) of the family member at this depth under config c."""
-    from types import SimpleNamespace
-
-    import torch
-
-    import train
     with torch.device("meta"):   # count parameters without allocating them
-        model = train.build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
+        model = build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
     n_active = model.num_params()[1]
     return n_active, (model.flops_per_token(c.seq_len) if c.attention_flops else 6 * n_active)
 
@@ -61,7 +62,6 @@ def plan(c, argv_base):
 
 def collect(sweep_dir):
     """The final evaluation of every planned run that has finished, with its N, D and C."""
-    from train import read_log
     results = []
     for run in map(json.loads, open(os.path.join(sweep_dir, "plan.jsonl"))):
         path = os.path.join(run["out_dir"], "metrics.jsonl")
@@ -149,7 +149,6 @@ def data_ratio_exponent(a_text, a_vision):
 # Plots (matplotlib is optional: the table is always printed).
 
 def plot(results, fits, sweep_dir):
-    from sample import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return []
@@ -186,27 +185,26 @@ def plot(results, fits, sweep_dir):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-budgets = "3e12,1e13,3e13"     # the sweep's compute budgets C, in FLOPs
-depths = "2,3,4,6"             # the model sizes trained at each budget (n_layer)
-aspect = 64                    # d_model = aspect * depth
-sweep_dir = "out/sweep"        # plan.jsonl, sweep.sh, the runs and the fits
-attention_flops = False        # count attention in the FLOPs per token (else 6 N)
-overwrite = False              # plan: replace an existing plan.jsonl and sweep.sh
-DEFAULTS = {k: globals()[k] for k in ("budgets", "depths", "aspect", "sweep_dir", "attention_flops", "overwrite")}
+budgets = "3e12,1e13,3e13"   # the sweep's compute budgets C, in FLOPs
+depths = "2,3,4,6"           # model depths per budget; width = aspect * depth
+aspect = 64                  # d_model = aspect * depth
+sweep_dir = "out/sweep"      # plan.jsonl, sweep.sh, the runs and the fits
+attention_flops = False      # count attention FLOPs in C (6N + 12 L d S), not just 6N
+overwrite = False            # plan: replace an existing plan.jsonl and sweep.sh
 USAGE = "usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=..."
 
 
 def main(argv):
-    import train
-    keys, sources = {**DEFAULTS, **train.DEFAULTS}, [__file__, train.__file__]
+    own = settings(globals())
+    keys, sources = {**own, **train.DEFAULTS}, [__file__, train.__file__]
     if not argv or argv[0] not in ("plan", "fit"):
-        train.configure(keys, argv[:1] if argv[:1] in (["-h"], ["--help"]) else [], sources, USAGE)
+        configure(keys, argv[:1] if argv[:1] in (["-h"], ["--help"]) else [], sources, USAGE)
         raise SystemExit(USAGE)
     action, argv = argv[0], argv[1:]
-    c = train.configure(keys, argv, sources, USAGE)
+    c = configure(keys, argv, sources, USAGE)
     if action == "plan":
-        train.refuse_overwrite([os.path.join(c.sweep_dir, n) for n in ("plan.jsonl", "sweep.sh")], c.overwrite)
-        base = [a for a in argv if not a.split("=")[0].lstrip("-") in DEFAULTS]
+        refuse_overwrite([os.path.join(c.sweep_dir, n) for n in ("plan.jsonl", "sweep.sh")], c.overwrite)
+        base = [a for a in argv if not a.split("=")[0].lstrip("-") in own]
         runs = plan(c, base)
         os.makedirs(c.sweep_dir, exist_ok=True)
         with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
@@ -243,5 +241,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from train import cli
     cli(main, sys.argv[1:])

@@ -8,18 +8,19 @@ Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a
 The defaults below are the configuration; a config file (python, assigning some of these names) and then
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
-import ast
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from types import SimpleNamespace
+from contextlib import nullcontext
 
 import numpy as np
 import torch
+
+from config import build, configure, resolve_device, settings
+from files import (check_same_model, cli, crash_point, full_state, load_checkpoint, load_optimizer_state, previous,
+                   read_log, save_checkpoint)
 
 # ---- I/O
 out_dir = "out/toy"
@@ -101,178 +102,23 @@ activation_checkpointing = False   # recompute each block in the backward pass: 
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
 
-DEFAULTS = {k: v for k, v in dict(globals()).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration: defaults < config files < --key=value.
-
-def key_comments(sources, function=None):
-    """{name: its comment} for each module-level `name = value  # comment` in the source files (or each argument
-    of `function`, one a line): what --help shows beside the key."""
-    import io
-    import tokenize
-    comments = {}
-    for path in sources:
-        text = open(path).read()
-        notes = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(text).readline)
-                 if t.type == tokenize.COMMENT}
-        tree = ast.parse(text)
-        nodes = tree.body if function is None else \
-            next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function).args.args
-        for node in nodes:
-            if isinstance(node, ast.arg) or isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-                name = node.arg if isinstance(node, ast.arg) else node.targets[0].id
-                comments.setdefault(name, notes.get(node.end_lineno, "") or notes.get(node.lineno, ""))
-    return comments
-
-
-def print_help(defaults, sources, usage="", function=None):
-    comments = key_comments(sources, function)
-    print(usage or f"usage: python {os.path.basename(sources[0])} [config.py ...] [--key=value ...]")
-    for k, v in defaults.items():
-        print((f"  --{k}={v}".ljust(36) + f"  {comments.get(k, '')}").rstrip())
-
-
-def refuse_overwrite(paths, overwrite=False):
-    """No command replaces an existing output unless asked to: the first one that exists stops it."""
-    for path in paths:
-        if os.path.exists(path) and not overwrite:
-            raise SystemExit(f"{path} exists: pass --overwrite to replace it, or write elsewhere")
-
-
-@contextmanager
-def part_file(path):
-    """A temporary name to write `path` under: renamed to it when the block succeeds, removed when it fails, so a
-    failed or killed command never leaves a half-written file under a real name."""
-    part = path + ".part"
-    try:
-        yield part
-    except BaseException:
-        if os.path.exists(part):
-            os.remove(part)
-        raise
-    os.replace(part, path)
-
-
-def cli(main, argv):
-    """Runs a command's main. Whatever stops it, open progress bars are closed first, so that its last message is
-    a line of its own, not the tail of the bar's line."""
-    try:
-        main(argv)
-    except BaseException:
-        from tqdm import tqdm
-        for bar in list(getattr(tqdm, "_instances", [])):
-            bar.close()
-        raise
-
-
-def run_config_file(path):
-    """The names a python config file assigns; one that fails to run stops with its file, line and error."""
-    import builtins
-    import traceback
-    scope = {"__file__": path}   # a config may build on another: exec(open(...).read())
-    try:
-        exec(builtins.compile(open(path).read(), path, "exec"), scope)   # named, so errors point into the file
-    except Exception as e:
-        lines = [e.lineno] if isinstance(e, SyntaxError) else \
-            [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
-        raise SystemExit(f"config file {path}, line {lines[-1] if lines else '?'}: {type(e).__name__}: "
-                         f"{e.msg if isinstance(e, SyntaxError) else e}")
-    return scope
-
-
-def configure(defaults, argv, sources=(__file__,), usage=""):
-    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value). --help (-h)
-    lists the keys, their defaults and the comment beside each in `sources`, and exits."""
-    if "--help" in argv or "-h" in argv:
-        print_help(defaults, sources, usage)
-        raise SystemExit(0)
-    c = dict(defaults)
-
-    def set_key(key, value, origin):
-        if key not in c:
-            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
-        want = type(c[key])
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
-                             f"{value!r}")
-        c[key] = value
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            if not eq:                      # a bare flag, like --resume, means True
-                raw = "True"
-            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
-                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-            set_key(key, value, f"from {arg}")
-        else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = run_config_file(arg)
-            for key, value in scope.items():
-                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
-                    set_key(key, value, f"in {arg}")
-    return SimpleNamespace(**c)
+DEFAULTS = settings(globals())
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building the pieces from a configuration.
 
-def resolve_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def build(c, device):
-    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
-    run with a one-line message."""
-    try:
-        return _build(c, device)
-    except ValueError as e:
-        raise SystemExit(f"bad configuration: {e}")
-
-
-def _build(c, device):
-    from data import SOURCES, ShardData, Tokenizer, ToyWorldData
-    from encoders import build_encoder
-    from model import ModelConfig, UnifiedTransformer
-    tok = Tokenizer(c.tokenizer)
-    enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
-    if c.dataset not in ("toyworld", "shards"):
-        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
-    if c.dataset == "shards":
-        data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
-                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
-                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
-    else:
-        data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
-    mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
-                       max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
-    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
-
 
 def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     """A micro-batch on the device, its frames encoded; `batch` when the loader thread has made it already."""
-    from data import move, to_device
+    from data import tensor_to_device, to_device
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
     latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
                torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
                enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = move(latents, device).float()   # pre-encoded float16 latents travel at half the size
+    batch["latents"] = tensor_to_device(latents, device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 
@@ -318,121 +164,14 @@ def gpu_peak_flops(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one; the
-# one before is kept as ckpt.prev.pt, so a checkpoint damaged later (a full disk, a bad copy) never costs the run.
-
-def crash_point(name, _passes={}):
-    """Test-only (tests/test_errors.py): BLM_CRASH_AT=name:k kills this process the k-th time it passes `name`."""
-    point, _, k = os.environ.get("BLM_CRASH_AT", "").rpartition(":")
-    if point == name:
-        _passes[name] = _passes.get(name, 0) + 1
-        if _passes[name] == int(k):
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def save_checkpoint(path, obj):
-    tmp, prev = path + ".tmp", os.path.splitext(path)[0] + ".prev.pt"
-    torch.save(obj, tmp)
-    crash_point("checkpoint")
-    if os.path.exists(path):
-        os.replace(path, prev)
-    os.replace(tmp, path)
-
-
-def optimizer_param_names(model, optimizer):
-    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def full_state(model, optimizer, fsdp):
-    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
-    number of processes, sharded or not."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
-    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
-                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
-                                                  for g in sd["param_groups"]])
-
-
-def load_optimizer_state(model, optimizer, state, fsdp):
-    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
-                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
-                                                 for g in state["param_groups"]]))
-
-
-def load_checkpoint(path):
-    """The checkpoint's dict; a missing or unreadable file stops with one line that names the way out."""
-    prev = os.path.splitext(path)[0] + ".prev.pt"
-    way_out = (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
-               "start a fresh run with another --out_dir")
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: " + (way_out if os.path.isfile(prev) else "train one first "
-                         "(python train.py configs/toy.py) or fix --out_dir"))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not (isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()):
-            raise ValueError("not a training checkpoint")
-    except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
-        raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
-    return ckpt
-
-
-def read_log(path):
-    """[(line, record)] of a metrics.jsonl; a last line torn by a crash mid-write is dropped (resume trims it)."""
-    lines = open(path).readlines()
-    out = []
-    for n, line in enumerate(lines, 1):
-        try:
-            out.append((line.rstrip("\n") + "\n", json.loads(line)))
-        except ValueError:
-            if n < len(lines):
-                raise SystemExit(f"{path}, line {n}: not a JSON record; fix or move the log aside, then resume")
-    return out
-
-
-def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
-    from model import ModelConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for key in current:
-        was = saved.get(key, defaults[key])
-        if was != current[key]:
-            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
-                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
-
-
-def load_for_inference(out_dir, device="auto"):
-    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**{**DEFAULTS, **ckpt["config"]})
-    device = resolve_device(device)
-    tok, enc, _, model = build(c, device)
-    check_same_model(ckpt["model_args"], vars(model.cfg), path)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), tok, enc, c
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
 @torch.no_grad()
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from sample import describe, draw, save_grid
+    from files import save_grid
+    from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
     text, flow, scores = [], [], {}
@@ -472,9 +211,9 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 def main(argv):
     from tqdm import tqdm
     from model import training_losses
-    from data import Prefetcher
+    from realdata import Prefetcher
     from moe import auxiliary_loss, update_balance_biases
-    c = configure(DEFAULTS, argv)
+    c = configure(DEFAULTS, argv, [__file__])
 
     # processes: torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -516,7 +255,7 @@ def main(argv):
             with open(metrics_path + ".tmp", "w") as f:
                 f.writelines(lines)
             os.replace(metrics_path + ".tmp", metrics_path)
-    elif found := [p for p in (ckpt_path, os.path.splitext(ckpt_path)[0] + ".prev.pt") if os.path.exists(p)]:
+    elif found := [p for p in (ckpt_path, previous(ckpt_path)) if os.path.exists(p)]:
         raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
     elif master and os.path.exists(metrics_path):   # a run that died before its first checkpoint: its log aside
         aside = next(f"{metrics_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{metrics_path}.{i}"))
@@ -639,8 +378,8 @@ def main(argv):
             t0 = time.time()
     pbar.close()
     loader.close()
-    if ddp:   # DDP's wrapper holds the process group: drop it first, so that the group is torn down here, not in
-        del model   # the interpreter's exit (where gloo runs sometimes aborted: "terminate called without ...")
+    if ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
+        del model
         torch.distributed.destroy_process_group()
 
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import data
+import realdata
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def ws(tmp_path_factory):
     for name, content in files.items():
         os.makedirs(os.path.dirname(w / name), exist_ok=True)
         (w / name).write_bytes(content)
-    data.prepare_text(str(w / "good.txt"), str(w / "shards"), "bytes")
+    realdata.prepare_text(str(w / "good.txt"), str(w / "shards"), "bytes")
     return w
 
 
@@ -92,40 +93,40 @@ CASES = [
     ("plan", "--out_dir={w}/run --episodes=0", 1, r"episodes, horizon, .* must be >= 1", False),
     ("plan", "{w}/syntax.py", 1, r"config file {w}/syntax.py, line 2: SyntaxError", False),
     # data.py: inputs that hold no text, outputs already there, all or nothing
-    ("data", "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
+    ("realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
      r"{w}/shards/text_000000.bin exists: pass --overwrite", False),
-    ("data", "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+    ("realdata", "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"data.py prepare-text: {w}/empty.txt holds no text", False),
-    ("data", "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+    ("realdata", "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"{w}/blank.txt holds no text", False),
     ("data", "prepare-text --inputs={w}/binary.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"data.py prepare-text: {w}/binary.txt is not UTF-8 text \(invalid start byte\)", True),
-    ("data", "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("realdata", "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/nul.txt is not UTF-8 text \(a NUL byte\)", False),
-    ("data", "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("realdata", "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/latin1.txt is not UTF-8 text", False),
-    ("data", "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
+    ("realdata", "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/notext.jsonl holds no text", False),
-    ("data", "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("realdata", "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/empty.txt holds no text", False),
-    ("data", "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
+    ("realdata", "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
      False),
-    ("data", "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
+    ("realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
      r"unexpected keyword argument 'shards'", False),
-    ("data", "prepare-txt", 1, r"usage: python data.py prepare-text \| download-fineweb", False),
-    # encoders.py preencode
-    ("encoders", "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
-     r"encoders.py preencode: cannot open shard {w}/binary.txt", True),
-    ("encoders", "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
-    ("encoders", "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
+    ("realdata", "prepare-txt", 1, r"usage: python realdata.py prepare-text \| download-fineweb", False),
+    # realdata.py preencode
+    ("realdata", "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
+     r"realdata.py preencode: cannot open shard {w}/binary.txt", True),
+    ("realdata", "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
+    ("realdata", "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
      False),
-    ("encoders", "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
-    # scaling.py and moe.py
+    ("realdata", "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
+    # scaling.py and routing.py
     ("scaling", "plan configs/toy.py --sweep_dir={w}/sweep", 1, r"{w}/sweep/plan.jsonl exists: pass --overwrite",
      False),
     ("scaling", "fit --sweep_dir={w}/nosweep", 1, r"no plan.jsonl in {w}/nosweep", False),
     ("scaling", "plan {w}/zero.py", 1, r"config file {w}/zero.py, line 1: ZeroDivisionError", False),
-    ("moe", "--out_dir={w}/cut", 1, NOT_CKPT.replace("{d}", "cut"), False),
+    ("routing", "--out_dir={w}/cut", 1, NOT_CKPT.replace("{d}", "cut"), False),
 ]
 
 
@@ -158,9 +159,9 @@ def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name
     ("sample", "-h", ["--num_samples=8", "--overwrite=False", "replace the pictures"]),
     ("plan", "--help", ["--horizon=8", "planning steps (NWM: 8)"]),
     ("scaling", "plan --help", ["--depths=2,3,4,6", "--learning_rate=0.0003", "the sweep's compute budgets"]),
-    ("data", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
-    ("encoders", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
-    ("moe", "--help", ["--batches=8"]),
+    ("realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
+    ("realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
+    ("routing", "--help", ["--batches=8"]),
 ])
 def test_every_command_answers_help(capsys, name, args, expect):
     assert run_command(name, args.split())[0] == 0
@@ -178,10 +179,10 @@ def test_prepare_text_overwrite_replaces_the_whole_set(tmp_path):
     (tmp_path / "a.txt").write_text("one document\n")
     for i in range(3):
         (tmp_path / f"text_00000{i}.bin").write_bytes(b"old")
-    paths = data.prepare_text(str(tmp_path / "a.txt"), str(tmp_path), "bytes", overwrite=True)
+    paths = realdata.prepare_text(str(tmp_path / "a.txt"), str(tmp_path), "bytes", overwrite=True)
     assert sorted(p.name for p in tmp_path.glob("text_*")) == ["text_000000.bin"] == [os.path.basename(p)
                                                                                        for p in paths]
-    assert data.read_shard(paths[0]).tolist()[1:] == data.Tokenizer("bytes").encode("one document\n")
+    assert realdata.read_shard(paths[0]).tolist()[1:] == data.Tokenizer("bytes").encode("one document\n")
 
 
 def launch(out_dir, *extra, crash=""):
