@@ -36,6 +36,7 @@ image_size = 32
 max_shapes = 3
 video_frames = 4
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
+caption_clean_image = False   # image->caption: the image clean, without flow loss (the paper's: noisy, with it)
 batch_size = 16               # rows per micro-batch per process
 seq_len = 256
 gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
@@ -72,7 +73,7 @@ moe_bias_rate = 1e-3
 qk_norm = True
 prediction = "x"              # "x" or "v"
 time_shift = 0.0              # 0: sqrt(tokens * channels / 4096); 1: no shift
-time_sampling = "logit_normal"
+time_sampling = "uniform"     # t ~ U[0, 1] per frame, then shifted (section 2.1); or "logit_normal"
 attention = "auto"            # "auto", "flex" or "sdpa"
 # ---- loss
 lambda_lm = 1.0
@@ -175,10 +176,10 @@ def _build(c, device):
     if c.dataset == "shards":
         data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
                          {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
-                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
+                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data, c.caption_clean_image)
     else:
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout)
+                            c.video_frames, c.cfg_dropout, c.caption_clean_image)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
