@@ -223,13 +223,23 @@ def learning_rate_at(step, c):
 
 
 def loss_weights(text_loss, flow_loss, c, center):
-    """(w_LM, w_flow, new center). Fixed lambdas by default; with loss centering (App. D.2) each loss is scaled to
+    """(w_LM, w_flow). Fixed lambdas by default; with loss centering (App. D.2) each loss is scaled to the center,
     an EMA of alpha * L_flow + (1 - alpha) * L_LM, which up-weights whichever loss is smaller."""
     if not c.loss_centering:
-        return c.lambda_lm, c.lambda_flow, center
-    current = (c.centering_alpha * flow_loss + (1 - c.centering_alpha) * text_loss).detach()
-    center = current if center is None else c.centering_momentum * center + (1 - c.centering_momentum) * current
-    return center / text_loss.detach().clamp(min=1e-8), center / flow_loss.detach().clamp(min=1e-8), center
+        return c.lambda_lm, c.lambda_flow
+    target = centering_target(text_loss.detach(), flow_loss.detach(), c) if center is None else center
+    return target / text_loss.detach().clamp(min=1e-8), target / flow_loss.detach().clamp(min=1e-8)
+
+
+def centering_target(text_loss, flow_loss, c):
+    return c.centering_alpha * flow_loss + (1 - c.centering_alpha) * text_loss
+
+
+def update_center(center, text_loss, flow_loss, c):
+    """The center's EMA step, once per optimizer step from the losses averaged over all its micro-batches and
+    processes: the momentum means what it says per step, and every process holds (and checkpoints) the same one."""
+    current = centering_target(text_loss, flow_loss, c)
+    return current if center is None else c.centering_momentum * center + (1 - c.centering_momentum) * current
 
 
 def gpu_peak_flops(device):
@@ -470,7 +480,7 @@ def main(argv):
             sync = model.no_sync() if ddp and not fsdp and i < accum - 1 else nullcontext()
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
-                w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
+                w_lm, w_flow = loss_weights(text_loss, flow_loss, c, center)
                 balance = auxiliary_loss(raw_model)
                 loss = (w_lm * text_loss + w_flow * flow_loss + balance) / accum
             loss.backward()
@@ -488,6 +498,7 @@ def main(argv):
                              f"Try a lower learning_rate or dtype=float32.")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        center = update_center(center, text_l, flow_l, c) if c.loss_centering else center
         update_balance_biases(raw_model, c.moe_bias_rate)
         step += 1
         pbar.update(1)

@@ -89,6 +89,18 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
     assert [r for r in resumed if "val_text_loss" in r] == evals
 
 
+def test_loss_centering_moves_once_per_step_from_the_step_mean(tmp_path):
+    """App. D.2's EMA with momentum 0.5 over 3 steps of 4 micro-batches: the checkpointed center is the EMA of the
+    three logged step means (alpha * flow + (1 - alpha) * text), not of twelve micro-batch losses."""
+    lines = train_lines(run(tmp_path, "--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=4",
+                            "--loss_centering=True", "--centering_momentum=0.5", "--batch_size=2"))
+    center = None
+    for step in (1, 2, 3):
+        current = 0.5 * lines[step][1] + 0.5 * lines[step][0]
+        center = current if center is None else 0.5 * center + 0.5 * current
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["loss_center"] == pytest.approx(center, rel=1e-6)
+
+
 def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
     run(tmp_path, "--max_iters=2", "--eval_interval=2")
     with pytest.raises(SystemExit, match="exists: pass --resume"):
@@ -112,17 +124,21 @@ def launch(tmp_path, name, *extra, procs=1):
     return train_lines(json.loads(line) for line in open(tmp_path / name / "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel):
+@pytest.mark.parametrize("parallel,centering", [("ddp", False), ("fsdp", False), ("ddp", True)])
+def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel, centering):
     """torchrun with 2 gloo processes (DDP, or FSDP2) and the same global batch logs the same losses as one
-    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does."""
-    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does.
+    With loss centering, the center moves once per step from the whole global batch, on every process alike."""
+    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2", f"--loss_centering={centering}"]
     one = launch(tmp_path, "one", *args)
     two = launch(tmp_path, "two", *args, f"--parallel={parallel}", procs=2)
     assert one.keys() == two.keys() == {1, 2, 3}
     for s in one:
         assert one[s] == pytest.approx(two[s], rel=1e-5)
-    more = ["--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2", "--resume"]
+    center = lambda name: torch.load(tmp_path / name / "ckpt.pt", weights_only=False)["loss_center"]
+    assert center("one") == pytest.approx(center("two"), rel=1e-5) if centering else center("one") is None
+    more = ["--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2", "--resume",
+            f"--loss_centering={centering}"]
     one, two = launch(tmp_path, "one", *more), launch(tmp_path, "two", *more)
     for s in (4, 5):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
