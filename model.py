@@ -258,15 +258,20 @@ class SwiGLU(nn.Module):
 GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
 
 
+def runs_in_bf16(device_type, *tensors):
+    """Whether the step computes in bfloat16 anyway: under bf16 autocast on that device, or with bf16 tensors."""
+    autocast = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+    return autocast or any(t.dtype == torch.bfloat16 for t in tensors)
+
+
 def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
     """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
-    of xs [A, d]; counts [E] rows per set. On the GPU (and under bf16 autocast on the CPU): one grouped matrix
-    multiply per projection in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and
-    torch.compile sees one graph. Otherwise a loop over the sets: the exact float32 reference."""
+    of xs [A, d]; counts [E] rows per set. In a bf16 step (GPU or CPU): one grouped matrix multiply per projection
+    in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and torch.compile sees one
+    graph. In a float32 step (dtype=float32, on any device): a loop over the sets, the exact reference."""
     if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
-        cpu_bf16 = xs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
-            torch.get_autocast_dtype("cpu") == torch.bfloat16
-        grouped = GROUPED_MM and (xs.is_cuda or cpu_bf16) and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
+        grouped = GROUPED_MM and runs_in_bf16(xs.device.type, xs, w_gate_up) and xs.shape[1] % 8 == 0 and \
+            w_down.shape[1] % 8 == 0
     if grouped:
         offs = counts.cumsum(0).to(torch.int32)       # where each set's run of rows ends
         bf = torch.bfloat16                            # the kernel's one type; autocast does not reach it

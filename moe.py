@@ -119,7 +119,8 @@ def auxiliary_loss(model):
 def update_balance_biases(model, rate):
     """Auxiliary-loss-free balancing, after each optimizer step: raise the bias of the experts that got fewer than
     the mean number of tokens over the whole step (every micro-batch, summed over every process, so all processes
-    keep the same biases), lower the others."""
+    keep the same biases), lower the others. The rate is sized for sigmoid scores in (0, 1) (DeepSeek-V3: 1e-3);
+    softmax scores average 1/E, so their step is rate / E, or the bias would outweigh the scores within steps."""
     layers = [m for m in model.modules() if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias"]
     if not layers:
         return
@@ -127,7 +128,8 @@ def update_balance_biases(model, rate):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(load)
     for m, used in zip(layers, load):
-        m.balance_bias += rate * torch.sign(used.mean() - used)
+        scale = 1.0 / m.n_routed if m.cfg.moe_score == "softmax" else 1.0
+        m.balance_bias += rate * scale * torch.sign(used.mean() - used)
         m.load.zero_()
 
 
