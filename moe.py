@@ -1,9 +1,10 @@
 """
 Mixture-of-Experts FFN for multimodal pretraining (section 6, Table 2, Appendix E.7-E.8).
 
-Many small experts replace the FFN; a router sends each token to k of them. Granularity G splits the dense FFN's
-hidden width into experts of width ffn_hidden / G (the paper's G = 4 d_model / d_expert, with a 4 d_model FFN),
-so G active experts cost exactly the dense FFN's FLOPs while total parameters grow with the number of experts.
+Many small experts replace the FFN; a router sends each token to k of them. Granularity is the paper's
+G = 4 d_model / d_expert: experts are 4 d_model / G wide and G of them are active by default, 4 d_model hidden
+units per token as in a 4 d_model FFN, while total parameters grow with the number of experts. (The dense and
+modality FFNs here are 8/3 d_model wide: moe_top_k sets fewer active experts for equal FLOPs.)
 Shared experts are always on: one for every token ("global"), or one for text and one for vision tokens
 ("per_modality", the paper's best); the router picks the other k - 1.
 
@@ -35,12 +36,12 @@ class MoEFFN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         d, G = cfg.d_model, cfg.moe_granularity
-        if cfg.ffn_hidden % G:
-            raise ValueError(f"ffn_hidden {cfg.ffn_hidden} is not divisible by moe_granularity {G}")
-        self.hidden = cfg.ffn_hidden // G
+        if 4 * d % G:
+            raise ValueError(f"moe_granularity {G} must divide 4 * d_model = {4 * d} (G = 4 d_model / d_expert)")
+        self.hidden = 4 * d // G
         self.n_shared = {"none": 0, "global": 1, "per_modality": 2}[cfg.moe_shared]
         self.n_routed = cfg.moe_experts - self.n_shared
-        self.k = cfg.moe_top_k or G                      # default: G active experts, the dense FFN's FLOPs
+        self.k = cfg.moe_top_k or G                      # default: G active experts, 4 d_model hidden units
         self.k_routed = self.k - (self.n_shared > 0)
         if not 0 < self.k_routed <= self.n_routed:
             raise ValueError(f"moe_top_k {self.k} does not fit {cfg.moe_experts} experts with shared={cfg.moe_shared}")
@@ -94,7 +95,7 @@ class MoEFFN(nn.Module):
         return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape), stats
 
     def active_params(self):
-        """k experts' weights and the router: with k = G, the experts alone equal the dense FFN's parameters."""
+        """k experts' weights and the router: with k = G, the experts alone equal a 4 d_model FFN's parameters."""
         return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
 
 

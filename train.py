@@ -61,8 +61,8 @@ n_kv_head = 4
 d_model = 128
 ffn = "modality"              # "shared", "modality" or "moe"
 moe_experts = 16              # total experts, shared ones included
-moe_granularity = 4           # G: experts are ffn_hidden / G wide
-moe_top_k = 0                 # active experts per token; 0: G, the dense FFN's FLOPs
+moe_granularity = 4           # G = 4 d_model / d_expert (the paper's): experts are 4 * d_model / G wide
+moe_top_k = 0                 # active experts per token; 0: G, i.e. 4 * d_model hidden units as in the paper
 moe_shared = "per_modality"   # "none", "global" or "per_modality"
 moe_score = "softmax"
 moe_renorm = False

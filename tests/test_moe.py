@@ -101,12 +101,15 @@ def test_per_modality_shared_experts_are_the_ones_used():
     assert g_up[n + 1].abs().sum() == 0 and g_up[n].abs().sum() > 0
 
 
-def test_active_params_and_flops_equal_the_dense_ffn():
+def test_granularity_is_the_papers_and_g_active_experts_equal_a_4d_ffn():
+    """G = 4 d_model / d_expert (section 6.1): experts are 4 d_model / G wide whatever the dense FFN's width, and
+    the default G active experts hold as many parameters and FLOPs as a 4 d_model FFN."""
     args = dict(vocab_size=300, d_model=64, n_head=4, n_kv_head=2, n_layer=2)
-    dense = UnifiedTransformer(ModelConfig(**args, ffn="shared"))
+    dense = UnifiedTransformer(ModelConfig(**args, ffn="shared", ffn_hidden=256))
     for G, E, shared in ((1, 4, "none"), (4, 16, "per_modality"), (16, 64, "global")):
         sparse = UnifiedTransformer(ModelConfig(**args, ffn="moe", moe_granularity=G, moe_experts=E,
                                                 moe_shared=shared))
+        assert sparse.blocks[0].ffn.hidden == 256 // G and sparse.blocks[0].ffn.k == G
         routers = sum(b.ffn.router.weight.numel() for b in sparse.blocks)
         assert sparse.num_params()[1] - routers == dense.num_params()[1]
         assert sparse.flops_per_token(128) - 6 * routers == dense.flops_per_token(128)
