@@ -101,6 +101,19 @@ def test_loss_centering_moves_once_per_step_from_the_step_mean(tmp_path):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["loss_center"] == pytest.approx(center, rel=1e-6)
 
 
+def test_absent_losses_are_not_logged_and_tokens_count_real_positions(tmp_path):
+    """Text only: no frames, so no flow loss in the training or validation lines (never a 0 that a fit would take).
+    Token counts and tokens_per_s count real positions; pad_share is the rest."""
+    lines = run(tmp_path, "--max_iters=2", "--eval_interval=2", "--mixture={'text': 1.0}")
+    assert not any("flow_loss" in r or "val_flow_loss" in r for r in lines) and "val_text_loss" in lines[-1]
+    c = train.configure(train.DEFAULTS, [*TINY, "--mixture={'text': 1.0}"])
+    data = train.build(c, "cpu")[2]
+    real = sum(int((data.batch(s, 0, c.batch_size)["doc"] >= 0).sum()) for s in (0, 1))
+    assert lines[-1]["tokens"] == real < 2 * c.batch_size * c.seq_len
+    assert lines[1]["pad_share"] == pytest.approx(1 - int((data.batch(1, 0, c.batch_size)["doc"] >= 0).sum()) /
+                                                  (c.batch_size * c.seq_len))
+
+
 def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
     run(tmp_path, "--max_iters=2", "--eval_interval=2")
     with pytest.raises(SystemExit, match="exists: pass --resume"):
