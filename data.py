@@ -79,10 +79,12 @@ def caption_to_image(tok, caption, image, drop_caption=False, prompt_only=False)
     return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [image], [False])
 
 
-def image_to_caption(tok, image, caption, prompt_only=False):
-    """Understanding: the image is seen clean and carries no flow loss; the caption is learned as text."""
+def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
+    """Understanding: the caption is learned as text after the image. As in Appendix B, training shows the image
+    noisy at its own t with a flow loss (clean=False), so captions learn from every noise level, clean included;
+    clean=True (sampling, or the caption_clean_image option) shows it clean, without flow loss."""
     ids = [tok.bos, tok.boi, FRAME, tok.eoi]
-    return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [True])
+    return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
 
 
 def video_example(tok, frames):
@@ -238,8 +240,9 @@ def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
 
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3,
-                 video_frames=4, cfg_dropout=0.1):
+                 video_frames=4, cfg_dropout=0.1, caption_clean_image=False):
         self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
+        self.caption_clean_image = caption_clean_image
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
@@ -269,7 +272,7 @@ class ToyWorldData:
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
         if source == "image_to_caption":
-            return image_to_caption(self.tok, image, text)
+            return image_to_caption(self.tok, image, text, clean=self.caption_clean_image)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
 
     def navigation(self, rng):
@@ -299,9 +302,10 @@ class ToyWorldData:
         return batch
 
     def eval_prompts(self, n):
-        """Held-out scenes (their own random stream) for the generation and understanding scores."""
+        """Held-out scenes for the generation and understanding scores: each shows a binding training never drew
+        (toyworld.HELD_OUT)."""
         rng = self.rng("eval_prompts")
-        return [self.scene(rng) for _ in range(n)]
+        return [toyworld.random_scene(rng, self.max_shapes, self.image_size, "eval") for _ in range(n)]
 
     state = load_state = staticmethod(lambda _: None)   # a batch is a function of (seed, step, micro): no state
 

@@ -37,9 +37,9 @@ class ModelConfig:
     tokens_per_frame: int = 64    # visual latent tokens per image or video frame (N)
     prediction: str = "x"         # "x": the network predicts clean latents (JiT); "v": it predicts the velocity
     time_shift: float = 0.0       # shift of t toward noise; 0: sqrt(N * C / 4096) as in RAE; 1: no shift
-    time_sampling: str = "logit_normal"   # or "uniform"
+    time_sampling: str = "uniform"   # t ~ U[0, 1] as in the paper (section 2.1), or "logit_normal"
     attention: str = "auto"       # "flex" (FlexAttention), "sdpa" (dense boolean mask) or "auto" (flex on GPU)
-    # Mixture-of-Experts (ffn="moe"): experts of width ffn_hidden / moe_granularity, moe_top_k active (0: G)
+    # Mixture-of-Experts (ffn="moe"): experts of width 4 * d_model / moe_granularity, moe_top_k active (0: G)
     moe_experts: int = 16
     moe_granularity: int = 4
     moe_top_k: int = 0

@@ -1,9 +1,10 @@
 """
 Mixture-of-Experts FFN for multimodal pretraining (section 6, Table 2, Appendix E.7-E.8).
 
-Many small experts replace the FFN; a router sends each token to k of them. Granularity G splits the dense FFN's
-hidden width into experts of width ffn_hidden / G (the paper's G = 4 d_model / d_expert, with a 4 d_model FFN),
-so G active experts cost exactly the dense FFN's FLOPs while total parameters grow with the number of experts.
+Many small experts replace the FFN; a router sends each token to k of them. Granularity is the paper's
+G = 4 d_model / d_expert: experts are 4 d_model / G wide and G of them are active by default, 4 d_model hidden
+units per token as in a 4 d_model FFN, while total parameters grow with the number of experts. (The dense and
+modality FFNs here are 8/3 d_model wide: moe_top_k sets fewer active experts for equal FLOPs.)
 Shared experts are always on: one for every token ("global"), or one for text and one for vision tokens
 ("per_modality", the paper's best); the router picks the other k - 1.
 
@@ -25,15 +26,20 @@ import torch.nn.functional as F
 GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
 
 
+def runs_in_bf16(device_type, *tensors):
+    """Whether the step computes in bfloat16 anyway: under bf16 autocast on that device, or with bf16 tensors."""
+    autocast = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+    return autocast or any(t.dtype == torch.bfloat16 for t in tensors)
+
+
 def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
     """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
-    of xs [A, d]; counts [E] rows per set. On the GPU (and under bf16 autocast on the CPU): one grouped matrix
-    multiply per projection in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and
-    torch.compile sees one graph. Otherwise a loop over the sets: the exact float32 reference."""
+    of xs [A, d]; counts [E] rows per set. In a bf16 step (GPU or CPU): one grouped matrix multiply per projection
+    in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and torch.compile sees one
+    graph. In a float32 step (dtype=float32, on any device): a loop over the sets, the exact reference."""
     if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
-        cpu_bf16 = xs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
-            torch.get_autocast_dtype("cpu") == torch.bfloat16
-        grouped = GROUPED_MM and (xs.is_cuda or cpu_bf16) and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
+        grouped = GROUPED_MM and runs_in_bf16(xs.device.type, xs, w_gate_up) and xs.shape[1] % 8 == 0 and \
+            w_down.shape[1] % 8 == 0
     if grouped:
         offs = counts.cumsum(0).to(torch.int32)       # where each set's run of rows ends
         bf = torch.bfloat16                            # the kernel's one type; autocast does not reach it
@@ -50,12 +56,12 @@ class MoEFFN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         d, G = cfg.d_model, cfg.moe_granularity
-        if cfg.ffn_hidden % G:
-            raise ValueError(f"ffn_hidden {cfg.ffn_hidden} is not divisible by moe_granularity {G}")
-        self.hidden = cfg.ffn_hidden // G
+        if 4 * d % G:
+            raise ValueError(f"moe_granularity {G} must divide 4 * d_model = {4 * d} (G = 4 d_model / d_expert)")
+        self.hidden = 4 * d // G
         self.n_shared = {"none": 0, "global": 1, "per_modality": 2}[cfg.moe_shared]
         self.n_routed = cfg.moe_experts - self.n_shared
-        self.k = cfg.moe_top_k or G                      # default: G active experts, the dense FFN's FLOPs
+        self.k = cfg.moe_top_k or G                      # default: G active experts, 4 d_model hidden units
         self.k_routed = self.k - (self.n_shared > 0)
         if not 0 < self.k_routed <= self.n_routed:
             raise ValueError(f"moe_top_k {self.k} does not fit {cfg.moe_experts} experts with shared={cfg.moe_shared}")
@@ -109,7 +115,7 @@ class MoEFFN(nn.Module):
         return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape), stats
 
     def active_params(self):
-        """k experts' weights and the router: with k = G, the experts alone equal the dense FFN's parameters."""
+        """k experts' weights and the router: with k = G, the experts alone equal a 4 d_model FFN's parameters."""
         return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
 
 
@@ -134,7 +140,8 @@ def auxiliary_loss(model):
 def update_balance_biases(model, rate):
     """Auxiliary-loss-free balancing, after each optimizer step: raise the bias of the experts that got fewer than
     the mean number of tokens over the whole step (every micro-batch, summed over every process, so all processes
-    keep the same biases), lower the others."""
+    keep the same biases), lower the others. The rate is sized for sigmoid scores in (0, 1) (DeepSeek-V3: 1e-3);
+    softmax scores average 1/E, so their step is rate / E, or the bias would outweigh the scores within steps."""
     layers = [m for m in model.modules() if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias"]
     if not layers:
         return
@@ -142,6 +149,7 @@ def update_balance_biases(model, rate):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(load)
     for m, used in zip(layers, load):
-        m.balance_bias += rate * torch.sign(used.mean() - used)
+        scale = 1.0 / m.n_routed if m.cfg.moe_score == "softmax" else 1.0
+        m.balance_bias += rate * scale * torch.sign(used.mean() - used)
         m.load.zero_()
 

@@ -196,7 +196,7 @@ class ShardData:
     (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state)."""
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
-                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None):
+                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False):
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         for s in self.names:
             if not sources.get(s):
@@ -208,6 +208,7 @@ class ShardData:
                                                                                              latent_dim)
         self.weights, self.n_slots, self.seed = mixture, n_slots, seed
         self.image_size, self.video_frames, self.cfg_dropout = image_size, video_frames, cfg_dropout
+        self.caption_clean_image = caption_clean_image
         self.stats, self.streams, self.saved, self.has_val = Counter(), {}, {}, bool(self.val_files)
 
     def skip(self, reason):
@@ -288,7 +289,7 @@ class ShardData:
         if source == "video":
             return [video_example(self.tok, frames[i:i + K]) for i in range(0, len(frames), K)]
         if source == "image_to_caption":
-            return [image_to_caption(self.tok, frames[0], caption)]
+            return [image_to_caption(self.tok, frames[0], caption, clean=self.caption_clean_image)]
         return [caption_to_image(self.tok, caption, frames[0], drop_caption=rng.random() < self.cfg_dropout)]
 
     def navigation_items(self, path, pos, part, key):

@@ -122,7 +122,7 @@ def main(argv):
     for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"),
                          ("text", "text")):
         data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, cfg.seed, cfg.image_size,
-                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout)
+                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout, caption_clean_image=True)
         batches += [(task, get_batch(data, enc, i, 0, cfg, dev, "val")) for i in range(c.batches)]
     stats, ks = routing_counts(model, batches)
     rows = analyze(stats, ks)

@@ -232,8 +232,10 @@ def describe(model, tok, latents, max_tokens=96, temperature=0.0, top_k=0, gener
     return [tok.decode(o.ids[len(p.ids):]) for o, p in zip(outs, prompts)]
 
 
-def continue_video(model, tok, context, n_frames, steps=25, guidance=3.0, generator=None, progress=False):
-    """Context frames [B, K, N, C] -> the next n_frames, [B, n_frames, N, C]."""
+def continue_video(model, tok, context, n_frames, steps=25, guidance=1.0, generator=None, progress=False):
+    """Context frames [B, K, N, C] -> the next n_frames, [B, n_frames, N, C]. Without guidance by default: the
+    unconditional branch drops the whole context, leaving a video's first frame, so guidance would push each new
+    frame away from a generic opening frame rather than toward its context."""
     K = context.shape[1]
     prompts = [Example(video_example(tok, list(frames)).ids[:-1], list(frames), [True] * K) for frames in context]
     outs = generate(model, tok, prompts, force_images=n_frames, steps=steps, guidance=guidance,
@@ -265,6 +267,7 @@ prompt = "a small red circle at the top left"
 image = ""              # caption mode: an image file; empty: toy-world renders
 num_samples = 8
 guidance = 3.0
+video_guidance = 1.0    # video mode: none (see continue_video)
 steps = 25
 temperature = 0.8       # 0: greedy
 top_k = 0
@@ -330,7 +333,7 @@ def main(argv):
                           for _ in range(c.num_samples)])
         context = enc.encode(truth[:, :c.context_frames].reshape(-1, *truth.shape[2:])).to(dev)
         context = context.view(c.num_samples, c.context_frames, *context.shape[1:])
-        new = continue_video(model, tok, context, c.new_frames, c.steps, c.guidance, gen, progress=True)
+        new = continue_video(model, tok, context, c.new_frames, c.steps, c.video_guidance, gen, progress=True)
         made = enc.decode(new.reshape(-1, *new.shape[2:])).reshape(c.num_samples, c.new_frames, *truth.shape[2:])
         both = np.concatenate([truth, np.concatenate([truth[:, :c.context_frames], made], 1)], axis=3)
         for i, frames in enumerate(both):  # left: the true video; right: context + generated frames

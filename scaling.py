@@ -2,9 +2,11 @@
 Scaling laws: IsoFLOP sweeps and compute-optimal fits for vision and language in one model (section 7).
 
 For each compute budget C, train a family of model sizes N for D = C / (6 N) tokens each; per budget and per
-modality, fit a parabola of held-out loss against log N and take its minimum N_opt (and D_opt = C / (6 N_opt));
-then regress N_opt ~ C^a and D_opt ~ C^b across budgets (a + b = 1). The paper finds language a ~ 0.47 and vision
-a ~ 0.37 for dense models: vision wants more data per parameter, increasingly so with scale. The loss frontier is
+modality, fit a parabola of held-out loss against log N and take its minimum N_opt, and one against log D, the
+real (non-padding) tokens each run logged, for D_opt; then regress N_opt ~ C^a and D_opt ~ C^b across budgets.
+a + b = 1 only if C = 6 N D held: with attention FLOPs and padding it does not, so a + b checks the fit. The paper
+finds language a ~ 0.47 and vision a ~ 0.37 for dense models: vision wants more data per parameter, increasingly so
+with scale. The loss frontier is
 fitted as L(C) = A C^-alpha + E, with E chosen by grid search in log space.
 
     python scaling.py plan configs/toy.py --budgets=3e12,1e13,3e13 --depths=2,3,4,6   # writes out/sweep/sweep.sh
@@ -61,13 +63,18 @@ def plan(c, argv_base):
 
 
 def collect(sweep_dir):
-    """The final evaluation of every planned run that has finished, with its N, D and C."""
+    """The final evaluation of every planned run that has finished, with its N, C and D, the real tokens it trained
+    on (as logged; the plan's D counts padding too). A run without a vision loss stops the fit: it has none to give."""
     results = []
     for run in map(json.loads, open(os.path.join(sweep_dir, "plan.jsonl"))):
         path = os.path.join(run["out_dir"], "metrics.jsonl")
         evals = [r for _, r in read_log(path) if "val_text_loss" in r] if os.path.exists(path) else []
+        if evals and "val_flow_loss" not in evals[-1]:
+            raise SystemExit(f"{path}: no val_flow_loss (its validation batches held no frames to generate): give "
+                             f"val_data a visual source, e.g. val_data={{'caption_to_image': ...}}, and rerun it")
         if evals:
-            results.append({**run, "text": evals[-1]["val_text_loss"], "vision": evals[-1]["val_flow_loss"]})
+            results.append({**run, "D": evals[-1].get("tokens", run["D"]), "text": evals[-1]["val_text_loss"],
+                            "vision": evals[-1]["val_flow_loss"]})
     return results
 
 
@@ -104,7 +111,8 @@ def compute_optimal(results, key):
         runs = [r for r in results if r["budget"] == budget]
         C = float(np.mean([r["C"] for r in runs]))
         n_opt, _, fitted = isoflop_minimum([r["N"] for r in runs], [r[key] for r in runs])
-        rows.append(dict(budget=budget, C=C, N_opt=n_opt, D_opt=C / (6 * n_opt), fitted=fitted,
+        d_opt, _, d_fitted = isoflop_minimum([r["D"] for r in runs], [r[key] for r in runs])
+        rows.append(dict(budget=budget, C=C, N_opt=n_opt, D_opt=d_opt, fitted=fitted and d_fitted,
                          L_best=min(r[key] for r in runs)))
     C, N, D = (np.array([r[k] for r in rows]) for k in ("C", "N_opt", "D_opt"))
     a, b = (power_law(C, N)[0], power_law(C, D)[0]) if len(rows) >= 2 else (float("nan"), float("nan"))

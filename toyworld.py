@@ -69,23 +69,44 @@ def as_tuples(shapes: list[Shape], image_size: int = 32) -> list[tuple[str, str,
     return [(s.kind, s.color, s.size, s.cell(image_size)) for s in shapes]
 
 
-def random_look(rng: np.random.Generator) -> tuple[str, str, str]:
-    """A uniformly random (kind, color, size)."""
-    return tuple(str(rng.choice(words)) for words in (SHAPES, list(COLORS), SIZES))
+# The compositional split, as GenEval's: these colour-shape bindings are never drawn in training (scenes, captions,
+# sentences, videos), and every evaluation scene holds at least one. Each shape and each colour is still trained
+# with others, so evaluation measures whether the model composes a known colour with a known shape.
+HELD_OUT = frozenset({("circle", "red"), ("square", "green"), ("triangle", "blue")})
+SPLIT_NAMES = ("train", "eval")
 
 
-def random_scene(rng: np.random.Generator, max_shapes: int = 3, image_size: int = 32) -> list[Shape]:
-    """1..max_shapes random shapes, one per cell, sorted by cell so that the caption is canonical."""
-    n = int(rng.integers(1, min(max_shapes, 9) + 1))
-    cells = np.sort(rng.choice(9, size=n, replace=False))
-    cell = image_size / 3
-    shapes = []
-    for c in cells:
-        row, col = divmod(int(c), 3)
-        look = random_look(rng)
-        dx, dy = rng.uniform(-JITTER, JITTER, size=2) * cell
-        shapes.append(Shape(*look, float((col + 0.5) * cell + dx), float((row + 0.5) * cell + dy)))
-    return shapes
+def held_out(shapes) -> bool:
+    """Whether a scene (Shapes or (kind, color, ...) tuples) shows a binding reserved for evaluation."""
+    return any((s.kind, s.color) in HELD_OUT if isinstance(s, Shape) else tuple(s[:2]) in HELD_OUT for s in shapes)
+
+
+def random_look(rng: np.random.Generator, split: str = "train") -> tuple[str, str, str]:
+    """A uniformly random (kind, color, size); in training, never a held-out binding."""
+    while True:
+        look = tuple(str(rng.choice(words)) for words in (SHAPES, list(COLORS), SIZES))
+        if split != "train" or look[:2] not in HELD_OUT:
+            return look
+
+
+def random_scene(rng: np.random.Generator, max_shapes: int = 3, image_size: int = 32,
+                 split: str = "train") -> list[Shape]:
+    """1..max_shapes random shapes, one per cell, sorted by cell so that the caption is canonical. A "train" scene
+    has no held-out binding; an "eval" scene has at least one (drawn uniformly among such scenes)."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split {split!r}: use one of {SPLIT_NAMES}")
+    while True:
+        n = int(rng.integers(1, min(max_shapes, 9) + 1))
+        cells = np.sort(rng.choice(9, size=n, replace=False))
+        cell = image_size / 3
+        shapes = []
+        for c in cells:
+            row, col = divmod(int(c), 3)
+            look = random_look(rng, split)
+            dx, dy = rng.uniform(-JITTER, JITTER, size=2) * cell
+            shapes.append(Shape(*look, float((col + 0.5) * cell + dx), float((row + 0.5) * cell + dy)))
+        if split == "train" or held_out(shapes):
+            return shapes
 
 
 # ---- Rendering ----

@@ -37,6 +37,7 @@ image_size = 32
 max_shapes = 3
 video_frames = 4
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
+caption_clean_image = False   # image->caption: the image clean, without flow loss (the paper's: noisy, with it)
 batch_size = 16               # rows per micro-batch per process
 seq_len = 256
 gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
@@ -61,8 +62,8 @@ n_kv_head = 4
 d_model = 128
 ffn = "modality"              # "shared", "modality" or "moe"
 moe_experts = 16              # total experts, shared ones included
-moe_granularity = 4           # G: experts are ffn_hidden / G wide
-moe_top_k = 0                 # active experts per token; 0: G, the dense FFN's FLOPs
+moe_granularity = 4           # G = 4 d_model / d_expert (the paper's): experts are 4 * d_model / G wide
+moe_top_k = 0                 # active experts per token; 0: G, i.e. 4 * d_model hidden units as in the paper
 moe_shared = "per_modality"   # "none", "global" or "per_modality"
 moe_score = "softmax"
 moe_renorm = False
@@ -73,7 +74,7 @@ moe_bias_rate = 1e-3
 qk_norm = True
 prediction = "x"              # "x" or "v"
 time_shift = 0.0              # 0: sqrt(tokens * channels / 4096); 1: no shift
-time_sampling = "logit_normal"
+time_sampling = "uniform"     # t ~ U[0, 1] per frame, then shifted (section 2.1); or "logit_normal"
 attention = "auto"            # "auto", "flex" or "sdpa"
 # ---- loss
 lambda_lm = 1.0
@@ -146,13 +147,28 @@ def learning_rate_at(step, c):
 
 
 def loss_weights(text_loss, flow_loss, c, center):
-    """(w_LM, w_flow, new center). Fixed lambdas by default; with loss centering (App. D.2) each loss is scaled to
+    """(w_LM, w_flow). Fixed lambdas by default; with loss centering (App. D.2) each loss is scaled to the center,
     an EMA of alpha * L_flow + (1 - alpha) * L_LM, which up-weights whichever loss is smaller."""
     if not c.loss_centering:
-        return c.lambda_lm, c.lambda_flow, center
-    current = (c.centering_alpha * flow_loss + (1 - c.centering_alpha) * text_loss).detach()
-    center = current if center is None else c.centering_momentum * center + (1 - c.centering_momentum) * current
-    return center / text_loss.detach().clamp(min=1e-8), center / flow_loss.detach().clamp(min=1e-8), center
+        return c.lambda_lm, c.lambda_flow
+    target = centering_target(text_loss.detach(), flow_loss.detach(), c) if center is None else center
+    return target / text_loss.detach().clamp(min=1e-8), target / flow_loss.detach().clamp(min=1e-8)
+
+
+def centering_target(text_loss, flow_loss, c):
+    return c.centering_alpha * flow_loss + (1 - c.centering_alpha) * text_loss
+
+
+def update_center(center, text_loss, flow_loss, c):
+    """The center's EMA step, once per optimizer step from the losses averaged over all its micro-batches and
+    processes: the momentum means what it says per step, and every process holds (and checkpoints) the same one."""
+    current = centering_target(text_loss, flow_loss, c)
+    return current if center is None else c.centering_momentum * center + (1 - c.centering_momentum) * current
+
+
+def losses(**named):
+    """The losses that were measured: one with nothing to average is left out of the log, never written as 0."""
+    return {k: v for k, v in named.items() if v is not None}
 
 
 def gpu_peak_flops(device):
@@ -176,12 +192,13 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     gen = torch.Generator(device).manual_seed(c.seed)
     text, flow, scores = [], [], {}
     for i in range(c.eval_iters if getattr(data, "has_val", True) else 0):
-        t, f = training_losses(model, get_batch(data, enc, i, 0, c, device, "val"), generator=gen)
+        batch = get_batch(data, enc, i, 0, c, device, "val")
+        t, f = training_losses(model, batch, generator=gen)
         text.append(t.item())
-        flow.append(f.item())
+        flow += [f.item()] if (~batch["cond"]).any() else []   # a batch without frames has no flow loss
     if text:
         scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
-                      val_flow_loss=float(np.mean(flow)))
+                      **losses(val_flow_loss=float(np.mean(flow)) if flow else None))
     if not hasattr(data, "eval_prompts"):     # real data: no oracle to score generations with
         model.train()
         return scores
@@ -239,12 +256,12 @@ def main(argv):
     tok, enc, data, model = build(c, dev)
     model.activation_checkpointing = c.activation_checkpointing
     ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
-    step, center, ckpt, saved = 0, None, None, {}
+    step, center, ckpt, saved, seen = 0, None, None, {}, 0   # seen: real (non-padding) tokens trained on
     if c.resume:   # the whole model's weights first; the optimizer's state once it exists
         ckpt = load_checkpoint(ckpt_path)
         check_same_model(ckpt["model_args"], vars(model.cfg), ckpt_path)
         model.load_state_dict(ckpt["model"])
-        step, center = ckpt["step"], ckpt["loss_center"]
+        step, center, seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
         saved = ckpt.get("data_state", {})
         if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
             raise SystemExit(f"{ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
@@ -306,19 +323,21 @@ def main(argv):
             data_state = dict(step=step, n_slots=c.gradient_accumulation_steps, slots={k: v for s in slots
                                                                                      for k, v in s.items()})
             save_checkpoint(ckpt_path, dict(model=weights, optimizer=opt_state, step=step, config=vars(c),
-                                            model_args=vars(raw_model.cfg), loss_center=center,
+                                            model_args=vars(raw_model.cfg), loss_center=center, tokens=seen,
                                             data_state=data_state))
 
     slots = range(rank * accum, (rank + 1) * accum)   # this process's global micro-batch indices
     loader = Prefetcher(data, step, slots, c.batch_size, c.prefetch, c.loader_threads)
     consumed = {k: v for k, v in saved.get("slots", {}).items() if k in slots}   # saved by the next checkpoint
     pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
-    t0, last, waited = time.time(), {}, 0.0
+    t0, last, waited, seen_at_log = time.time(), {}, 0.0, seen
     while step < c.max_iters:
         lr = learning_rate_at(step, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = torch.zeros(3, device=dev)   # text, flow and MoE balance losses, averaged over the step
+        # per micro-batch, averaged over the step: text loss, flow loss (where there are frames to generate), MoE
+        # balance loss, whether there were such frames, real (non-padding) positions
+        sums = torch.zeros(5, device=dev)
         for i in range(accum):
             micro = rank * accum + i
             made, consumed[micro] = loader.next()
@@ -328,24 +347,30 @@ def main(argv):
             sync = model.no_sync() if ddp and not fsdp and i < accum - 1 else nullcontext()
             with sync, autocast:
                 text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
-                w_lm, w_flow, center = loss_weights(text_loss, flow_loss, c, center)
+                w_lm, w_flow = loss_weights(text_loss, flow_loss, c, center)
                 balance = auxiliary_loss(raw_model)
                 loss = (w_lm * text_loss + w_flow * flow_loss + balance) / accum
             loss.backward()
-            sums += torch.stack([text_loss, flow_loss, torch.as_tensor(balance, device=dev)]).detach() / accum
+            has_flow = (~batch["cond"]).any().float()
+            sums += torch.stack([text_loss, flow_loss * has_flow, torch.as_tensor(balance, device=dev), has_flow,
+                                 (batch["doc"] >= 0).sum().float()]).detach() / accum
         if ddp:  # log the losses of the whole global batch, not just this process's share
             torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
             sums /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
-        text_l, flow_l, balance_l, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()   # one host sync
-        if not all(map(math.isfinite, (text_l, flow_l, gnorm))):
+        text_l, flow_sum, balance_l, flow_share, real, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()
+        # (one host sync)
+        flow_l = flow_sum / flow_share if flow_share else None   # a step without frames has no flow loss
+        seen += round(real * c.gradient_accumulation_steps)
+        if not all(map(math.isfinite, (text_l, flow_l or 0.0, gnorm))):
             loader.close()
             raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
                              f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} is intact. "
                              f"Try a lower learning_rate or dtype=float32.")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        center = update_center(center, text_l, flow_l, c) if c.loss_centering and flow_l is not None else center
         update_balance_biases(raw_model, c.moe_bias_rate)
         step += 1
         pbar.update(1)
@@ -353,10 +378,13 @@ def main(argv):
         if master and (step % c.log_interval == 0 or step == c.max_iters):
             dt, t0 = time.time() - t0, time.time()
             steps_done = c.log_interval if step % c.log_interval == 0 else step % c.log_interval
-            tok_s = c.batch_size * c.seq_len * c.gradient_accumulation_steps * steps_done / dt
+            tok_s = (seen - seen_at_log) / dt   # real tokens: padding positions are computed but teach nothing
+            pad_share, seen_at_log = 1 - (seen - seen_at_log) / (c.batch_size * c.seq_len *
+                                                                 c.gradient_accumulation_steps * steps_done), seen
             data_wait, waited = loader.wait - waited, loader.wait   # seconds the loop waited for data
-            last = dict(step=step, text_loss=text_l, flow_loss=flow_l, loss=c.lambda_lm * text_l +
-                        c.lambda_flow * flow_l, lr=lr, grad_norm=gnorm, tokens_per_s=tok_s,
+            last = dict(step=step, text_loss=text_l, **losses(flow_loss=flow_l), loss=c.lambda_lm * text_l +
+                        c.lambda_flow * (flow_l or 0.0), lr=lr, grad_norm=gnorm, tokens=seen, tokens_per_s=tok_s,
+                        pad_share=pad_share,
                         data_wait_s=data_wait / steps_done, data_share=data_wait / dt,
                         **({"balance_loss": balance_l} if c.ffn == "moe" else {}),
                         **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
@@ -365,14 +393,15 @@ def main(argv):
             if device_type == "cuda":
                 last["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
             log(last)
-            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l:.4f} {tok_s:,.0f} tok/s data {data_wait / dt:.0%}"
+            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
+                                 f"data {data_wait / dt:.0%}"
                                  + (f" mfu {100 * last['mfu']:.1f}%" if peak else "")
                                  + (f" mem {last['peak_memory_gib']:.1f} GiB" if device_type == "cuda" else ""))
         if step % c.eval_interval == 0 or step == c.max_iters:
             if master or fsdp:   # a sharded model runs forward passes on every rank together
                 scores = evaluate(raw_model, tok, enc, data, c, dev, step, write=master)
             if master:
-                log(dict(step=step, text_loss=text_l, flow_loss=flow_l, **scores))
+                log(dict(step=step, text_loss=text_l, **losses(flow_loss=flow_l), tokens=seen, **scores))
                 pbar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             checkpoint()
             t0 = time.time()

@@ -11,6 +11,8 @@ caption_to_image_data = "data/cc12m/*.tar"
 image_to_caption_data = "data/cc3m/*.tar"
 video_data = "data/video/*.tar"
 navigation_data = "data/nwm/*/*"          # NWM trajectory folders, e.g. data/nwm/recon/<trajectory>
+# held-out text; add a held-out visual source (e.g. "caption_to_image": "data/cc12m-val/*.tar") for val_flow_loss:
+# without frames it is absent from the log, and scaling.py refuses to fit the run
 val_data = {"text": "data/fineweb/edu_fineweb_val_*.bin"}
 tokenizer = "gpt2"
 encoder = "siglip2"

@@ -89,8 +89,13 @@ def test_toy_mixture_weights_are_respected():
     toy = make_toy(mixture={"text": 1.0})
     b = toy.batch(0, 0, 4)
     assert b["images"] is None and (b["frame"] == -1).all()
+
+
+def test_image_to_caption_images_are_noisy_with_flow_loss_by_default():
+    # Appendix B: text after an image conditions on its noisy latents, and flow matching applies to every frame
     b = make_toy(mixture={"image_to_caption": 1.0}).batch(0, 0, 4)
-    assert b["cond"].all() and len(b["cond"]) >= 4
+    assert not b["cond"].any() and len(b["cond"]) >= 4
+    assert make_toy(mixture={"image_to_caption": 1.0}, caption_clean_image=True).batch(0, 0, 4)["cond"].all()
 
 
 def test_bad_mixture_and_overlong_video_are_refused():
@@ -136,3 +141,29 @@ def test_navigation_example_layout():
     assert t[25 + 7 + 7] == tok.eos and t[25 + 7] == ord("a")
     prompt = navigation_example(tok, [img] * 4, ["w"])
     assert prompt.ids[-2:] == [tok.boi, FRAME] and prompt.frames[-1] is None
+
+
+def replayed_scenes(config, steps, monkeypatch):
+    """Every (kind, color) rendered and every sentence written in the first `steps` training batches of a config."""
+    import re
+    import toyworld
+    import train
+    c = train.configure(train.DEFAULTS, [config])
+    drawn, real_render = [], toyworld.render
+    monkeypatch.setattr(toyworld, "render", lambda shapes, size=32: drawn.extend(shapes) or real_render(shapes, size))
+    tok = Tokenizer(c.tokenizer)
+    data = ToyWorldData(tok, c.seq_len, (c.image_size // c.patch_size) ** 2, c.mixture, c.seed, c.image_size,
+                        c.max_shapes, c.video_frames, c.cfg_dropout)
+    text = [tok.decode(row) for s in range(steps) for row in data.batch(s, 0, c.batch_size)["tokens"].tolist()]
+    pattern = "|".join(f"{color} {kind}" for kind, color in toyworld.HELD_OUT)
+    return {(s.kind, s.color) for s in drawn}, [m for t in text for m in re.findall(pattern, t)], data
+
+
+@pytest.mark.parametrize("config", sorted(__import__("glob").glob("configs/toy*.py")))
+def test_no_evaluation_scene_is_ever_trained_on(config, monkeypatch):
+    """Replay training batches of every toy config: no held-out binding is drawn (scenes and videos) or written
+    (captions and sentences), while every evaluation scene shows one."""
+    import toyworld
+    looks, mentions, data = replayed_scenes(config, 150, monkeypatch)
+    assert len(looks) == 18 - len(toyworld.HELD_OUT) and not looks & toyworld.HELD_OUT and not mentions
+    assert all(toyworld.held_out(scene) for scene in data.eval_prompts(32))

@@ -144,6 +144,15 @@ def test_time_sampling_is_shifted_toward_noise():
     assert 0 <= t.min() and t.max() <= 1 and t.median() < 0.2   # shift 8.49 puts the median at 1/(1+8.49)
 
 
+def test_paper_time_sampling_by_default():
+    """Section 2.1: t ~ U[0, 1] per frame, then shifted; logit-normal stays an option. With no shift, the
+    quartiles of uniform times are where they belong (logit-normal's are 0.34 and 0.66)."""
+    import train
+    assert ModelConfig().time_sampling == train.DEFAULTS["time_sampling"] == "uniform"
+    t = sample_time(20000, ModelConfig(time_shift=1.0), "cpu", torch.Generator().manual_seed(0))
+    assert t.quantile(0.25) == pytest.approx(0.25, abs=0.02) and t.quantile(0.75) == pytest.approx(0.75, abs=0.02)
+
+
 def test_modality_ffn_routes_each_token_once():
     model = tiny(ffn="modality")
     blk = model.blocks[0].ffn

@@ -8,7 +8,7 @@ import torch
 
 import moe
 import routing
-from moe import GROUPED_MM, grouped_swiglu
+from moe import GROUPED_MM, grouped_swiglu, runs_in_bf16
 import train
 from model import ModelConfig, UnifiedTransformer
 
@@ -102,12 +102,15 @@ def test_per_modality_shared_experts_are_the_ones_used():
     assert g_up[n + 1].abs().sum() == 0 and g_up[n].abs().sum() > 0
 
 
-def test_active_params_and_flops_equal_the_dense_ffn():
+def test_granularity_is_the_papers_and_g_active_experts_equal_a_4d_ffn():
+    """G = 4 d_model / d_expert (section 6.1): experts are 4 d_model / G wide whatever the dense FFN's width, and
+    the default G active experts hold as many parameters and FLOPs as a 4 d_model FFN."""
     args = dict(vocab_size=300, d_model=64, n_head=4, n_kv_head=2, n_layer=2)
-    dense = UnifiedTransformer(ModelConfig(**args, ffn="shared"))
+    dense = UnifiedTransformer(ModelConfig(**args, ffn="shared", ffn_hidden=256))
     for G, E, shared in ((1, 4, "none"), (4, 16, "per_modality"), (16, 64, "global")):
         sparse = UnifiedTransformer(ModelConfig(**args, ffn="moe", moe_granularity=G, moe_experts=E,
                                                 moe_shared=shared))
+        assert sparse.blocks[0].ffn.hidden == 256 // G and sparse.blocks[0].ffn.k == G
         routers = sum(b.ffn.router.weight.numel() for b in sparse.blocks)
         assert sparse.num_params()[1] - routers == dense.num_params()[1]
         assert sparse.flops_per_token(128) - 6 * routers == dense.flops_per_token(128)
@@ -116,7 +119,7 @@ def test_active_params_and_flops_equal_the_dense_ffn():
 
 def test_router_learns_and_bias_balancing_moves_toward_even_load(tmp_path):
     from data import Tokenizer
-    m, _ = layer(moe_balance="bias")
+    m, _ = layer(moe_balance="bias", moe_score="sigmoid")
     model = torch.nn.Module()
     model.ffn = m
     m.load += torch.tensor([5.0, 1, 3, 3, 3, 3])
@@ -127,9 +130,15 @@ def test_router_learns_and_bias_balancing_moves_toward_even_load(tmp_path):
 
 def test_bias_balancing_counts_every_micro_batch_of_the_step():
     """Two micro-batches, one all routed to expert 0 and one all to expert 1: the step's load is their sum, so both
-    experts are lowered and the four idle ones raised (the last micro-batch alone would raise expert 0)."""
+    experts are lowered and the four idle ones raised (the last micro-batch alone would raise expert 0). The step
+    is the rate for sigmoid scores, and rate / E for softmax scores, which average 1 / E."""
+    for score, step in (("sigmoid", 0.1), ("softmax", 0.1 / 6)):
+        assert bias_after_two_micro_batches(score) == pytest.approx([-step, -step, step, step, step, step])
+
+
+def bias_after_two_micro_batches(score):
     m, _ = layer(d_model=8, n_head=1, moe_experts=6, moe_granularity=2, moe_shared="none", moe_top_k=1,
-                 moe_balance="bias")
+                 moe_balance="bias", moe_score=score)
     with torch.no_grad():
         m.router.weight.copy_(10 * torch.eye(6, 8))
     model = torch.nn.Module()   # what the training step sees: UnifiedTransformer's blocks and ffn_stats
@@ -139,7 +148,7 @@ def test_bias_balancing_counts_every_micro_batch_of_the_step():
         model.ffn_stats = [m(torch.eye(8)[expert].repeat(5, 1)[None], torch.zeros(1, 5, dtype=torch.bool))[1]]
         moe.auxiliary_loss(model)
     moe.update_balance_biases(model, 0.1)
-    assert m.balance_bias.tolist() == pytest.approx([-0.1, -0.1, 0.1, 0.1, 0.1, 0.1])
+    return m.balance_bias.tolist()
 
 
 def test_specialization_classes_cv_and_correlation():
@@ -164,3 +173,13 @@ def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
     assert "| layer | text | vision |" in out and (tmp_path / "routing.md").exists()
     rows = json.load(open(tmp_path / "routing.json"))
     assert len(rows) == 2 and all(r["text"] + r["vision"] + r["multimodal"] + r["unused"] == 4 for r in rows)
+
+
+def test_float32_steps_take_the_exact_loop_on_every_device():
+    """dtype=float32 is honoured on the GPU too: only a bf16 step (autocast, or bf16 weights) goes to the bf16
+    grouped kernel. The decision is checked for "cuda" on the CPU: it reads the device's autocast state."""
+    x = torch.randn(4, 8)
+    assert not runs_in_bf16("cuda", x, x) and not runs_in_bf16("cpu", x, x)
+    assert runs_in_bf16("cuda", x, x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert runs_in_bf16("cpu", x) and not runs_in_bf16("cuda", x)

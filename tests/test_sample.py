@@ -162,6 +162,17 @@ def test_video_continuation_and_same_seed_same_image():
     assert new.shape == (2, 2, N, C) and torch.equal(new, again) and not torch.equal(new, other)
 
 
+def test_video_continuation_is_unguided_by_default(monkeypatch):
+    """Every Euler step runs only the B conditional rows: no unconditional branch, which would hold no context."""
+    model, tok = tiny(), Tokenizer()
+    context = torch.randn(2, 3, N, C, generator=torch.Generator().manual_seed(0))
+    rows, real = [], sample.draw_image
+    monkeypatch.setattr(sample, "draw_image", lambda model, cache, uncond, r, *a: rows.append(
+        (len(r), a[3])) or real(model, cache, uncond, r, *a))
+    sample.continue_video(model, tok, context, 2, steps=3, generator=torch.Generator().manual_seed(5))
+    assert rows == [(2, 1.0), (2, 1.0)]
+
+
 # ---- the command line, on a checkpoint from a tiny run ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

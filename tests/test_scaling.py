@@ -19,7 +19,8 @@ def chinchilla_sweep(a, budgets=np.geomspace(1e18, 1e22, 5), key="text", E=1.7, 
         loss = E + A / ns ** alpha + B / (C / (6 * ns)) ** beta
         n_star = ns[np.argmin(loss)]
         for n in n_star * np.geomspace(1 / 30, 30, 9):
-            results.append(dict(budget=C, C=C, N=n, **{key: E + A / n ** alpha + B / (C / (6 * n)) ** beta}))
+            D = C / (6 * n)
+            results.append(dict(budget=C, C=C, N=n, D=D, **{key: E + A / n ** alpha + B / D ** beta}))
     return results
 
 
@@ -29,6 +30,16 @@ def test_exponents_recovered_from_chinchilla_like_data():
     assert all(r["fitted"] for r in rows)
     (a_lo, a_hi), _ = scaling.bootstrap(chinchilla_sweep(0.47), "text", n=50)
     assert a_lo <= a <= a_hi
+
+
+def test_d_opt_is_fitted_from_the_tokens_the_runs_trained_on():
+    """When C is not 6 N D (attention FLOPs, padding), D_opt comes from the runs' own token counts, so b is measured,
+    not 1 - a: here the real tokens fall behind C / (6 N) as C^-0.2, and b with them."""
+    results = chinchilla_sweep(0.47)
+    for r in results:
+        r["D"] *= (r["C"] / 1e18) ** -0.2
+    _, a, b = scaling.compute_optimal(results, "text")
+    assert abs(a - 0.47) <= 0.02 and abs(b - 0.33) <= 0.02
 
 
 def test_paper_worked_example_vision_language_data_ratio():
@@ -91,5 +102,9 @@ def test_plan_and_fit_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "text: N_opt ~ C^" in out and "vision/language data ratio" in out
     assert len(open(sweep / "results.jsonl").readlines()) == 6
+    with open(os.path.join(runs[0]["out_dir"], "metrics.jsonl"), "w") as f:   # validation without frames
+        f.write(json.dumps(dict(step=1, val_text_loss=2.0)) + "\n")
+    with pytest.raises(SystemExit, match="no val_flow_loss .* give val_data a visual source"):
+        scaling.main(["fit", f"--sweep_dir={sweep}"])
     with pytest.raises(SystemExit, match="usage"):
         scaling.main(["fitt"])

@@ -90,6 +90,31 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
     assert [r for r in resumed if "val_text_loss" in r] == evals
 
 
+def test_loss_centering_moves_once_per_step_from_the_step_mean(tmp_path):
+    """App. D.2's EMA with momentum 0.5 over 3 steps of 4 micro-batches: the checkpointed center is the EMA of the
+    three logged step means (alpha * flow + (1 - alpha) * text), not of twelve micro-batch losses."""
+    lines = train_lines(run(tmp_path, "--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=4",
+                            "--loss_centering=True", "--centering_momentum=0.5", "--batch_size=2"))
+    center = None
+    for step in (1, 2, 3):
+        current = 0.5 * lines[step][1] + 0.5 * lines[step][0]
+        center = current if center is None else 0.5 * center + 0.5 * current
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["loss_center"] == pytest.approx(center, rel=1e-6)
+
+
+def test_absent_losses_are_not_logged_and_tokens_count_real_positions(tmp_path):
+    """Text only: no frames, so no flow loss in the training or validation lines (never a 0 that a fit would take).
+    Token counts and tokens_per_s count real positions; pad_share is the rest."""
+    lines = run(tmp_path, "--max_iters=2", "--eval_interval=2", "--mixture={'text': 1.0}")
+    assert not any("flow_loss" in r or "val_flow_loss" in r for r in lines) and "val_text_loss" in lines[-1]
+    c = train.configure(train.DEFAULTS, [*TINY, "--mixture={'text': 1.0}"])
+    data = train.build(c, "cpu")[2]
+    real = sum(int((data.batch(s, 0, c.batch_size)["doc"] >= 0).sum()) for s in (0, 1))
+    assert lines[-1]["tokens"] == real < 2 * c.batch_size * c.seq_len
+    assert lines[1]["pad_share"] == pytest.approx(1 - int((data.batch(1, 0, c.batch_size)["doc"] >= 0).sum()) /
+                                                  (c.batch_size * c.seq_len))
+
+
 def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
     run(tmp_path, "--max_iters=2", "--eval_interval=2")
     with pytest.raises(SystemExit, match="exists: pass --resume"):
@@ -113,17 +138,21 @@ def launch(tmp_path, name, *extra, procs=1):
     return train_lines(json.loads(line) for line in open(tmp_path / name / "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel):
+@pytest.mark.parametrize("parallel,centering", [("ddp", False), ("fsdp", False), ("ddp", True)])
+def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel, centering):
     """torchrun with 2 gloo processes (DDP, or FSDP2) and the same global batch logs the same losses as one
-    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does."""
-    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does.
+    With loss centering, the center moves once per step from the whole global batch, on every process alike."""
+    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2", f"--loss_centering={centering}"]
     one = launch(tmp_path, "one", *args)
     two = launch(tmp_path, "two", *args, f"--parallel={parallel}", procs=2)
     assert one.keys() == two.keys() == {1, 2, 3}
     for s in one:
         assert one[s] == pytest.approx(two[s], rel=1e-5)
-    more = ["--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2", "--resume"]
+    center = lambda name: torch.load(tmp_path / name / "ckpt.pt", weights_only=False)["loss_center"]
+    assert center("one") == pytest.approx(center("two"), rel=1e-5) if centering else center("one") is None
+    more = ["--max_iters=5", "--eval_interval=5", "--gradient_accumulation_steps=2", "--resume",
+            f"--loss_centering={centering}"]
     one, two = launch(tmp_path, "one", *more), launch(tmp_path, "two", *more)
     for s in (4, 5):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
