@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -223,191 +224,228 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The training loop.
+# The training loop, one named step at a time. `run` holds what changes as it goes (step, loss center, real tokens
+# seen, each micro-batch slot's reading position) beside what the processes are (rank, device, dtype).
 
-def main(argv):
-    from tqdm import tqdm
-    from model import training_losses
-    from realdata import Prefetcher
-    from moe import auxiliary_loss, update_balance_biases
-    c = configure(DEFAULTS, argv, [__file__])
-
-    # processes: torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world, local_rank = 0, 1, 0
-    dev = resolve_device(c.device)
-    if ddp:
+def setup_processes(c):
+    """torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps."""
+    run = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1, dev=resolve_device(c.device))
+    if run.ddp:
         from torch.distributed import init_process_group
-        rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        if dev == "cuda":
-            dev = f"cuda:{local_rank}"
-            torch.cuda.set_device(dev)
-        init_process_group(backend="nccl" if dev.startswith("cuda") else "gloo")
-    if c.gradient_accumulation_steps % world:
+        run.rank, run.world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        if run.dev == "cuda":
+            run.dev = f"cuda:{local_rank}"
+            torch.cuda.set_device(run.dev)
+        init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo")
+    if c.gradient_accumulation_steps % run.world:
         raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
-                         f"{world} processes")
-    accum = c.gradient_accumulation_steps // world
-    master = rank == 0
-    device_type = torch.device(dev).type
-    dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, getattr(torch, dtype))
-    torch.manual_seed(c.seed)
-
-    tok, enc, data, model = build(c, dev)
-    model.activation_checkpointing = c.activation_checkpointing
-    ckpt_path, metrics_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
-    step, center, ckpt, saved, seen = 0, None, None, {}, 0   # seen: real (non-padding) tokens trained on
-    if c.resume:   # the whole model's weights first; the optimizer's state once it exists
-        ckpt = load_checkpoint(ckpt_path)
-        check_same_model(ckpt["model_args"], vars(model.cfg), ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        step, center, seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
-        saved = ckpt.get("data_state", {})
-        if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
-            raise SystemExit(f"{ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
-                             f"--gradient_accumulation_steps={saved['n_slots']}")
-        data.load_state(saved.get("slots", {}))
-        if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
-            lines = [ln for ln, r in read_log(metrics_path) if r["step"] <= step]
-            with open(metrics_path + ".tmp", "w") as f:
-                f.writelines(lines)
-            os.replace(metrics_path + ".tmp", metrics_path)
-    elif found := [p for p in (ckpt_path, previous(ckpt_path)) if os.path.exists(p)]:
-        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
-    elif master and os.path.exists(metrics_path):   # a run that died before its first checkpoint: its log aside
-        aside = next(f"{metrics_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{metrics_path}.{i}"))
-        os.replace(metrics_path, aside)
-        print(f"{metrics_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
-    if master:
-        os.makedirs(c.out_dir, exist_ok=True)
-    raw_model = model
+                         f"{run.world} processes")
     if c.parallel not in ("ddp", "fsdp"):
         raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
-    fsdp = ddp and c.parallel == "fsdp"
-    if fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
+    run.accum, run.master, run.fsdp = c.gradient_accumulation_steps // run.world, run.rank == 0, \
+        run.ddp and c.parallel == "fsdp"
+    run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
+    run.device_type = torch.device(run.dev).type
+    run.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if run.device_type == "cuda" else "float32")
+    run.autocast = nullcontext() if run.dtype == "float32" else \
+        torch.autocast(run.device_type, getattr(torch, run.dtype))
+    run.ckpt_path, run.log_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
+    torch.manual_seed(c.seed)
+    return run
+
+
+def resume_or_start(run, c, model, data):
+    """Loads the checkpoint's weights, step and data position with --resume (and returns it, for the optimizer),
+    trimming the log to the checkpoint's step. A new run refuses an out_dir that holds one, and sets aside the log
+    of a run that died before its first checkpoint."""
+    run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
+    if c.resume:
+        ckpt = load_checkpoint(run.ckpt_path)
+        check_same_model(ckpt["model_args"], vars(model.cfg), run.ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        run.step, run.center, run.seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
+        saved = ckpt.get("data_state", {})
+        if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
+            raise SystemExit(f"{run.ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
+                             f"--gradient_accumulation_steps={saved['n_slots']}")
+        data.load_state(saved.get("slots", {}))
+        if run.master and os.path.exists(run.log_path):  # lines logged after the checkpoint happen again
+            lines = [ln for ln, r in read_log(run.log_path) if r["step"] <= run.step]
+            with open(run.log_path + ".tmp", "w") as f:
+                f.writelines(lines)
+            os.replace(run.log_path + ".tmp", run.log_path)
+    elif found := [p for p in (run.ckpt_path, previous(run.ckpt_path)) if os.path.exists(p)]:
+        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif run.master and os.path.exists(run.log_path):
+        aside = next(f"{run.log_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{run.log_path}.{i}"))
+        os.replace(run.log_path, aside)
+        print(f"{run.log_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+    if run.master:
+        os.makedirs(c.out_dir, exist_ok=True)
+    run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
+    return ckpt
+
+
+def wrap(run, c, model, ckpt):
+    """The model as it trains (sharded by FSDP2 or replicated by DDP, compiled if asked) and its optimizer, whose
+    state a resumed run restores."""
+    raw_model = model
+    if run.fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32) if dtype != "float32" else \
-            MixedPrecisionPolicy()
+        mp = MixedPrecisionPolicy(getattr(torch, run.dtype), reduce_dtype=torch.float32) \
+            if run.dtype != "float32" else MixedPrecisionPolicy()
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-    optimizer = configure_optimizer(model, c, dev, fused=device_type == "cuda" and not fsdp)
+    optimizer = configure_optimizer(model, c, run.dev, fused=run.device_type == "cuda" and not run.fsdp)
     if ckpt is not None:
-        load_optimizer_state(raw_model, optimizer, ckpt["optimizer"], fsdp)
+        load_optimizer_state(raw_model, optimizer, ckpt["optimizer"], run.fsdp)
     if c.compile:
         model = torch.compile(model)
-    if ddp and not fsdp:
+    if run.ddp and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        model = DDP(model, device_ids=[torch.device(run.dev).index] if run.device_type == "cuda" else None)
+    return model, optimizer
 
+
+def announce(run, c, raw_model):
+    """Prints the model's size and cost; keeps what MFU needs."""
     total, active = raw_model.num_params()
-    flops_per_step = raw_model.flops_per_token(c.seq_len) * c.batch_size * c.seq_len * c.gradient_accumulation_steps
-    peak = c.peak_flops or (gpu_peak_flops(dev) if device_type == "cuda" else 0.0)
-    if master:
+    tokens = c.batch_size * c.seq_len * c.gradient_accumulation_steps
+    run.flops_per_step = raw_model.flops_per_token(c.seq_len) * tokens
+    run.peak = c.peak_flops or (gpu_peak_flops(run.dev) if run.device_type == "cuda" else 0.0)
+    if run.master:
         print(f"model: {total / 1e6:.2f}M parameters, {active / 1e6:.2f}M active per token; "
-              f"{raw_model.flops_per_token(c.seq_len) / 1e6:.1f} MFLOPs per token; device {dev} {dtype}; "
-              f"{world} process(es), {c.batch_size * c.seq_len * c.gradient_accumulation_steps} tokens per step")
+              f"{raw_model.flops_per_token(c.seq_len) / 1e6:.1f} MFLOPs per token; device {run.dev} {run.dtype}; "
+              f"{run.world} process(es), {tokens} tokens per step")
 
-    def log(record):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        crash_point("log")
 
-    def checkpoint():
-        weights, opt_state = full_state(raw_model, optimizer, fsdp)   # collective under FSDP: every rank calls
-        slots = [consumed]                    # every slot's reading position, from the process that owns it
-        if ddp:
-            slots = [None] * world
-            torch.distributed.all_gather_object(slots, consumed)
-        if master:
-            data_state = dict(step=step, n_slots=c.gradient_accumulation_steps, slots={k: v for s in slots
-                                                                                     for k, v in s.items()})
-            save_checkpoint(ckpt_path, dict(model=weights, optimizer=opt_state, step=step, config=vars(c),
-                                            model_args=vars(raw_model.cfg), loss_center=center, tokens=seen,
-                                            data_state=data_state))
+def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
+    """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the whole
+    global batch and read from the device in one sync: lr, text loss, flow loss (None without frames to generate),
+    MoE balance loss, gradient norm."""
+    from model import training_losses
+    from moe import auxiliary_loss, update_balance_biases
+    lr = learning_rate_at(run.step, c)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # per micro-batch, averaged over the step: text loss, flow loss (where there are frames to generate), MoE
+    # balance loss, whether there were such frames, real (non-padding) positions
+    sums = torch.zeros(5, device=run.dev)
+    for i, micro in enumerate(run.slots):
+        made, run.consumed[micro] = loader.next()
+        batch = get_batch(data, enc, run.step, micro, c, run.dev, batch=made)
+        if run.fsdp:   # gradients are reduced on the last micro-batch only
+            model.set_requires_gradient_sync(i == run.accum - 1)
+        sync = model.no_sync() if run.ddp and not run.fsdp and i < run.accum - 1 else nullcontext()
+        with sync, run.autocast:
+            text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, run.step, micro, run.dev))
+            w_lm, w_flow = loss_weights(text_loss, flow_loss, c, run.center)
+            balance = auxiliary_loss(raw_model)
+            loss = (w_lm * text_loss + w_flow * flow_loss + balance) / run.accum
+        loss.backward()
+        has_flow = (~batch["cond"]).any().float()
+        sums += torch.stack([text_loss, flow_loss * has_flow, torch.as_tensor(balance, device=run.dev), has_flow,
+                             (batch["doc"] >= 0).sum().float()]).detach() / run.accum
+    if run.ddp:  # the losses of the whole global batch, not just this process's share
+        torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
+        sums /= run.world
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
+    text_l, flow_sum, balance_l, flow_share, real, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()
+    flow_l = flow_sum / flow_share if flow_share else None   # a step without frames has no flow loss
+    if not all(map(math.isfinite, (text_l, flow_l or 0.0, gnorm))):
+        loader.close()
+        raise SystemExit(f"step {run.step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
+                         f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} (if any) is "
+                         f"intact. Try a lower learning_rate or dtype=float32.")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if c.loss_centering and flow_l is not None:
+        run.center = update_center(run.center, text_l, flow_l, c)
+    update_balance_biases(raw_model, c.moe_bias_rate)
+    run.step += 1
+    run.seen += round(real * c.gradient_accumulation_steps)
+    return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
 
-    slots = range(rank * accum, (rank + 1) * accum)   # this process's global micro-batch indices
-    loader = Prefetcher(data, step, slots, c.batch_size, c.prefetch, c.loader_threads)
-    consumed = {k: v for k, v in saved.get("slots", {}).items() if k in slots}   # saved by the next checkpoint
-    pbar = tqdm(total=c.max_iters, initial=step, disable=not master, dynamic_ncols=True)
-    t0, last, waited, seen_at_log = time.time(), {}, 0.0, seen
-    while step < c.max_iters:
-        lr = learning_rate_at(step, c)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # per micro-batch, averaged over the step: text loss, flow loss (where there are frames to generate), MoE
-        # balance loss, whether there were such frames, real (non-padding) positions
-        sums = torch.zeros(5, device=dev)
-        for i in range(accum):
-            micro = rank * accum + i
-            made, consumed[micro] = loader.next()
-            batch = get_batch(data, enc, step, micro, c, dev, batch=made)
-            if fsdp:   # gradients are reduced on the last micro-batch only
-                model.set_requires_gradient_sync(i == accum - 1)
-            sync = model.no_sync() if ddp and not fsdp and i < accum - 1 else nullcontext()
-            with sync, autocast:
-                text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, step, micro, dev))
-                w_lm, w_flow = loss_weights(text_loss, flow_loss, c, center)
-                balance = auxiliary_loss(raw_model)
-                loss = (w_lm * text_loss + w_flow * flow_loss + balance) / accum
-            loss.backward()
-            has_flow = (~batch["cond"]).any().float()
-            sums += torch.stack([text_loss, flow_loss * has_flow, torch.as_tensor(balance, device=dev), has_flow,
-                                 (batch["doc"] >= 0).sum().float()]).detach() / accum
-        if ddp:  # log the losses of the whole global batch, not just this process's share
-            torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
-            sums /= world
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
-        text_l, flow_sum, balance_l, flow_share, real, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()
-        # (one host sync)
-        flow_l = flow_sum / flow_share if flow_share else None   # a step without frames has no flow loss
-        seen += round(real * c.gradient_accumulation_steps)
-        if not all(map(math.isfinite, (text_l, flow_l or 0.0, gnorm))):
-            loader.close()
-            raise SystemExit(f"step {step}: non-finite loss or gradient (text {text_l}, flow {flow_l}, grad norm "
-                             f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} is intact. "
-                             f"Try a lower learning_rate or dtype=float32.")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        center = update_center(center, text_l, flow_l, c) if c.loss_centering and flow_l is not None else center
-        update_balance_biases(raw_model, c.moe_bias_rate)
-        step += 1
+
+def append_log(run, record):
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    crash_point("log")
+
+
+def log_progress(run, c, s, loader, data, pbar):
+    """A line of metrics.jsonl and the progress bar: losses, speed in real tokens, padding, data wait, MFU."""
+    dt, run.t0 = time.time() - run.t0, time.time()
+    steps_done = c.log_interval if run.step % c.log_interval == 0 else run.step % c.log_interval
+    new = run.seen - run.seen_at_log   # real tokens: padding positions are computed but teach nothing
+    tok_s, pad_share = new / dt, 1 - new / (c.batch_size * c.seq_len * c.gradient_accumulation_steps * steps_done)
+    data_wait, run.waited, run.seen_at_log = loader.wait - run.waited, loader.wait, run.seen
+    text_l, flow_l = s["text_loss"], s["flow_loss"]
+    record = dict(step=run.step, text_loss=text_l, **losses(flow_loss=flow_l), loss=c.lambda_lm * text_l +
+                  c.lambda_flow * (flow_l or 0.0), lr=s["lr"], grad_norm=s["grad_norm"], tokens=run.seen,
+                  tokens_per_s=tok_s, pad_share=pad_share, data_wait_s=data_wait / steps_done,
+                  data_share=data_wait / dt, **({"balance_loss": s["balance_loss"]} if c.ffn == "moe" else {}),
+                  **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
+    if run.peak:
+        record["mfu"] = run.flops_per_step * steps_done / dt / run.peak
+    if run.device_type == "cuda":
+        record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.dev) / 2 ** 30
+    append_log(run, record)
+    pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
+                         f"data {data_wait / dt:.0%}" + (f" mfu {100 * record['mfu']:.1f}%" if run.peak else "")
+                         + (f" mem {record['peak_memory_gib']:.1f} GiB" if run.device_type == "cuda" else ""))
+
+
+def checkpoint(run, c, raw_model, optimizer):
+    """Whole weights, optimizer state, step, loss center, real tokens seen and every slot's reading position (from
+    the process that owns it), written by process 0."""
+    weights, opt_state = full_state(raw_model, optimizer, run.fsdp)   # collective under FSDP: every rank calls
+    slots = [run.consumed]
+    if run.ddp:
+        slots = [None] * run.world
+        torch.distributed.all_gather_object(slots, run.consumed)
+    if run.master:
+        data_state = dict(step=run.step, n_slots=c.gradient_accumulation_steps,
+                          slots={k: v for s in slots for k, v in s.items()})
+        save_checkpoint(run.ckpt_path, dict(model=weights, optimizer=opt_state, step=run.step, config=vars(c),
+                                            model_args=vars(raw_model.cfg), loss_center=run.center,
+                                            tokens=run.seen, data_state=data_state))
+
+
+def main(argv):
+    from tqdm import tqdm
+    from realdata import Prefetcher
+    c = configure(DEFAULTS, argv, [__file__])
+    run = setup_processes(c)
+    tok, enc, data, model = build(c, run.dev)
+    model.activation_checkpointing = c.activation_checkpointing
+    ckpt = resume_or_start(run, c, model, data)
+    raw_model = model
+    model, optimizer = wrap(run, c, model, ckpt)
+    announce(run, c, raw_model)
+    loader = Prefetcher(data, run.step, run.slots, c.batch_size, c.prefetch, c.loader_threads)
+    pbar = tqdm(total=c.max_iters, initial=run.step, disable=not run.master, dynamic_ncols=True)
+    run.t0, run.waited, run.seen_at_log = time.time(), 0.0, run.seen
+    while run.step < c.max_iters:
+        s = train_step(run, c, model, raw_model, optimizer, loader, data, enc)
         pbar.update(1)
-
-        if master and (step % c.log_interval == 0 or step == c.max_iters):
-            dt, t0 = time.time() - t0, time.time()
-            steps_done = c.log_interval if step % c.log_interval == 0 else step % c.log_interval
-            tok_s = (seen - seen_at_log) / dt   # real tokens: padding positions are computed but teach nothing
-            pad_share, seen_at_log = 1 - (seen - seen_at_log) / (c.batch_size * c.seq_len *
-                                                                 c.gradient_accumulation_steps * steps_done), seen
-            data_wait, waited = loader.wait - waited, loader.wait   # seconds the loop waited for data
-            last = dict(step=step, text_loss=text_l, **losses(flow_loss=flow_l), loss=c.lambda_lm * text_l +
-                        c.lambda_flow * (flow_l or 0.0), lr=lr, grad_norm=gnorm, tokens=seen, tokens_per_s=tok_s,
-                        pad_share=pad_share,
-                        data_wait_s=data_wait / steps_done, data_share=data_wait / dt,
-                        **({"balance_loss": balance_l} if c.ffn == "moe" else {}),
-                        **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
-            if peak:
-                last["mfu"] = flops_per_step * steps_done / dt / peak
-            if device_type == "cuda":
-                last["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-            log(last)
-            pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
-                                 f"data {data_wait / dt:.0%}"
-                                 + (f" mfu {100 * last['mfu']:.1f}%" if peak else "")
-                                 + (f" mem {last['peak_memory_gib']:.1f} GiB" if device_type == "cuda" else ""))
-        if step % c.eval_interval == 0 or step == c.max_iters:
-            if master or fsdp:   # a sharded model runs forward passes on every rank together
-                scores = evaluate(raw_model, tok, enc, data, c, dev, step, write=master)
-            if master:
-                log(dict(step=step, text_loss=text_l, **losses(flow_loss=flow_l), tokens=seen, **scores))
-                pbar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            checkpoint()
-            t0 = time.time()
+        last = run.step == c.max_iters
+        if run.master and (run.step % c.log_interval == 0 or last):
+            log_progress(run, c, s, loader, data, pbar)
+        if run.step % c.eval_interval == 0 or last:
+            if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
+                scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
+            if run.master:
+                append_log(run, dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
+                                     tokens=run.seen, **scores))
+                pbar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            checkpoint(run, c, raw_model, optimizer)
+            run.t0 = time.time()
     pbar.close()
     loader.close()
-    if ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
+    if run.ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
         del model
         torch.distributed.destroy_process_group()
 
