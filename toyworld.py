@@ -483,6 +483,39 @@ def render_view(maze: Maze, pose, image_size: int = 32) -> np.ndarray:
     return np.clip(np.where(on_wall[..., None], wall_rgb[None], image), 0, 255).astype(np.uint8)
 
 
+def render_topdown(maze: Maze, pose, image_size: int = 32, span: float = 5.0) -> np.ndarray:
+    """uint8 [H, W, 3] egocentric map: a span x span block window that turns and moves with the robot, which sits at
+    the middle of the bottom quarter facing up. Walls in their plain colours, floor one shade: far easier to predict
+    than the ray-cast view (a turn rotates the picture, a step slides it), for models trained on a CPU."""
+    (x, y, yaw), s = pose, image_size
+    ahead = (0.75 * s - np.arange(s) - 0.5)[:, None] / s * span                 # [H, 1] blocks ahead of the robot
+    left = (s / 2 - np.arange(s) - 0.5)[None, :] / s * span                      # [1, W] blocks to its left
+    px = x + ahead * np.cos(yaw) - left * np.sin(yaw)
+    py = y + ahead * np.sin(yaw) + left * np.cos(yaw)
+    h, w = maze.wall.shape
+    i, j = np.floor(px).astype(int), np.floor(py).astype(int)
+    inside = (i >= 0) & (i < w) & (j >= 0) & (j < h)
+    i, j = i.clip(0, w - 1), j.clip(0, h - 1)
+    wall = ~inside | maze.wall[j, i]
+    image = np.where(wall[..., None], maze.color[j, i], np.array([70.0, 60.0, 50.0]))
+    return image.astype(np.uint8)
+
+
+NAV_VIEWS = ("ray", "ray_low", "topdown")
+
+
+def view(maze: Maze, pose, image_size: int = 32, kind: str = "ray") -> np.ndarray:
+    """What the robot sees: "ray" (first person), "ray_low" (first person at half the resolution, each pixel
+    doubled, so that a CPU-sized model has a quarter of the detail to draw) or "topdown" (render_topdown)."""
+    if kind == "ray_low":
+        return render_view(maze, pose, image_size // 2).repeat(2, 0).repeat(2, 1)
+    if kind == "topdown":
+        return render_topdown(maze, pose, image_size)
+    if kind != "ray":
+        raise ValueError(f"unknown navigation view {kind!r}: use one of {NAV_VIEWS}")
+    return render_view(maze, pose, image_size)
+
+
 def random_pose(rng: np.random.Generator, maze: Maze) -> np.ndarray:
     """A free block's centre, jittered, facing anywhere."""
     free = np.argwhere(~maze.wall)

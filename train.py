@@ -35,6 +35,7 @@ tokenizer = "bytes"           # byte-level tiktoken encoding built in code; or a
 image_size = 32
 max_shapes = 3
 video_frames = 4
+nav_view = "ray"              # navigation frames: "ray", "ray_low" or "topdown" (toyworld.view)
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
 batch_size = 16               # rows per micro-batch per process
 seq_len = 256
@@ -178,7 +179,7 @@ def _build(c, device):
                          c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
     else:
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout)
+                            c.video_frames, c.cfg_dropout, c.nav_view)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
