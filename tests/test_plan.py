@@ -139,7 +139,7 @@ def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
         assert f"| {name} |" in table
     plan.main([*common, "--mode=predict", "--episodes=2", "--horizon=2"])
     table = capsys.readouterr().out
-    assert table.count("| trained model |") == 2 and table.count("| copy last context frame |") == 2   # after 1, 2
+    assert table.count("| trained model |") == 4 and table.count("| copy last context frame |") == 4   # 1, 2, 4, 8
     plan.main([*common, "--mode=rollout", "--actions=w w|d", "--sentences=go to the red wall", "--new_frames=1"])
     gif = Image.open(tmp_path / "rollout.gif")
     assert gif.n_frames == 4 + 2 and gif.size == (4 * 3 * 34, 4 * 2 * 34)   # 3 alternatives, model above truth
