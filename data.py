@@ -326,7 +326,7 @@ class ToyWorldData:
 SHARD_MAGIC = 20240520                        # llm.c: 256 int32 header (magic, version, token count), then tokens
 SHARD_DTYPES = {1: np.uint16, 2: np.uint32}   # version 2 is ours: uint32 tokens, for vocabularies over 65,536
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-CONTEXT_FRAMES = 4                            # navigation: 4 context frames, then 1 to 4 predicted ones (section 5)
+CONTEXT_FRAMES = NAV_CONTEXT                  # navigation: 4 context frames, then 1 to 4 steps, the last one learned
 
 
 def write_shard(path, tokens, vocab_size):
