@@ -33,7 +33,8 @@ def walk_frames(maze, poses, image_size, view):
 
 def needs_turn(start, end, min_distance=1.0, min_turn=np.pi / 3):
     """The goal pose is at least min_distance away and heads at least min_turn away from the start's heading."""
-    return bool(np.linalg.norm(end[:2] - start[:2]) >= min_distance and abs(tw.wrap_angle(end[2] - start[2])) >= min_turn)
+    far = np.linalg.norm(end[:2] - start[:2]) >= min_distance
+    return bool(far and abs(tw.wrap_angle(end[2] - start[2])) >= min_turn)
 
 
 def episode(index, horizon=8, image_size=32, view="ray", warmup=4, tries=100):
@@ -199,27 +200,40 @@ def psnr(mse):
     return 10 * np.log10(1 / np.maximum(mse, 1e-10))
 
 
+def mean_frame(image_size, view, mazes=40):
+    """The average view over walks in training mazes: what a predictor that has learned only blur would draw (pixel
+    MSE rewards it wherever it is unsure), so a world model must beat it as well as copying."""
+    frames = []
+    for i in range(mazes):
+        rng, maze = np.random.default_rng([i, 2]), tw.maze_for(i)
+        poses, _ = tw.walk(rng, maze, tw.random_pose(rng, maze), 8, goal_directed=True)
+        frames.append(walk_frames(maze, poses, image_size, view))
+    return np.mean(frames, axis=(0, 1)).round().astype(np.uint8)
+
+
 def predict_quality(model, tok, enc, c):
-    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the trained model, and copying the last context frame.
-    The simulator itself scores 0."""
+    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the trained model, copying the last context frame, and
+    the mean frame. The simulator itself scores 0."""
     generator, steps = torch.Generator(c.dev).manual_seed(c.seed), PREDICT_STEPS
-    out = {"model": [], "copy": []}
+    out, mean = {"model": [], "copy": [], "mean": []}, mean_frame(c.image_size, c.view)
     for i in range(c.episodes):
         ep = episode(i, steps[-1], c.image_size, c.view)
         texts = [[action_text(*a) for a in ep["actions"]]]
         made = enc.decode(imagine(model, tok, enc.encode(ep["context"]).to(c.dev), texts, c.steps, generator)[0])
         truth, at = ep["frames"], [k - 1 for k in steps]
-        for name, pred in (("model", made), ("copy", np.repeat(ep["context"][-1:], len(truth), 0))):
+        for name, pred in (("model", made), ("copy", np.repeat(ep["context"][-1:], len(truth), 0)),
+                           ("mean", np.repeat(mean[None], len(truth), 0))):
             out[name].append(np.stack(frame_errors(pred[at], truth[at], enc), 1))
     return {k: np.array(v) for k, v in out.items()}, steps
 
 
 def prediction_table(quality, steps, c):
     ci = lambda x: "{:.4f} [{:.4f}, {:.4f}]".format(x.mean(), *bootstrap_ci(x))
-    lines = [f"{c.episodes} held-out episodes, true actions, each imagined frame committed as context; {c.steps} Euler "
-             f"steps; mean [95% bootstrap CI]", "",
-             "| actions ahead | predictor | pixel MSE | PSNR (dB) | latent MSE |", "| ---: | --- | ---: | ---: | ---: |"]
-    names = {"model": "trained model", "copy": "copy last context frame"}
+    lines = [f"{c.episodes} held-out episodes, true actions, each imagined frame committed as context; Euler steps "
+             f"per frame: {c.steps}; mean [95% bootstrap CI]", "",
+             "| actions ahead | predictor | pixel MSE | PSNR (dB) | latent MSE |",
+             "| ---: | --- | ---: | ---: | ---: |"]
+    names = {"model": "trained model", "copy": "copy last context frame", "mean": "mean frame (training mazes)"}
     for j, k in enumerate(steps):
         for name, errs in quality.items():
             lines.append(f"| {k} | {names[name]} | {ci(errs[:, j, 0])} | {psnr(errs[:, j, 0].mean()):.1f} | "
@@ -334,11 +348,16 @@ def planning_table(results, c):
              "random": "random actions", "still": "no motion"}
     ci = lambda x: "{:.2f} [{:.2f}, {:.2f}]".format(x.mean(), *bootstrap_ci(x))
     lines = [f"{c.episodes} held-out episodes whose goals need a turn x {c.repeats} repeats, horizon {c.horizon}, "
-             f"{c.samples} samples, top {c.elites}, {c.iterations} iterations, score {c.score}, {c.steps} Euler steps; "
+             f"{c.samples} samples, top {c.elites}, {c.iterations} iterations, score {c.score}, Euler steps {c.steps}; "
              f"mean [95% bootstrap CI over episodes]", "",
              "| planner | ATE | RPE | final error | s / episode |", "| --- | ---: | ---: | ---: | ---: |"]
-    return lines + [f"| {names[p]} | {ci(e[:, 0])} | {ci(e[:, 1])} | {ci(e[:, 2])} | {sec:.1f} |"
-                    for p, (e, sec) in results.items()]
+    lines += [f"| {names[p]} | {ci(e[:, 0])} | {ci(e[:, 1])} | {ci(e[:, 2])} | {sec:.1f} |"
+              for p, (e, sec) in results.items()]
+    if "model" in results:   # the same episodes for every planner: the paired difference is the sharper test
+        lines += ["", "final error, CEM with the model minus another planner, paired over episodes:"]
+        lines += [f"- {names[p]}: {ci(results['model'][0][:, 2] - e[:, 2])}" for p, (e, _) in results.items()
+                  if p != "model"]
+    return lines
 
 
 if __name__ == "__main__":
