@@ -484,36 +484,23 @@ def render_view(maze: Maze, pose, image_size: int = 32) -> np.ndarray:
 
 
 def render_topdown(maze: Maze, pose, image_size: int = 32, span: float = 5.0) -> np.ndarray:
-    """uint8 [H, W, 3] egocentric map: a span x span block window that turns and moves with the robot, which sits at
-    the middle of the bottom quarter facing up. Walls in their plain colours, floor one shade: far easier to predict
-    than the ray-cast view (a turn rotates the picture, a step slides it), for models trained on a CPU."""
-    (x, y, yaw), s = pose, image_size
+    """uint8 [H, W, 3] egocentric map of span x span blocks, robot at the middle of the bottom quarter facing up, plain
+    colours. A turn rotates it and a step slides it: far easier to predict than the ray-cast view for a CPU model."""
+    (x, y, yaw), s, (h, w) = pose, image_size, maze.wall.shape
     ahead = (0.75 * s - np.arange(s) - 0.5)[:, None] / s * span                 # [H, 1] blocks ahead of the robot
     left = (s / 2 - np.arange(s) - 0.5)[None, :] / s * span                      # [1, W] blocks to its left
-    px = x + ahead * np.cos(yaw) - left * np.sin(yaw)
-    py = y + ahead * np.sin(yaw) + left * np.cos(yaw)
-    h, w = maze.wall.shape
-    i, j = np.floor(px).astype(int), np.floor(py).astype(int)
-    inside = (i >= 0) & (i < w) & (j >= 0) & (j < h)
-    i, j = i.clip(0, w - 1), j.clip(0, h - 1)
-    wall = ~inside | maze.wall[j, i]
-    image = np.where(wall[..., None], maze.color[j, i], np.array([70.0, 60.0, 50.0]))
-    return image.astype(np.uint8)
+    i = np.floor(x + ahead * np.cos(yaw) - left * np.sin(yaw)).astype(int).clip(0, w - 1)   # the outer blocks are
+    j = np.floor(y + ahead * np.sin(yaw) + left * np.cos(yaw)).astype(int).clip(0, h - 1)   # walls: clip onto them
+    return np.where(maze.wall[j, i, None], maze.color[j, i], np.array([70.0, 60.0, 50.0])).astype(np.uint8)
 
 
-NAV_VIEWS = ("ray", "ray_low", "topdown")
+NAV_VIEWS = {"ray": render_view, "topdown": render_topdown}   # what the robot sees: first person, or a map
 
 
 def view(maze: Maze, pose, image_size: int = 32, kind: str = "ray") -> np.ndarray:
-    """What the robot sees: "ray" (first person), "ray_low" (first person at half the resolution, each pixel
-    doubled, so that a CPU-sized model has a quarter of the detail to draw) or "topdown" (render_topdown)."""
-    if kind == "ray_low":
-        return render_view(maze, pose, image_size // 2).repeat(2, 0).repeat(2, 1)
-    if kind == "topdown":
-        return render_topdown(maze, pose, image_size)
-    if kind != "ray":
-        raise ValueError(f"unknown navigation view {kind!r}: use one of {NAV_VIEWS}")
-    return render_view(maze, pose, image_size)
+    if kind not in NAV_VIEWS:
+        raise ValueError(f"unknown navigation view {kind!r}: use one of {list(NAV_VIEWS)}")
+    return NAV_VIEWS[kind](maze, pose, image_size)
 
 
 def random_pose(rng: np.random.Generator, maze: Maze) -> np.ndarray:
