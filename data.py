@@ -133,8 +133,10 @@ def robot_frame_actions(position, yaw):
 
 
 def navigation_example(tok, context, actions, targets=None):
-    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to
-    (learned by flow matching). actions are strings; targets None (prompt for the step to generate) or frames."""
+    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to.
+    actions are strings; targets None (prompt for the step to generate) or frames. Only the last target is learned
+    (flow matching); earlier ones are seen clean, as a rollout commits each imagined frame before the next: a chain
+    of noisy targets would teach predicting from noisy predecessors that inference never shows."""
     ids = [tok.bos]
     for _ in context:
         ids += [tok.boi, FRAME, tok.eoi]
@@ -142,7 +144,7 @@ def navigation_example(tok, context, actions, targets=None):
     for i, action in enumerate(actions):
         ids += tok.encode(action) + [tok.boi, FRAME]
         frames.append(None if targets is None else targets[i])
-        cond.append(False)
+        cond.append(i < len(actions) - 1)
         if targets is not None or i < len(actions) - 1:
             ids.append(tok.eoi)
     return Example(ids + ([tok.eos] if targets is not None else []), frames, cond)
@@ -220,7 +222,7 @@ def tensor_to_device(x, device):
 # video and navigation examples, generated on the fly.
 
 SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation")
-NAV_CONTEXT, NAV_MAX_TARGETS = 4, 3     # the paper's 4 context frames; at most 3 predicted steps per example
+NAV_CONTEXT = 4     # App. F.1: 4 context frames, one action, one target frame
 SPLITS = {"train": 0, "val": 1, "eval_prompts": 2}
 
 
@@ -240,18 +242,16 @@ def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
 
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3,
-                 video_frames=4, cfg_dropout=0.1, caption_clean_image=False):
+                 video_frames=4, cfg_dropout=0.1, caption_clean_image=False, nav_view="ray"):
         self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
         self.caption_clean_image = caption_clean_image
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
-        self.video_frames, self.cfg_dropout = video_frames, cfg_dropout
-        nav_len = lambda k: navigation_example(tok, [None] * NAV_CONTEXT, [action_text(0, 0, 0)] * k,
-                                               [None] * k).length(tokens_per_frame)
-        self.nav_steps = max([k for k in range(1, NAV_MAX_TARGETS + 1) if nav_len(k) <= seq_len], default=0)
-        if "navigation" in self.names and not self.nav_steps:
-            raise ValueError(f"a navigation example needs {nav_len(1)} positions but seq_len is {seq_len}: raise "
+        self.video_frames, self.cfg_dropout, self.nav_view = video_frames, cfg_dropout, nav_view
+        nav_len = navigation_example(tok, [None] * NAV_CONTEXT, [action_text(0, 0, 0)], [None]).length(tokens_per_frame)
+        if "navigation" in self.names and nav_len > seq_len:
+            raise ValueError(f"a navigation example needs {nav_len} positions but seq_len is {seq_len}: raise "
                              f"seq_len or drop navigation from the mixture")
         self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
 
@@ -276,15 +276,14 @@ class ToyWorldData:
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
 
     def navigation(self, rng):
-        """4 frames of a walk (random or goal-directed) in a training maze, then 1..nav_steps actions as text, each
-        followed by the frame it leads to. Held-out mazes (plan.py) have seeds of the other parity."""
+        """4 frames of a walk (random or goal-directed) in a training maze, then the next action as text and the
+        frame it leads to. One target only: a second would learn from a noisy first one, while a rollout commits
+        each imagined frame clean. Held-out mazes (plan.py) have seeds of the other parity."""
         maze = toyworld.maze_for(rng.integers(2 ** 31))
-        k = int(rng.integers(1, self.nav_steps + 1))
-        poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT - 1 + k,
+        poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT,
                                        goal_directed=rng.random() < 0.5)
-        frames = [toyworld.render_view(maze, p, self.image_size) for p in poses]
-        return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*a) for a in actions[-k:]],
-                                  frames[NAV_CONTEXT:])
+        frames = [toyworld.view(maze, p, self.image_size, self.nav_view) for p in poses]
+        return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*actions[-1])], frames[NAV_CONTEXT:])
 
     def batch(self, step, micro, batch_size, split="train"):
         """Rows for one micro-batch; `micro` is the global micro-batch index (rank * accumulation + i), so the

@@ -504,6 +504,26 @@ def render_view(maze: Maze, pose, image_size: int = 32) -> np.ndarray:
     return np.clip(np.where(on_wall[..., None], wall_rgb[None], image), 0, 255).astype(np.uint8)
 
 
+def render_topdown(maze: Maze, pose, image_size: int = 32, span: float = 5.0) -> np.ndarray:
+    """uint8 [H, W, 3] egocentric map of span x span blocks, robot at the middle of the bottom quarter facing up, plain
+    colours. A turn rotates it and a step slides it: far easier to predict than the ray-cast view for a CPU model."""
+    (x, y, yaw), s, (h, w) = pose, image_size, maze.wall.shape
+    ahead = (0.75 * s - np.arange(s) - 0.5)[:, None] / s * span                 # [H, 1] blocks ahead of the robot
+    left = (s / 2 - np.arange(s) - 0.5)[None, :] / s * span                      # [1, W] blocks to its left
+    i = np.floor(x + ahead * np.cos(yaw) - left * np.sin(yaw)).astype(int).clip(0, w - 1)   # the outer blocks are
+    j = np.floor(y + ahead * np.sin(yaw) + left * np.cos(yaw)).astype(int).clip(0, h - 1)   # walls: clip onto them
+    return np.where(maze.wall[j, i, None], maze.color[j, i], np.array([70.0, 60.0, 50.0])).astype(np.uint8)
+
+
+NAV_VIEWS = {"ray": render_view, "topdown": render_topdown}   # what the robot sees: first person, or a map
+
+
+def view(maze: Maze, pose, image_size: int = 32, kind: str = "ray") -> np.ndarray:
+    if kind not in NAV_VIEWS:
+        raise ValueError(f"unknown navigation view {kind!r}: use one of {list(NAV_VIEWS)}")
+    return NAV_VIEWS[kind](maze, pose, image_size)
+
+
 def random_pose(rng: np.random.Generator, maze: Maze) -> np.ndarray:
     """A free block's centre, jittered, facing anywhere."""
     free = np.argwhere(~maze.wall)

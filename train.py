@@ -37,6 +37,7 @@ tokenizer = "bytes"           # byte-level tiktoken encoding built in code; or a
 image_size = 32
 max_shapes = 3
 video_frames = 4
+nav_view = "ray"              # navigation frames: "ray" (first person) or "topdown" (toyworld.view)
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
 caption_clean_image = False   # image->caption: the image clean, without flow loss (the paper's: noisy, with it)
 batch_size = 16               # rows per micro-batch per process

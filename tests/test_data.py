@@ -133,7 +133,7 @@ def test_navigation_example_layout():
     tok = Tokenizer()
     img = np.zeros((8, 8, 3), np.uint8)
     ex = navigation_example(tok, [img] * 4, ["w", "a"], [img, img])
-    assert ex.cond == [True] * 4 + [False, False] and len(ex.frames) == 6
+    assert ex.cond == [True] * 5 + [False] and len(ex.frames) == 6   # a chain learns its last frame, from clean ones
     b = collate([[ex]], 64, N, tok.pad)
     t = b["tokens"][0]
     # bos, 4 x (BOI frame EOI), 'w' BOI frame EOI, 'a' BOI frame EOI, eos

@@ -22,6 +22,40 @@ def test_ate_and_rpe_by_hand():
     assert plan.ate(shifted, truth) == pytest.approx(3.0) and plan.rpe(shifted, truth) == 0.0
 
 
+def test_prediction_errors_on_hand_made_frames():
+    """One white 8x8 patch on black: 1/16 of the pixels off by the full range, one of 16 tokens off by 2 in [-1, 1]."""
+    black = np.zeros((2, 32, 32, 3), np.uint8)
+    patch = black.copy()
+    patch[1, 8:16, 16:24] = 255
+    pixel, latent = plan.frame_errors(patch, black, ENC)
+    assert np.allclose(pixel, [0, 1 / 16]) and np.allclose(latent, [0, 4 / 16])
+    assert plan.psnr(1 / 16) == pytest.approx(10 * np.log10(16)) and plan.psnr(0.0) > 90
+
+
+def test_episodes_need_turns_that_the_baselines_cannot_make():
+    start_errors, forward_errors = [], []
+    for i in range(12):
+        ep = plan.episode(i, horizon=8)
+        assert plan.needs_turn(ep["start"], ep["truth"][-1]) and ep["frames"].shape == (8, 32, 32, 3)
+        assert np.array_equal(ep["goal"], ep["frames"][-1])
+        assert np.array_equal(ep["frames"], plan.true_frames(ep["maze"], ep["start"], ep["actions"], 32))
+        went = tw.rollout_poses(ep["maze"], ep["start"], np.tile(plan.CEM_START, (8, 1)))[-1, :2]
+        forward_errors.append(np.linalg.norm(went - ep["truth"][-1, :2]))
+        start_errors.append(np.linalg.norm(ep["start"][:2] - ep["truth"][-1, :2]))
+    assert min(start_errors) >= 1.0 and np.mean(forward_errors) > 0.8
+
+
+def test_bootstrap_interval_of_the_mean():
+    assert plan.bootstrap_ci([0.7] * 20) == pytest.approx((0.7, 0.7))
+    coins = np.array([0, 1] * 200)        # mean 0.5, standard error 0.5 / sqrt(400) = 0.025: 95% within +-0.049
+    lo, hi = plan.bootstrap_ci(coins)
+    assert lo == pytest.approx(0.451, abs=0.01) and hi == pytest.approx(0.549, abs=0.01)
+    lo4, hi4 = plan.bootstrap_ci(coins[:100])   # a quarter of the episodes: twice as wide
+    assert (hi4 - lo4) == pytest.approx(2 * (hi - lo), rel=0.2)
+    pairs = plan.bootstrap_ci(np.stack([coins, 2 * coins], 1))   # columns resampled together, by episode
+    assert np.allclose(pairs[1], [hi, 2 * hi])
+
+
 def test_cem_with_the_simulator_reaches_easy_goals():
     """Goals two W steps straight ahead in an open room: the simulator as world model must end far closer to them
     than standing still does (in mazes and at horizon 8 CEM on a pixel-latent score is much weaker; see plan.py)."""
@@ -103,6 +137,9 @@ def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
     for name in ("CEM, trained model", "CEM, simulator (oracle)", "CEM's start (forward)", "random actions",
                  "no motion"):
         assert f"| {name} |" in table
+    plan.main([*common, "--mode=predict", "--episodes=2", "--horizon=2"])
+    table = capsys.readouterr().out
+    assert table.count("| trained model |") == 4 and table.count("| copy last context frame |") == 4   # 1, 2, 4, 8
     plan.main([*common, "--mode=rollout", "--actions=w w|d", "--sentences=go to the red wall", "--new_frames=1"])
     gif = Image.open(tmp_path / "rollout.gif")
     assert gif.n_frames == 4 + 2 and gif.size == (4 * 3 * 34, 4 * 2 * 34)   # 3 alternatives, model above truth

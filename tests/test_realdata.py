@@ -280,7 +280,7 @@ def test_navigation_windows_from_an_nwm_folder(tmp_path):
     for t, ex in enumerate(exs):
         values = [round(f.mean() / 10) for f in ex.frames]
         k = len(values) - 4
-        assert 1 <= k <= 4 and values == list(range(t, t + 4 + k)) and ex.cond == [True] * 4 + [False] * k
+        assert 1 <= k <= 4 and values == list(range(t, t + 4 + k)) and ex.cond == [True] * (3 + k) + [False]
         text = text_of(tok, ex)
         assert text == "".join(action_text(*actions[t + 3 + j]) for j in range(k))
     assert len({len(ex.frames) for ex in exs}) > 1     # 1 to 4 target frames, drawn per window

@@ -297,3 +297,18 @@ def test_nwm_layout_round_trips_the_executed_actions(tmp_path):
     assert data["position"].shape == (13, 2) and data["yaw"].shape == (13,)
     executed = robot_frame_actions(data["position"], data["yaw"])
     assert np.allclose(executed, actions, atol=1e-9) and np.abs(actions[:, :2]).sum() > 1   # steps were taken
+
+
+def test_topdown_view_turns_and_moves_with_the_robot():
+    room = open_room(9)
+    room.wall[4, 6], room.color[4, 6] = True, (200, 60, 60)   # a red block 1.5 to 2.5 blocks east of (4.5, 4.5)
+    red = lambda im, r, c: tuple(im[r, c]) == (200, 60, 60)
+    east = tw.view(room, (4.5, 4.5, 0.0), kind="topdown")      # facing it: straight above the robot (row 24, col 16)
+    assert red(east, 11, 16) and not red(east, 24, 16) and not red(east, 11, 28)
+    north = tw.view(room, (4.5, 4.5, np.pi / 2), kind="topdown")   # facing +y (counter-clockwise): now on its right
+    assert red(north, 24, 28) and not red(north, 11, 16)
+    closer = tw.view(room, tw.move(room, (4.5, 4.5, 0.0), tw.NAV_KEYS["w"]), kind="topdown")
+    assert red(closer, 16, 16) and not red(east, 16, 16)      # a W step slides it 0.5 blocks (3.2 px) down
+    assert np.array_equal(tw.view(room, (4.5, 4.5, 0.0)), tw.render_view(room, (4.5, 4.5, 0.0)))   # "ray"
+    with pytest.raises(ValueError, match="unknown navigation view"):
+        tw.view(room, (4.5, 4.5, 0.0), kind="sonar")
