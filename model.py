@@ -131,7 +131,7 @@ def dense_mask(doc, frame, doc_k=None, frame_k=None):
 def plain_causal(doc, frame):
     """Whether the rule is plain causal at every position that is read: no frames, and each row one document
     followed only by padding (doc -1; only the padding's own outputs, which nothing reads, would see more). Then
-    SDPA's is_causal path runs instead of a dense mask and skips the blocks above the diagonal."""
+    SDPA runs with is_causal, and no [B, S, S] mask is made or read (text shards' rows are mostly like this)."""
     return bool((frame < 0).all() and ((doc[:, 1:] == doc[:, :-1]) | (doc[:, 1:] < 0)).all())
 
 
@@ -246,8 +246,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v, commit)
-        if mask is None or isinstance(mask, torch.Tensor):   # None: plain causal (see attention_mask)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        causal = isinstance(mask, str)   # "causal": see attention_mask
+        if causal or isinstance(mask, torch.Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                               enable_gqa=True)
         else:
             y = flex_attention(q, k, v, mask)
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
@@ -418,8 +420,8 @@ class UnifiedTransformer(nn.Module):
         use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
         if use_flex:
             return flex_block_mask(doc, frame)
-        # None: plain causal. Checked on the CPU only, where reading the answer costs no wait for a device
-        return None if doc.device.type == "cpu" and plain_causal(doc, frame) else dense_mask(doc, frame)
+        # checked on the CPU only, where reading the answer costs no wait for a device
+        return "causal" if doc.device.type == "cpu" and plain_causal(doc, frame) else dense_mask(doc, frame)
 
     # -- accounting ---------------------------------------------------------------------------------------------
     def num_params(self):
