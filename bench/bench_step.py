@@ -45,16 +45,18 @@ def main(argv):
 
     for i in range(c.warmup):   # compilation (and the allocator's first sizes) happen here
         step(i)
-    times = []   # the best of a few medians: on a shared machine the other jobs only ever add time
+    times, cpu = [], []   # the best of a few medians: on a shared machine the other jobs only ever add time
     for _ in range(c.repeats):
         sync()
-        t = []
+        t, p = [], []
         for i in range(c.steps):
-            t0 = time.perf_counter()
+            t0, p0 = time.perf_counter(), time.process_time()
             step(i)
             sync()
             t.append(time.perf_counter() - t0)
+            p.append(time.process_time() - p0)
         times.append(sorted(t)[len(t) // 2])
+        cpu.append(sorted(p)[len(p) // 2])
     dt = min(times)
     tokens = c.batch_size * c.seq_len
     frames = sum(len(b["cond"]) for b in batches) / len(batches)
@@ -63,6 +65,8 @@ def main(argv):
           f"torch {torch.__version__}, compile={c.compile}")
     print(f"step {dt * 1e3:.1f} ms | {tokens / dt:,.0f} tokens/s (medians of {c.repeats} x {c.steps} steps: "
           + ", ".join(f"{tokens / x:,.0f}" for x in times) + ")")
+    print(f"CPU time per step {min(cpu) * 1e3:.1f} ms ({tokens / min(cpu):,.0f} tokens per CPU second: steadier than "
+          f"wall time when other jobs share the cores)")
     if c.top:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
