@@ -129,9 +129,8 @@ def dense_mask(doc, frame, doc_k=None, frame_k=None):
 
 
 def plain_causal(doc, frame):
-    """Whether the rule is plain causal at every position that is read: no frames, and each row one document
-    followed only by padding (doc -1; only the padding's own outputs, which nothing reads, would see more). Then
-    SDPA runs with is_causal, and no [B, S, S] mask is made or read (text shards' rows are mostly like this)."""
+    """Whether the rule is plain causal wherever it is read: no frames, each row one document then only padding
+    (whose own outputs, read by nothing, would see more). Text shards' rows are: SDPA's is_causal, no [B, S, S] mask."""
     return bool((frame < 0).all() and ((doc[:, 1:] == doc[:, :-1]) | (doc[:, 1:] < 0)).all())
 
 
@@ -166,9 +165,8 @@ def flex_attention(q, k, v, block_mask):
 # Building blocks.
 
 def rope_angles(pos, head_dim, theta):
-    """Rotary cos and sin [..., S, 1, D] for integer positions [B, S] (or [S]), made once per forward for every
-    layer: each angle twice (a head's two halves turn together), sin's first half negated for apply_rope. Computed
-    on the fly, so generation can run past the training length and each row can have its own positions."""
+    """Rotary cos, sin [..., S, 1, D] for positions [B, S] or [S], once per forward for all layers: each angle twice,
+    sin's first half negated (apply_rope). On the fly: generation runs past the training length, rows differ."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
     angles = pos.float()[..., None] * inv_freq
     cos, sin = angles.cos(), angles.sin()
@@ -246,10 +244,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v, commit)
-        causal = isinstance(mask, str)   # "causal": see attention_mask
-        if causal or isinstance(mask, torch.Tensor):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
-                                               enable_gqa=True)
+        if isinstance(mask, str):   # "causal": see attention_mask
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif isinstance(mask, torch.Tensor):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
             y = flex_attention(q, k, v, mask)
         return self.wo(y.transpose(1, 2).reshape(B, S, -1))
@@ -417,11 +415,10 @@ class UnifiedTransformer(nn.Module):
     def attention_mask(self, doc, frame, cache=None):
         if cache is not None:  # generation: new positions against cached + new ones, shapes vary: the dense path
             return dense_mask(doc, frame, *cache.ids_with(doc, frame))
-        use_flex = self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda")
-        if use_flex:
+        if self.cfg.attention == "flex" or (self.cfg.attention == "auto" and doc.device.type == "cuda"):
             return flex_block_mask(doc, frame)
-        # checked on the CPU only, where reading the answer costs no wait for a device
-        return "causal" if doc.device.type == "cpu" and plain_causal(doc, frame) else dense_mask(doc, frame)
+        causal = doc.device.type == "cpu" and plain_causal(doc, frame)   # on a GPU, the check would wait for it
+        return "causal" if causal else dense_mask(doc, frame)
 
     # -- accounting ---------------------------------------------------------------------------------------------
     def num_params(self):
