@@ -6,9 +6,8 @@ encoder, flow matching runs in that latent space, and a frozen decoder maps gene
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
 plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
 semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
-pixels; the download of published weights; VAEs; build_encoder; the pre-encoding command.
+pixels; VAEs; build_encoder. Downloads and weight files are files.py's; pre-encoding image shards is realdata.py's.
 """
-import json
 import os
 import re
 
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from files import read_weights, weights_file
 
 
 class PixelPatches:
@@ -73,7 +74,7 @@ class ViTBlock(nn.Module):
         return x + (m if self.ls2 is None else m * self.ls2)
 
 
-BLOCK_KEYS = {  # published names of a block's parts -> ViTBlock's (SigLIP; DINOv2 and ViT-MAE in transformers 4 and 5)
+BLOCK_KEYS = {  # published names of a block's parts (SigLIP, DINOv2, ViT-MAE; old and new layouts) -> ViTBlock's
     "layer_norm1": "norm1", "layernorm_before": "norm1", "layer_norm2": "norm2", "layernorm_after": "norm2",
     "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.out_proj": "o",
     "attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
@@ -242,122 +243,11 @@ class RAEDecoder(nn.Module):
         return x.reshape(-1, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, g * p, g * p)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Weights from the Hugging Face hub: downloaded once into a cache, resumable, never half-written.
-
-HUB = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def cache_dir():
-    return os.environ.get("BLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "beyond-lm"))
-
-
-def hub_file(repo, filename, revision="main", size=None, sha256=None, endpoint=None):
-    """Local path of repo/filename, downloading it first if the cache lacks it. A partial download (.part) is
-    resumed with an HTTP Range request; the file is renamed into place only once its size (and sha256, if given)
-    check out. HF_TOKEN is sent for gated repositories; BLM_OFFLINE=1 only reads the cache."""
-    import requests
-    from tqdm import tqdm
-    dest = os.path.join(cache_dir(), repo, revision, filename)
-    if os.path.exists(dest):
-        return dest
-    url = f"{endpoint or HUB}/{repo}/resolve/{revision}/{filename}"
-    if os.environ.get("BLM_OFFLINE") == "1":
-        raise SystemExit(f"offline and {dest} is not in the cache: download {url} there, or unset BLM_OFFLINE")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    part = dest + ".part"
-    have = os.path.getsize(part) if os.path.exists(part) else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    if os.environ.get("HF_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
-    try:
-        with requests.get(url, headers=headers, stream=True, timeout=60) as r:
-            if r.status_code in (401, 403):
-                raise SystemExit(f"{url}: access denied ({r.status_code}); for a gated repository accept its terms "
-                                 f"on the hub and set HF_TOKEN")
-            if r.status_code == 404:
-                raise SystemExit(f"{url}: not found (404); check the repository and file names")
-            if r.status_code == 416:   # the partial file is already complete
-                total = have
-            else:
-                r.raise_for_status()
-                if r.status_code == 200:   # the server ignored the range: start again
-                    have = 0
-                total = have + int(r.headers.get("Content-Length", 0)) if "Content-Length" in r.headers else None
-                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B",
-                                                                     unit_scale=True, desc=filename) as bar:
-                    for chunk in r.iter_content(1 << 16):   # small chunks: a cut loses little
-                        f.write(chunk)
-                        bar.update(len(chunk))
-    except requests.RequestException as e:
-        raise SystemExit(f"download of {url} failed ({e.__class__.__name__}); run again to resume from "
-                         f"{os.path.getsize(part) if os.path.exists(part) else 0} bytes")
-    got = os.path.getsize(part)
-    if (total is not None and got != total) or (size is not None and got != size):
-        os.remove(part)
-        raise SystemExit(f"{url}: got {got} bytes, expected {size or total}; the partial file was removed, run again")
-    if sha256 is not None:
-        import hashlib
-        digest = hashlib.sha256()
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
-            os.remove(part)
-            raise SystemExit(f"{url}: sha256 mismatch; the file was removed, run again")
-    os.replace(part, dest)
-    return dest
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Published weights: a hub repository (optionally "owner/name/subfolder") or a local folder with the same files.
-
-def weights_file(source, filename):
-    if os.path.isdir(source):
-        path = os.path.join(source, filename)
-        if not os.path.exists(path):
-            raise SystemExit(f"{path} is missing: the folder must hold the model's {filename}")
-        return path
-    if source.count("/") < 1 or source.startswith((".", "/")):
-        raise SystemExit(f"weights '{source}': no such folder, and not a hub repository (owner/name[/subfolder])")
-    owner, name, *sub = source.split("/")
-    return hub_file(f"{owner}/{name}", "/".join([*sub, filename]))
-
-
-def read_weights(source, filename, keep=lambda key: True):
-    """config.json and the tensors whose names pass `keep` (safetensors reads only those; .pt files load with
-    weights_only=True and may wrap their state dict in {"model": ...})."""
-    config = json.load(open(weights_file(source, "config.json")))
-    path = weights_file(source, filename)
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            return config, {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state.get("state_dict", state))
-    return config, {k: v for k, v in state.items() if keep(k)}
-
-
-def to_rgb(image, size):
-    """Any image (a pillow image or an array; grayscale, RGBA, palette, CMYK, any size) -> uint8 [size, size, 3]:
-    transparency over white, the shorter side resized to `size` (bilinear: as good when shrinking, and faster in
-    the data loader, which uses this too), the centre cropped square."""
-    from PIL import Image
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
-    if "A" in img.getbands() or "transparency" in img.info:
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-    img = img.convert("RGB")
-    scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
-
-
 def pixels_in(images, device, dtype):
     """uint8 [B, H, W, 3] (numpy or torch) -> float [B, 3, H, W] in [0, 1] on the device."""
-    from data import move
+    from data import tensor_to_device
     x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    return move(x, device).permute(0, 3, 1, 2).to(dtype) / 255
+    return tensor_to_device(x, device).permute(0, 3, 1, 2).to(dtype) / 255
 
 
 def pixels_out(x):
@@ -462,84 +352,3 @@ def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weig
         config, state = read_weights(decoder_weights, "model.pt")
         decoder = RAEDecoder.from_published(config, state, tower.image_size // tower.patch)
     return SemanticEncoder(tower, decoder, mean_std, device)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pre-encoding: image(-text) tar shards -> latent shards, so repeated experiments skip the encoder. Each image is
-# replaced by <key>.latent.npy (float16 [N, C]); captions and everything else are copied; data.py reads the result
-# like any image shard. A shard already in out_dir is skipped, so an interrupted run continues where it stopped.
-
-def preencode(shards, out_dir, enc, image_size, batch=64):
-    import io
-    import tarfile
-    from collections import Counter
-    from tqdm import tqdm
-    from data import frame_members, load_image, tar_samples
-    os.makedirs(out_dir, exist_ok=True)
-    stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
-
-    def add(tar, name, data):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-    def flush(tar, pending):
-        z = enc.encode(np.stack([image for *_, image in pending])).to(torch.float16).cpu().numpy()
-        for (key, frame, rest, _), latent in zip(pending, z):
-            buf = io.BytesIO()
-            np.save(buf, latent)
-            add(tar, f"{key}{frame}.latent.npy", buf.getvalue())
-            for ext, data in rest.items():
-                add(tar, f"{key}.{ext}", data)
-        bar.update(len(pending))
-        pending.clear()
-
-    for shard in shards:
-        dest = os.path.join(out_dir, os.path.basename(shard.split("?")[0]))
-        if os.path.exists(dest):
-            stats["shards_already_done"] += 1
-            continue
-        with tarfile.open(dest + ".part", "w") as tar:
-            pending = []
-            for key, group in tar_samples(shard, stats):   # key: (folder, name)
-                images = [e for e in frame_members(group) if not e.endswith("latent.npy")]   # video: 000.jpg, ...
-                if not images:
-                    stats["samples_without_image"] += 1
-                    continue
-                try:   # "000.jpg" -> frame ".000"; "jpg" -> frame ""
-                    decoded = [("." + e.rpartition(".")[0] if "." in e else "", load_image(group[e], image_size))
-                               for e in images]
-                except Exception:   # a corrupt image: the sample is skipped and counted
-                    stats["corrupt_images"] += 1
-                    continue
-                rest = {e: data for e, data in group.items() if e not in images}
-                pending += [("/".join(filter(None, key)), frame, rest if i == len(decoded) - 1 else {}, image)
-                            for i, (frame, image) in enumerate(decoded)]
-                if len(pending) >= batch:
-                    flush(tar, pending)
-            if pending:
-                flush(tar, pending)
-        os.replace(dest + ".part", dest)
-        stats["shards"] += 1
-    bar.close()
-    return stats
-
-
-def preencode_command(shards, out, encoder="siglip2", image_size=224, encoder_weights="", batch=64, device="auto"):
-    from data import expand
-    files = expand(shards)   # a wrong path stops before any weights load
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return preencode(files, out, build_encoder(encoder, image_size, device=device, weights=encoder_weights),
-                     image_size, batch)
-
-
-if __name__ == "__main__":   # python encoders.py preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2 (README)
-    import sys
-    if sys.argv[1:2] != ["preencode"]:
-        raise SystemExit("usage: python encoders.py preencode --shards=... --out=... [--encoder=siglip2 "
-                         "--image_size=224 --encoder_weights= --batch=64 --device=auto]")
-    from data import command_kwargs
-    try:
-        print(dict(preencode_command(**command_kwargs(sys.argv[2:]))))
-    except (ValueError, TypeError) as e:      # a bad shard list or encoder, or a key the command does not take
-        raise SystemExit(f"encoders.py preencode: {e}")

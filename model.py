@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from moe import MoEFFN, grouped_swiglu
+
 
 @dataclass
 class ModelConfig:
@@ -264,31 +266,6 @@ class SwiGLU(nn.Module):
         return self.w_down(F.silu(gate) * up)
 
 
-# torch._grouped_mm runs on any recent GPU and on the CPU from torch 2.9 (before, on Hopper only), in bfloat16
-GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
-
-
-def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
-    """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
-    of xs [A, d]; counts [E] rows per set. On the GPU (and under bf16 autocast on the CPU): one grouped matrix
-    multiply per projection in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and
-    torch.compile sees one graph. Otherwise a loop over the sets: the exact float32 reference."""
-    if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
-        cpu_bf16 = xs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
-            torch.get_autocast_dtype("cpu") == torch.bfloat16
-        grouped = GROUPED_MM and (xs.is_cuda or cpu_bf16) and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
-    if grouped:
-        offs = counts.cumsum(0).to(torch.int32)       # where each set's run of rows ends
-        bf = torch.bfloat16                            # the kernel's one type; autocast does not reach it
-        gate, up = torch._grouped_mm(xs.to(bf), w_gate_up.to(bf), offs=offs).chunk(2, dim=-1)
-        return torch._grouped_mm((F.silu(gate) * up).to(bf), w_down.to(bf), offs=offs)
-    outs = []
-    for e, xe in enumerate(torch.split(xs, counts.tolist())):
-        gate, up = (xe @ w_gate_up[e]).chunk(2, dim=-1)
-        outs.append((F.silu(gate) * up) @ w_down[e])
-    return torch.cat(outs)
-
-
 class SharedFFN(nn.Module):
     """One FFN for every token, text or visual."""
     def __init__(self, cfg):
@@ -335,7 +312,6 @@ def make_ffn(cfg):
     if cfg.ffn == "modality":
         return ModalityFFN(cfg)
     if cfg.ffn == "moe":
-        from moe import MoEFFN
         return MoEFFN(cfg)
     raise ValueError(f"unknown ffn {cfg.ffn!r}: use 'shared', 'modality' or 'moe'")
 

@@ -8,27 +8,42 @@ Shared experts are always on: one for every token ("global"), or one for text an
 ("per_modality", the paper's best); the router picks the other k - 1.
 
 Dispatch is dropless: every (token, expert) assignment is kept, assignments are sorted by expert, and each
-projection is one grouped matrix multiply over the sorted tokens (model.grouped_swiglu, torch._grouped_mm), then
-the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
+projection is one grouped matrix multiply over the sorted tokens (grouped_swiglu, which model.ModalityFFN shares:
+a two-expert MoE routed by modality), then the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
 reference.
 
-The second half of the file measures what the experts learned: selection counts by modality, diffusion timestep
-and task, the specialization score S_i and the text/vision/multimodal classes, coefficients of variation over
-timestep bins, and the generation/understanding correlation (Figures 18-20).
-
-    python moe.py --out_dir=out/toy_moe          # routing analysis of a trained MoE checkpoint: table + figures
+What the experts learned (the routing analysis of Appendix E.8) is measured by routing.py.
 """
-import json
 import math
-import os
-import sys
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import grouped_swiglu
+
+# the grouped GEMM kernel (torch._grouped_mm, bfloat16): on GPUs, and on the CPU in recent torch
+GROUPED_MM = hasattr(torch, "_grouped_mm") and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 9)
+
+
+def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
+    """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
+    of xs [A, d]; counts [E] rows per set. On the GPU (and under bf16 autocast on the CPU): one grouped matrix
+    multiply per projection in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and
+    torch.compile sees one graph. Otherwise a loop over the sets: the exact float32 reference."""
+    if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
+        cpu_bf16 = xs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+            torch.get_autocast_dtype("cpu") == torch.bfloat16
+        grouped = GROUPED_MM and (xs.is_cuda or cpu_bf16) and xs.shape[1] % 8 == 0 and w_down.shape[1] % 8 == 0
+    if grouped:
+        offs = counts.cumsum(0).to(torch.int32)       # where each set's run of rows ends
+        bf = torch.bfloat16                            # the kernel's one type; autocast does not reach it
+        gate, up = torch._grouped_mm(xs.to(bf), w_gate_up.to(bf), offs=offs).chunk(2, dim=-1)
+        return torch._grouped_mm((F.silu(gate) * up).to(bf), w_down.to(bf), offs=offs)
+    outs = []
+    for e, xe in enumerate(torch.split(xs, counts.tolist())):
+        gate, up = (xe @ w_gate_up[e]).chunk(2, dim=-1)
+        outs.append((F.silu(gate) * up) @ w_down[e])
+    return torch.cat(outs)
 
 
 class MoEFFN(nn.Module):
@@ -130,145 +145,3 @@ def update_balance_biases(model, rate):
         m.balance_bias += rate * torch.sign(used.mean() - used)
         m.load.zero_()
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# What the experts learned (Appendix E.8).
-
-def specialization(count_text, count_vision, n_text, n_vision, k):
-    """S_i = (R_text - R_vision) / (R_text + R_vision) with R_m(i) = C_m(i) / (N_m k); an expert is 'text' when
-    S > 0.5, 'vision' when S < -0.5, otherwise 'multimodal' (experts never chosen are 'unused')."""
-    r_text = np.asarray(count_text, float) / max(n_text * k, 1)
-    r_vision = np.asarray(count_vision, float) / max(n_vision * k, 1)
-    total = r_text + r_vision
-    S = np.divide(r_text - r_vision, total, out=np.zeros_like(total), where=total > 0)
-    classes = np.where(total == 0, "unused", np.where(S > 0.5, "text", np.where(S < -0.5, "vision", "multimodal")))
-    return S, classes
-
-
-def timestep_cv(counts_by_bin, tokens_by_bin):
-    """Coefficient of variation of each expert's selection rate across diffusion-timestep bins: [bins, E] -> [E]."""
-    rates = np.asarray(counts_by_bin, float) / np.maximum(np.asarray(tokens_by_bin, float)[:, None], 1)
-    mean = rates.mean(0)
-    return np.divide(rates.std(0), mean, out=np.zeros_like(mean), where=mean > 0)
-
-
-def pearson(a, b):
-    a, b = np.asarray(a, float) - np.mean(a), np.asarray(b, float) - np.mean(b)
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
-
-
-@torch.no_grad()
-def routing_counts(model, batches, bins=10):
-    """Selection counts of every MoE layer's routed experts over (task, batch) pairs, read off with forward hooks
-    (the layers themselves are untouched). Returns one dict of numpy arrays per layer."""
-    from model import add_noise, sample_time
-    layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
-    stats = [dict(text=np.zeros(m.n_routed), vision=np.zeros(m.n_routed), n_text=0, n_vision=0,
-                  tbins=np.zeros((bins, m.n_routed)), n_tbins=np.zeros(bins),
-                  generation=np.zeros(m.n_routed), understanding=np.zeros(m.n_routed)) for m in layers]
-    labels = {}
-
-    def hook(i):
-        def record(module, args, out):
-            x, is_vision = args[0].reshape(-1, args[0].shape[-1]), args[1].reshape(-1)
-            top = module.route(x, is_vision)[0][:, -module.k_routed:]
-            s, vis = stats[i], is_vision.cpu().numpy()
-            chosen = top.cpu().numpy()
-            for name, rows in (("text", ~vis), ("vision", vis)):
-                np.add.at(s[name], chosen[rows].reshape(-1), 1)
-                s["n_" + name] += int(rows.sum())
-            noisy = labels["noisy"]   # timestep statistics count frames being generated, not clean inputs
-            tb = labels["tbin"][noisy]
-            np.add.at(s["tbins"], (np.repeat(tb, module.k_routed), chosen[noisy].reshape(-1)), 1)
-            np.add.at(s["n_tbins"], tb, 1)
-            if labels["task"] in ("generation", "understanding"):
-                np.add.at(s[labels["task"]], chosen[vis].reshape(-1), 1)
-        return record
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
-    model.eval()
-    gen = torch.Generator(next(model.parameters()).device).manual_seed(0)   # the same noise every time
-    for task, batch in batches:
-        z0, cond = batch["latents"], batch["cond"]
-        t = torch.where(cond, torch.ones_like(z0[:, 0, 0]), sample_time(len(z0), model.cfg, z0.device, gen))
-        zt = add_noise(z0, torch.randn(z0.shape, device=z0.device, generator=gen), t)
-        frame = batch["frame"].reshape(-1)
-        per_pos = torch.cat([t, t.new_ones(1)])[frame].cpu().numpy()                      # text (-1): t = 1
-        noisy = torch.cat([~cond, cond.new_zeros(1)])[frame].cpu().numpy()
-        labels.update(task=task, tbin=np.minimum((per_pos * bins).astype(int), bins - 1), noisy=noisy)
-        model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t)
-    for h in handles:
-        h.remove()
-    return stats, [m.k_routed for m in layers]
-
-
-def analyze(stats, ks):
-    """The paper's routing analysis, one row per layer, plus per-expert arrays for the figures."""
-    rows = []
-    for layer, (s, k) in enumerate(zip(stats, ks)):
-        S, classes = specialization(s["text"], s["vision"], s["n_text"], s["n_vision"], k)
-        cv = timestep_cv(s["tbins"], s["n_tbins"])
-        seen = (classes == "vision") | (classes == "multimodal")   # text experts hardly see frames: CV is noise
-        rows.append(dict(layer=layer, text=int((classes == "text").sum()), vision=int((classes == "vision").sum()),
-                         multimodal=int((classes == "multimodal").sum()), unused=int((classes == "unused").sum()),
-                         timestep_cv=float(cv[seen].mean()) if seen.any() else 0.0,
-                         gen_und_r=pearson(s["generation"], s["understanding"]), S=S.tolist()))
-    return rows
-
-
-def plot(rows, stats, path):
-    from sample import pyplot, save_figure
-    plt = pyplot()
-    if plt is None:
-        return []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    layers = [r["layer"] for r in rows]
-    bottom = np.zeros(len(rows))
-    for name, colour in (("text", "tab:blue"), ("multimodal", "tab:gray"), ("vision", "tab:orange")):
-        values = np.array([r[name] for r in rows])
-        axes[0].bar(layers, values, bottom=bottom, label=name, color=colour)
-        bottom += values
-    axes[0].set(title="experts by specialization (Fig. 18)", xlabel="layer", ylabel="experts")
-    axes[0].legend()
-    rates = stats[-1]["tbins"] / np.maximum(stats[-1]["n_tbins"][:, None], 1)
-    im = axes[1].imshow(rates.T, aspect="auto", cmap="viridis")
-    axes[1].set(title="last layer: selection rate by timestep bin", xlabel="t bin (0 noise .. 9 clean)",
-                ylabel="expert")
-    fig.colorbar(im, ax=axes[1])
-    axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
-    axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
-    return [save_figure(fig, path)]
-
-
-def main(argv):
-    from train import configure, get_batch, load_for_inference
-    c = configure({"out_dir": "out/toy_moe", "batches": 8, "device": "auto"}, argv)
-    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
-    if not any(isinstance(m, MoEFFN) for m in model.modules()):
-        raise SystemExit(f"the checkpoint in {c.out_dir} has no MoE layers (ffn={model.cfg.ffn!r})")
-    from data import ToyWorldData
-    dev = next(model.parameters()).device
-    batches = []   # held-out batches of one task each, so every selection is labelled with its task
-    for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"),
-                         ("text", "text")):
-        data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, cfg.seed, cfg.image_size,
-                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout)
-        batches += [(task, get_batch(data, enc, i, 0, cfg, dev, "val")) for i in range(c.batches)]
-    stats, ks = routing_counts(model, batches)
-    rows = analyze(stats, ks)
-    header = "| layer | text | vision | multimodal | unused | timestep CV | gen/und r |\n" + "|---" * 7 + "|\n"
-    table = header + "".join(f"| {r['layer']} | {r['text']} | {r['vision']} | {r['multimodal']} | {r['unused']} | "
-                             f"{r['timestep_cv']:.3f} | {r['gen_und_r']:.3f} |\n" for r in rows)
-    print(table)
-    with open(os.path.join(c.out_dir, "routing.json"), "w") as f:
-        json.dump(rows, f)
-    with open(os.path.join(c.out_dir, "routing.md"), "w") as f:
-        f.write(table)
-    for path in [os.path.join(c.out_dir, "routing.json"), os.path.join(c.out_dir, "routing.md"),
-                 *plot(rows, stats, os.path.join(c.out_dir, "routing.png"))]:
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    import moe  # run main from the module model.py imports, so isinstance() sees one MoEFFN class
-    moe.main(sys.argv[1:])

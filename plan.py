@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 import toyworld as tw
+from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
+from files import cli, refuse_overwrite, save_gif, save_grid
 from model import KVCache
-from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch, save_gif, save_grid
+from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Episodes: a goal-directed walk in a held-out maze. Its first 4 frames are the context, the next `horizon` steps
@@ -108,11 +110,9 @@ def goal_distance(kind, enc, goal):
 # The Cross-Entropy Method (NWM, App. F.1): sample action sequences from a Gaussian, roll them all out, refit the
 # Gaussian to the best few; the plan is the average of the final elites.
 
-# The search starts from a slow forward drive, as robots mostly move forward: from a zero mean most samples end near
-# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is. The
-# first samples spread over 0.3 of each action's half-range: the distance to a goal view has narrow basins, so
-# samples over the whole range leave the elites to chance (20 held-out episodes with the simulator as world model:
-# final error 1.83 with the whole range, 1.36 with 0.3, the forward start alone 1.53).
+# The search starts from a slow forward drive (robots mostly move forward; from a zero mean few refits get away from
+# the start), its first samples within 0.3 of each action's half-range: the distance to a goal view has narrow
+# basins, so wider samples leave the elites to chance (docs/world-model.md).
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), 0.3
 
 
@@ -218,13 +218,11 @@ episode_index = 0           # rollout: whose context
 seed = 0
 device = "auto"
 out = ""                    # output folder; default out_dir/plan
+overwrite = False           # replace the files of an earlier run in the output folder
 
 
 def main(argv):
-    from train import configure, load_for_inference
-    keys = ("out_dir", "mode", "planners", "episodes", "horizon", "samples", "elites", "iterations", "repeats",
-            "score", "steps", "actions", "sentences", "new_frames", "episode_index", "seed", "device", "out")
-    c = configure({k: globals()[k] for k in keys}, argv)
+    c = configure(settings(globals()), argv, [__file__])
     if c.mode not in ("plan", "rollout"):
         raise SystemExit(f"unknown mode '{c.mode}': use plan or rollout")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \
@@ -234,11 +232,15 @@ def main(argv):
     chosen = c.planners.split(",")
     if set(chosen) - {"model", "oracle", "forward", "random", "still"}:
         raise SystemExit(f"planners={c.planners!r}: choose from model, oracle, forward, random, still")
+    if c.score not in ("latent", "lpips"):
+        raise SystemExit(f"unknown score '{c.score}': use latent or lpips")
     if c.mode == "rollout":
         read_alternatives(c)   # a malformed action fails before the model loads
+    folder = c.out or os.path.join(c.out_dir, "plan")
+    names = ["rollout.gif", "rollout.png"] if c.mode == "rollout" else ["plan.md"]
+    refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     c.dev, c.image_size = str(next(model.parameters()).device), cfg.image_size
-    folder = c.out or os.path.join(c.out_dir, "plan")
     os.makedirs(folder, exist_ok=True)
     if c.mode == "rollout":
         for path in rollout(model, tok, enc, c, folder):
@@ -258,4 +260,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main, sys.argv[1:])

@@ -18,11 +18,14 @@ training; the noisy steps never do.
 """
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from config import configure, load_for_inference, settings
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
+from files import cli, load_image, refuse_overwrite, save_gif, save_grid
 from model import KVCache, shift_time, velocity
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,6 +129,21 @@ def append_tokens(model, cache, token_lists, pos, pad_id):
 # ----------------------------------------------------------------------------------------------------------------
 # The modal-switching loop.
 
+@dataclass
+class Row:
+    """Where one prompt's generation stands."""
+    out: Example          # the prompt, then everything generated (FRAME markers with their latents in .frames)
+    last: int             # the token last fed to the model: BOI means this row draws an image next
+    feed: int = None      # the token to feed in this pass; None: nothing (the row waits, or is done)
+    done: bool = False
+    images: int = 0       # images drawn
+    texts: int = 0        # text tokens sampled
+
+    def write(self, token, feed=True):
+        self.out.ids.append(token)
+        self.feed = token if feed else None
+
+
 @torch.no_grad()
 def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=64, temperature=1.0, top_k=0,
              steps=25, guidance=3.0, generator=None, progress=False):
@@ -135,9 +153,9 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
     prompt with BOI; video continuation with EOI). Otherwise text is sampled until EOS or max_tokens, and BOI,
     if allow_images, switches to drawing."""
     from tqdm import tqdm
-    cfg, N, B = model.cfg, model.cfg.tokens_per_frame, len(prompts)
+    cfg, N = model.cfg, model.cfg.tokens_per_frame
     dev = next(model.parameters()).device
-    outs = [Example(list(p.ids), list(p.frames), list(p.cond)) for p in prompts]
+    rows = [Row(Example(list(p.ids), list(p.frames), list(p.cond)), last=p.ids[-1]) for p in prompts]
     b = prompt_batch(prompts, model, tok.pad)
     cache, uncond = KVCache(cfg.n_layer), KVCache(cfg.n_layer)
     logits = prefill(model, b, cache)
@@ -146,58 +164,52 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
                                          .ids[:-1])], model, tok.pad), uncond)
     pos = b["pos"][:, -1] + 1
     frame_id = len(b["latents"])
-    last = [p.ids[-1] for p in prompts]
-    done, n_images, n_text = [False] * B, [0] * B, [0] * B
     bar = tqdm(disable=not progress, desc="generating", unit="pass")
     while True:
         # rows that have just written BOI draw an image, all of them together
-        drawing = [r for r in range(B) if not done[r] and last[r] == tok.boi]
-        pending = {}
+        drawing = [r for r, row in enumerate(rows) if not row.done and row.last == tok.boi]
         if drawing:
-            rows = torch.tensor(drawing, device=dev)
-            z = draw_image(model, cache, uncond, rows, pos, frame_id, steps, guidance, generator)
-            commit_image(model, cache, rows, z, pos, frame_id, tok.pad)
+            index = torch.tensor(drawing, device=dev)
+            z = draw_image(model, cache, uncond, index, pos, frame_id, steps, guidance, generator)
+            commit_image(model, cache, index, z, pos, frame_id, tok.pad)
             bar.update(steps + 1)
-            pos[rows] += N
+            pos[index] += N
             frame_id += 1
             for i, r in enumerate(drawing):
-                outs[r].ids += [FRAME, tok.eoi]
-                outs[r].frames.append(z[i])
-                outs[r].cond.append(False)
-                n_images[r] += 1
-                pending[r] = tok.eoi
-        # every other row picks its next token (each chosen token is recorded in outs as it is chosen)
+                rows[r].out.ids.append(FRAME)
+                rows[r].out.frames.append(z[i])
+                rows[r].out.cond.append(False)
+                rows[r].images += 1
+                rows[r].write(tok.eoi)
+        # every other row picks its next token
         if not allow_images:
             logits[..., tok.boi] = float("-inf")
         nxt = None if force_images else sample_token(logits[:, -1], temperature, top_k, generator).tolist()
-        for r in range(B):
-            if done[r] or r in pending:
+        for r, row in enumerate(rows):
+            if row.done or row.feed is not None:
                 continue
             if force_images:
-                done[r] = n_images[r] >= force_images
-                if not done[r]:
-                    pending[r] = tok.boi
-                    outs[r].ids.append(tok.boi)
+                row.done = row.images >= force_images
+                if not row.done:
+                    row.write(tok.boi)
             else:
-                outs[r].ids.append(nxt[r])
-                n_text[r] += 1
-                done[r] = nxt[r] == tok.eos or n_text[r] >= max_tokens
-                if not done[r]:
-                    pending[r] = nxt[r]
-        if not pending:
+                row.texts += 1
+                row.done = nxt[r] == tok.eos or row.texts >= max_tokens
+                row.write(nxt[r], feed=not row.done)
+        if all(row.feed is None for row in rows):
             break
         # feed the chosen tokens (rows with nothing to feed get padding nobody sees)
-        feed = torch.tensor([pending.get(r, tok.pad) for r in range(B)], device=dev)[:, None]
-        live = torch.tensor([r in pending for r in range(B)], device=dev)[:, None]
-        for r, token in pending.items():
-            last[r] = token
+        feed = torch.tensor([tok.pad if row.feed is None else row.feed for row in rows], device=dev)[:, None]
+        live = torch.tensor([row.feed is not None for row in rows], device=dev)[:, None]
+        for row in rows:
+            row.last, row.feed = row.last if row.feed is None else row.feed, None
         logits, _ = model(feed, torch.where(live, 0, -1), torch.full_like(feed, -1),
                           torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, N, cfg.latent_dim, device=dev),
                           torch.zeros(0, device=dev), pos=pos[:, None], cache=cache)
         pos += live[:, 0].long()
         bar.update(1)
     bar.close()
-    return outs
+    return [row.out for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +242,7 @@ def continue_video(model, tok, context, n_frames, steps=25, guidance=3.0, genera
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pictures in and out. Files are written to a temporary name and renamed, so no half-written file is left.
+# Generated sequences as text.
 
 def as_text(tok, ids):
     """A generated sequence as text, with <image> where each frame is."""
@@ -242,69 +254,6 @@ def as_text(tok, ids):
         else:
             current.append(i)
     return " <image> ".join(parts + [tok.decode(current)])
-
-
-def load_image(path, size):
-    """Any image pillow reads (grayscale, RGBA, any size) -> uint8 [size, size, 3], centre-cropped square, converted
-    as the data loader converts training images (data.load_image)."""
-    from data import load_image as decode
-    try:
-        with open(path, "rb") as f:
-            return decode(f.read(), size)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot read image '{path}' ({e}): give a PNG or JPEG file")
-
-
-def upscale(images, scale):
-    """uint8 [..., H, W, 3] -> nearest-neighbour enlarged, so small images stay crisp."""
-    return np.asarray(images).repeat(scale, axis=-3).repeat(scale, axis=-2)
-
-
-def save_grid(images, path, ncol=8, scale=4):
-    """uint8 [B, H, W, 3] -> one PNG, a white line between images."""
-    from PIL import Image
-    images = upscale(images, scale)
-    B, H, W, _ = images.shape
-    grid = np.full((-(-B // ncol) * (H + 2 * scale), min(B, ncol) * (W + 2 * scale), 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncol)
-        y, x = r * (H + 2 * scale) + scale, c * (W + 2 * scale) + scale
-        grid[y:y + H, x:x + W] = im
-    tmp = path + ".tmp"
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def save_gif(frames, path, scale=4, ms_per_frame=400):
-    """uint8 [T, H, W, 3] -> an animated GIF that loops."""
-    from PIL import Image
-    images = [Image.fromarray(f) for f in upscale(frames, scale)]
-    tmp = path + ".tmp"
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
-    os.replace(tmp, path)
-    return path
-
-
-def pyplot():
-    """matplotlib.pyplot, or None with a note: plots are optional, every table is printed without them."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): figures skipped")
-        return None
-
-
-def save_figure(fig, path):
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,21 +274,39 @@ new_frames = 2          # video mode: frames to generate
 seed = 0
 device = "auto"
 out = ""                # output folder; default out_dir/samples
+overwrite = False       # replace the pictures of an earlier run in the output folder
+
+
+def check_length(c, tok, N, seq_len):
+    """A prompt and what the mode adds to it must fit in the trained sequence length: positions beyond it were
+    never trained, so the model's output there means little. (Text mode's images are not counted.)"""
+    P = len(tok.encode(c.prompt))
+    need = {"image": P + N + 3, "caption": N + 3 + c.max_tokens, "video": 1 + (c.context_frames + c.new_frames) *
+            (N + 2), "text": 1 + P + c.max_tokens}[c.mode]
+    if need > seq_len:
+        raise SystemExit(f"{c.mode} mode needs {need} positions here (prompt {P} tokens, max_tokens {c.max_tokens}, "
+                         f"{N} per image) but the model was trained on {seq_len}: shorten --prompt or lower "
+                         f"--max_tokens / the frames")
 
 
 def main(argv):
     import toyworld
-    from train import configure, load_for_inference
-    c = configure({k: globals()[k] for k in ("out_dir", "mode", "prompt", "image", "num_samples", "guidance",
-                                             "steps", "temperature", "top_k", "max_tokens", "context_frames",
-                                             "new_frames", "seed", "device", "out")}, argv)
+    c = configure(settings(globals()), argv, [__file__])
     if c.mode not in ("image", "caption", "video", "text"):
         raise SystemExit(f"unknown mode '{c.mode}': use image, caption, video or text")
+    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature,
+                                                                                            c.top_k) < 0:
+        raise SystemExit("num_samples, steps, max_tokens, context_frames and new_frames must be >= 1, temperature "
+                         "and top_k >= 0")
+    folder = c.out or os.path.join(c.out_dir, "samples")
+    names = {"image": ["images.png"], "caption": ["caption_inputs.png"], "text": ["text_images.png"],
+             "video": [f"video_{i}.gif" for i in range(c.num_samples)]}[c.mode]
+    refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    check_length(c, tok, enc.tokens_per_frame, cfg.seq_len)
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(c.seed)
     rng = np.random.default_rng(c.seed)
-    folder = c.out or os.path.join(c.out_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     written = []
     if c.mode == "image":
@@ -347,7 +314,10 @@ def main(argv):
         written.append(save_grid(enc.decode(z), os.path.join(folder, "images.png")))
     elif c.mode == "caption":
         if c.image:
-            pictures = np.stack([load_image(c.image, cfg.image_size)] * c.num_samples)
+            try:
+                pictures = np.stack([load_image(c.image, cfg.image_size)] * c.num_samples)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"cannot read image '{c.image}' ({e}): give a PNG or JPEG file")
         else:
             pictures = np.stack([toyworld.render(toyworld.random_scene(rng, cfg.max_shapes, cfg.image_size),
                                                  cfg.image_size) for _ in range(c.num_samples)])
@@ -380,4 +350,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main, sys.argv[1:])

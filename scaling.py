@@ -15,8 +15,14 @@ import json
 import os
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import torch
+
+import train
+from config import build, configure, settings
+from files import cli, pyplot, read_log, refuse_overwrite, save_figure
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.
@@ -30,13 +36,8 @@ def family(depth, aspect):
 
 def model_size(c, depth):
     """(N_active, training FLOPs per token) of the family member at this depth under config c."""
-    from types import SimpleNamespace
-
-    import torch
-
-    import train
     with torch.device("meta"):   # count parameters without allocating them
-        model = train.build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
+        model = build(SimpleNamespace(**{**vars(c), **family(depth, c.aspect)}), "meta")[3]
     n_active = model.num_params()[1]
     return n_active, (model.flops_per_token(c.seq_len) if c.attention_flops else 6 * n_active)
 
@@ -64,7 +65,7 @@ def collect(sweep_dir):
     results = []
     for run in map(json.loads, open(os.path.join(sweep_dir, "plan.jsonl"))):
         path = os.path.join(run["out_dir"], "metrics.jsonl")
-        evals = [r for r in map(json.loads, open(path)) if "val_text_loss" in r] if os.path.exists(path) else []
+        evals = [r for _, r in read_log(path) if "val_text_loss" in r] if os.path.exists(path) else []
         if evals:
             results.append({**run, "text": evals[-1]["val_text_loss"], "vision": evals[-1]["val_flow_loss"]})
     return results
@@ -148,7 +149,6 @@ def data_ratio_exponent(a_text, a_vision):
 # Plots (matplotlib is optional: the table is always printed).
 
 def plot(results, fits, sweep_dir):
-    from sample import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return []
@@ -185,19 +185,28 @@ def plot(results, fits, sweep_dir):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-DEFAULTS = dict(budgets="3e12,1e13,3e13", depths="2,3,4,6", aspect=64, sweep_dir="out/sweep", attention_flops=False)
+budgets = "3e12,1e13,3e13"   # the sweep's compute budgets C, in FLOPs
+depths = "2,3,4,6"           # model depths per budget; width = aspect * depth
+aspect = 64                  # d_model = aspect * depth
+sweep_dir = "out/sweep"      # plan.jsonl, sweep.sh, the runs and the fits
+attention_flops = False      # count attention FLOPs in C (6N + 12 L d S), not just 6N
+overwrite = False            # plan: replace an existing plan.jsonl and sweep.sh
+USAGE = "usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=..."
 
 
 def main(argv):
-    import train
+    own = settings(globals())
+    keys, sources = {**own, **train.DEFAULTS}, [__file__, train.__file__]
     if not argv or argv[0] not in ("plan", "fit"):
-        raise SystemExit("usage: python scaling.py plan CONFIG [--budgets=... --depths=...] | fit --sweep_dir=...")
+        configure(keys, argv[:1] if argv[:1] in (["-h"], ["--help"]) else [], sources, USAGE)
+        raise SystemExit(USAGE)
     action, argv = argv[0], argv[1:]
-    c = train.configure({**train.DEFAULTS, **DEFAULTS}, argv)
-    os.makedirs(c.sweep_dir, exist_ok=True)
+    c = configure(keys, argv, sources, USAGE)
     if action == "plan":
-        base = [a for a in argv if not a.split("=")[0].lstrip("-") in DEFAULTS]
+        refuse_overwrite([os.path.join(c.sweep_dir, n) for n in ("plan.jsonl", "sweep.sh")], c.overwrite)
+        base = [a for a in argv if not a.split("=")[0].lstrip("-") in own]
         runs = plan(c, base)
+        os.makedirs(c.sweep_dir, exist_ok=True)
         with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in runs)
         with open(os.path.join(c.sweep_dir, "sweep.sh"), "w") as f:
@@ -206,6 +215,8 @@ def main(argv):
             print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['steps']}")
         print(f"wrote {os.path.join(c.sweep_dir, 'plan.jsonl')} and {os.path.join(c.sweep_dir, 'sweep.sh')}")
         return
+    if not os.path.isfile(os.path.join(c.sweep_dir, "plan.jsonl")):
+        raise SystemExit(f"no plan.jsonl in {c.sweep_dir}: run python scaling.py plan first, or fix --sweep_dir")
     results = collect(c.sweep_dir)
     if len({r["budget"] for r in results}) < 2:
         raise SystemExit(f"{c.sweep_dir}: finished runs at fewer than 2 budgets; run sweep.sh first")
@@ -230,4 +241,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main, sys.argv[1:])

@@ -116,13 +116,13 @@ def render(shapes: list[Shape], image_size: int = 32) -> np.ndarray:
 # ---- Captions: the world in words ----
 
 
-def describe(kind: str, color: str, size: str, cell: int) -> str:
+def phrase(kind: str, color: str, size: str, cell: int) -> str:
     return f"a {size} {color} {kind} at the {POSITIONS[cell]}"
 
 
 def caption(shapes: list[Shape], image_size: int = 32) -> str:
     """Canonical caption, e.g. 'a small red circle at the top left and a big blue square at the center'."""
-    return " and ".join(describe(*obj) for obj in as_tuples(shapes, image_size))
+    return " and ".join(phrase(*obj) for obj in as_tuples(shapes, image_size))
 
 
 _OBJECT = re.compile("a ({}) ({}) ({}) at the ({})".format(
@@ -359,7 +359,7 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
     style = rng.integers(4)
     if style == 1:
         noun = "shape" if len(objects) == 1 else "shapes"
-        listing = " and ".join(describe(*obj) for obj in objects)
+        listing = " and ".join(phrase(*obj) for obj in objects)
         return f"i see {NUMBER_WORDS[len(objects)]} {noun}: {listing}."
     if style == 2 and len(objects) >= 2:
         i, j = rng.choice(len(objects), size=2, replace=False)
@@ -367,7 +367,7 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
     if style == 3:
         return FACTS[rng.integers(len(FACTS))]
     # Descriptions, also standing in for a comparison when there is only one shape to talk about.
-    return f"there is {describe(*objects[rng.integers(len(objects))])}."
+    return f"there is {phrase(*objects[rng.integers(len(objects))])}."
 
 
 # ---- Navigation world (section 5): an egocentric view of a maze, moved by body-frame actions ----

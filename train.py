@@ -8,18 +8,19 @@ Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a
 The defaults below are the configuration; a config file (python, assigning some of these names) and then
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
-import ast
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import numpy as np
 import torch
+
+from config import build, configure, resolve_device, settings
+from files import (check_same_model, cli, crash_point, full_state, load_checkpoint, load_optimizer_state, previous,
+                   read_log, save_checkpoint)
 
 # ---- I/O
 out_dir = "out/toy"
@@ -101,100 +102,23 @@ activation_checkpointing = False   # recompute each block in the backward pass: 
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
 
-DEFAULTS = {k: v for k, v in dict(globals()).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration: defaults < config files < --key=value.
-
-def configure(defaults, argv):
-    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value)."""
-    c = dict(defaults)
-
-    def set_key(key, value, origin):
-        if key not in c:
-            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
-        want = type(c[key])
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
-                             f"{value!r}")
-        c[key] = value
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            if not eq:                      # a bare flag, like --resume, means True
-                raw = "True"
-            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
-                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-            set_key(key, value, f"from {arg}")
-        else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = {"__file__": arg}   # a config may build on another: exec(open(...).read())
-            exec(open(arg).read(), scope)
-            for key, value in scope.items():
-                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
-                    set_key(key, value, f"in {arg}")
-    return SimpleNamespace(**c)
+DEFAULTS = settings(globals())
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building the pieces from a configuration.
 
-def resolve_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def build(c, device):
-    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
-    run with a one-line message."""
-    try:
-        return _build(c, device)
-    except ValueError as e:
-        raise SystemExit(f"bad configuration: {e}")
-
-
-def _build(c, device):
-    from data import SOURCES, ShardData, Tokenizer, ToyWorldData
-    from encoders import build_encoder
-    from model import ModelConfig, UnifiedTransformer
-    tok = Tokenizer(c.tokenizer)
-    enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
-    if c.dataset not in ("toyworld", "shards"):
-        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
-    if c.dataset == "shards":
-        data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
-                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
-                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
-    else:
-        data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
-    mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
-                       max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
-    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
-
 
 def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
     """A micro-batch on the device, its frames encoded; `batch` when the loader thread has made it already."""
-    from data import move, to_device
+    from data import tensor_to_device, to_device
     batch = data.batch(step, micro, c.batch_size, split) if batch is None else batch
     frames = batch.pop("images")
     latents = (torch.zeros(0, data.N, enc.latent_dim) if frames is None else
                torch.from_numpy(frames) if frames.dtype.kind == "f" else   # pre-encoded shards: no encoder pass
                enc.encode(frames))
     batch = to_device(batch, device)
-    batch["latents"] = move(latents, device).float()   # pre-encoded float16 latents travel at half the size
+    batch["latents"] = tensor_to_device(latents, device).float()   # pre-encoded float16 latents travel at half the size
     return batch
 
 
@@ -240,84 +164,14 @@ def gpu_peak_flops(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one.
-
-def save_checkpoint(path, obj):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def optimizer_param_names(model, optimizer):
-    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def full_state(model, optimizer, fsdp):
-    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
-    number of processes, sharded or not."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
-    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
-                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
-                                                  for g in sd["param_groups"]])
-
-
-def load_optimizer_state(model, optimizer, state, fsdp):
-    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
-                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
-                                                 for g in state["param_groups"]]))
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one first (python train.py configs/toy.py) or fix "
-                         f"--out_dir")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default (checkpoints from before the MoE settings still load)."""
-    from model import ModelConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    for key in current:
-        was = saved.get(key, defaults[key])
-        if was != current[key]:
-            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
-                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
-
-
-def load_for_inference(out_dir, device="auto"):
-    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**{**DEFAULTS, **ckpt["config"]})
-    device = resolve_device(device)
-    tok, enc, _, model = build(c, device)
-    check_same_model(ckpt["model_args"], vars(model.cfg), path)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), tok, enc, c
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
 @torch.no_grad()
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from sample import describe, draw, save_grid
+    from files import save_grid
+    from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
     text, flow, scores = [], [], {}
@@ -357,9 +211,9 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 def main(argv):
     from tqdm import tqdm
     from model import training_losses
-    from data import Prefetcher
+    from realdata import Prefetcher
     from moe import auxiliary_loss, update_balance_biases
-    c = configure(DEFAULTS, argv)
+    c = configure(DEFAULTS, argv, [__file__])
 
     # processes: torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -397,12 +251,16 @@ def main(argv):
                              f"--gradient_accumulation_steps={saved['n_slots']}")
         data.load_state(saved.get("slots", {}))
         if master and os.path.exists(metrics_path):  # drop lines logged after the checkpoint: they happen again
-            lines = [ln for ln in open(metrics_path) if json.loads(ln)["step"] <= step]
+            lines = [ln for ln, r in read_log(metrics_path) if r["step"] <= step]
             with open(metrics_path + ".tmp", "w") as f:
                 f.writelines(lines)
             os.replace(metrics_path + ".tmp", metrics_path)
-    elif os.path.exists(ckpt_path):
-        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif found := [p for p in (ckpt_path, previous(ckpt_path)) if os.path.exists(p)]:
+        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif master and os.path.exists(metrics_path):   # a run that died before its first checkpoint: its log aside
+        aside = next(f"{metrics_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{metrics_path}.{i}"))
+        os.replace(metrics_path, aside)
+        print(f"{metrics_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
     if master:
         os.makedirs(c.out_dir, exist_ok=True)
     raw_model = model
@@ -436,6 +294,7 @@ def main(argv):
     def log(record):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        crash_point("log")
 
     def checkpoint():
         weights, opt_state = full_state(raw_model, optimizer, fsdp)   # collective under FSDP: every rank calls
@@ -519,10 +378,10 @@ def main(argv):
             t0 = time.time()
     pbar.close()
     loader.close()
-    if ddp:   # DDP's wrapper holds the process group: drop it first, so that the group is torn down here, not in
-        del model   # the interpreter's exit (where gloo runs sometimes aborted: "terminate called without ...")
+    if ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
+        del model
         torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main, sys.argv[1:])

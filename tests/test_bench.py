@@ -1,8 +1,8 @@
-"""The benchmark scripts run (tiny sizes, CPU) and print what the README quotes from them."""
+"""The benchmark scripts in bench/ run (tiny sizes, CPU) and print what the README quotes from them."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import bench_moe  # noqa: E402
 import bench_train  # noqa: E402
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import encoders
+import files
+import realdata
 
 
 def test_pixel_patches_round_trip():
@@ -69,33 +71,33 @@ def test_download_resumes_after_a_cut_connection(hub, tmp_path):
     Hub.files["/org/model/resolve/main/model.pt"] = data
     Hub.cut.add("/org/model/resolve/main/model.pt")
     with pytest.raises(SystemExit, match="run again to resume from [1-9][0-9]* bytes"):
-        encoders.hub_file("org/model", "model.pt", endpoint=hub)
+        files.hub_file("org/model", "model.pt", endpoint=hub)
     assert cached(tmp_path) == ["org/model/main/model.pt.part"]
     kept = os.path.getsize(tmp_path / "cache/org/model/main/model.pt.part")
-    path = encoders.hub_file("org/model", "model.pt", endpoint=hub, sha256=hashlib.sha256(data).hexdigest())
+    path = files.hub_file("org/model", "model.pt", endpoint=hub, sha256=hashlib.sha256(data).hexdigest())
     assert Hub.ranges == [0, kept] and 0 < kept <= 150_000 and open(path, "rb").read() == data
     assert cached(tmp_path) == ["org/model/main/model.pt"]
-    assert encoders.hub_file("org/model", "model.pt", endpoint=hub) == path and len(Hub.ranges) == 2  # cached
+    assert files.hub_file("org/model", "model.pt", endpoint=hub) == path and len(Hub.ranges) == 2  # cached
 
 
 def test_size_and_checksum_mismatches_leave_nothing(hub, tmp_path):
     Hub.files["/org/m/resolve/main/a.bin"] = b"x" * 1000
     with pytest.raises(SystemExit, match="got 1000 bytes, expected 999"):
-        encoders.hub_file("org/m", "a.bin", size=999, endpoint=hub)
+        files.hub_file("org/m", "a.bin", size=999, endpoint=hub)
     with pytest.raises(SystemExit, match="sha256 mismatch"):
-        encoders.hub_file("org/m", "a.bin", sha256="0" * 64, endpoint=hub)
+        files.hub_file("org/m", "a.bin", sha256="0" * 64, endpoint=hub)
     assert cached(tmp_path) == []
 
 
 def test_404_401_and_offline_errors(hub, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"not found \(404\); check the repository and file names"):
-        encoders.hub_file("org/nothing", "model.pt", endpoint=hub)
+        files.hub_file("org/nothing", "model.pt", endpoint=hub)
     with pytest.raises(SystemExit, match=r"access denied \(401\).*set HF_TOKEN"):
-        encoders.hub_file("gated/model", "model.pt", endpoint=hub)
+        files.hub_file("gated/model", "model.pt", endpoint=hub)
     assert cached(tmp_path) == []
     monkeypatch.setenv("BLM_OFFLINE", "1")
     with pytest.raises(SystemExit, match="offline and .*org/m/main/a.bin is not in the cache"):
-        encoders.hub_file("org/m", "a.bin", endpoint=hub)
+        files.hub_file("org/m", "a.bin", endpoint=hub)
     assert Hub.ranges == []
 
 
@@ -182,7 +184,7 @@ def vit_mae_decoder(tmp_path, latent_dim=40, width=24, grid=4, patch=4):
 def test_rae_decoder_matches_transformers_vit_mae_decoder(tmp_path):
     reference, cls_in = vit_mae_decoder(tmp_path)
     assert any("attention.attention.query" in k for k in torch.load(tmp_path / "rae/model.pt")["model"])
-    config, state = encoders.read_weights(str(tmp_path / "rae"), "model.pt")
+    config, state = files.read_weights(str(tmp_path / "rae"), "model.pt")
     ours = encoders.RAEDecoder.from_published(config, state, grid=4).eval()
     assert ours.patch == 4 and len(ours.blocks) == 2
     z = torch.randn(3, 16, 40)
@@ -260,12 +262,12 @@ def test_any_image_becomes_square_rgb():
     from PIL import Image
     rgba = np.zeros((20, 40, 4), np.uint8)
     rgba[:, :20] = (255, 0, 0, 255)          # left half opaque red, right half transparent
-    out = encoders.to_rgb(rgba, 10)
+    out = files.to_rgb(rgba, 10)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert (out[5, 0] == (255, 0, 0)).all() and (out[5, -1] == 255).all()   # transparency over white
-    gray = encoders.to_rgb(np.full((30, 10), 77, np.uint8), 8)
+    gray = files.to_rgb(np.full((30, 10), 77, np.uint8), 8)
     assert gray.shape == (8, 8, 3) and (gray == 77).all()
-    assert encoders.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
+    assert files.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
 
 
 def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
@@ -274,7 +276,7 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
     import io
     import tarfile
     from PIL import Image
-    from data import load_image
+    from files import load_image
     rng = np.random.default_rng(0)
 
     def png(array):
@@ -293,7 +295,7 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     enc = encoders.PixelPatches(32, 8)
-    stats = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32, batch=2)
+    stats = realdata.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32, batch=2)
     assert stats["corrupt_images"] == 1 and stats["shards"] == 1
     assert os.listdir(tmp_path / "out") == ["shard-0.tar"]
     with tarfile.open(tmp_path / "out/shard-0.tar") as tar:
@@ -304,5 +306,5 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
         z = np.load(io.BytesIO(got[f"{key}.latent.npy"]))
         want = enc.encode(load_image(members[f"{key}.png"], 32)[None])[0].to(torch.float16).numpy()
         assert z.dtype == np.float16 and z.shape == (16, 192) and np.array_equal(z, want)
-    again = encoders.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32)
+    again = realdata.preencode([str(tmp_path / "shard-0.tar")], str(tmp_path / "out"), enc, 32)
     assert again["shards_already_done"] == 1 and again["shards"] == 0

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from data import Tokenizer, to_device
-from model import grouped_swiglu, training_losses
+from model import training_losses
+from moe import grouped_swiglu
 from test_model import C, N, mixed_row, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -1,4 +1,4 @@
-"""moe.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting, analysis."""
+"""moe.py: dispatch against a per-expert loop, the balance losses by hand, shared experts, accounting; routing.py."""
 import json
 import math
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import moe
-from model import GROUPED_MM, grouped_swiglu
+import routing
+from moe import GROUPED_MM, grouped_swiglu
 import train
 from model import ModelConfig, UnifiedTransformer
 
@@ -142,13 +143,13 @@ def test_bias_balancing_counts_every_micro_batch_of_the_step():
 
 
 def test_specialization_classes_cv_and_correlation():
-    S, classes = moe.specialization([10, 0, 5, 0, 9], [0, 10, 5, 0, 1], n_text=10, n_vision=10, k=1)
+    S, classes = routing.specialization([10, 0, 5, 0, 9], [0, 10, 5, 0, 1], n_text=10, n_vision=10, k=1)
     assert S.tolist() == pytest.approx([1, -1, 0, 0, 0.8])
     assert classes.tolist() == ["text", "vision", "multimodal", "unused", "text"]
     # expert 0 is chosen evenly over timestep bins, expert 1 only at one end
-    cv = moe.timestep_cv([[5, 0], [5, 0], [5, 0], [5, 10]], [10, 10, 10, 10])
+    cv = routing.timestep_cv([[5, 0], [5, 0], [5, 0], [5, 10]], [10, 10, 10, 10])
     assert cv[0] == 0 and cv[1] == pytest.approx(np.sqrt(3))
-    assert moe.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1) and moe.pearson([1, 2, 3], [3, 2, 1]) == -1
+    assert routing.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1) and routing.pearson([1, 2, 3], [3, 2, 1]) == -1
 
 
 def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
@@ -158,7 +159,7 @@ def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
                 "--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--log_interval=1", f"--out_dir={tmp_path}"])
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if "tokens_per_s" in line]
     assert len(logged) == 3 and all(r["balance_loss"] > 0 for r in logged)    # the balance loss is logged
-    moe.main([f"--out_dir={tmp_path}", "--batches=1"])
+    routing.main([f"--out_dir={tmp_path}", "--batches=1"])
     out = capsys.readouterr().out
     assert "| layer | text | vision |" in out and (tmp_path / "routing.md").exists()
     rows = json.load(open(tmp_path / "routing.json"))

@@ -1,4 +1,4 @@
-"""Real data (data.py): token shards and the prepare/download commands, webdataset tars (good, broken, streamed
+"""Real data (realdata.py): token shards and the prepare/download commands, webdataset tars (good, broken, streamed
 over HTTP, pre-encoded latents), video and NWM navigation, disjoint slots, exact resumption, a train.py smoke run."""
 import io
 import json
@@ -15,8 +15,10 @@ from PIL import Image
 from test_encoders import Hub, hub  # noqa: F401  (the local HTTP server on 127.0.0.1, and its fixture)
 
 import data
+import realdata
 import train
-from data import (Example, ShardData, Tokenizer, action_text, read_shard, robot_frame_actions, write_shard)
+from data import Example, Tokenizer, action_text, robot_frame_actions
+from realdata import ShardData, read_shard, write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, N, C = 16, 16, 48          # 16x16 images in 4x4 pixel patches: 16 tokens of 48 channels
@@ -65,7 +67,7 @@ def take(source, data, slot=0, n=None):
 
 
 def data_stream(d, source, slot=0):
-    return data.Stream(d, source, d.files[source], slot, d.n_slots)
+    return realdata.Stream(d, source, d.files[source], slot, d.n_slots)
 
 
 def text_of(tok, ex):
@@ -130,8 +132,8 @@ def test_download_fineweb_resumes_and_links_shards(hub, tmp_path):  # noqa: F811
         Hub.files[f"/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/{name}"] = shards[name]
     Hub.cut.add("/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/edu_fineweb_train_000001.bin")
     with pytest.raises(SystemExit, match="run again to resume"):
-        data.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
-    paths = data.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
+        realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
+    paths = realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
     assert Hub.ranges[-1] > 0                       # the second attempt asked only for the rest
     assert [os.path.basename(p) for p in paths] == list(shards)
     for p in paths:
@@ -375,14 +377,14 @@ def test_a_resumed_stream_continues_exactly(world):
     stream = data_stream(whole, "video")
     seen = [stream.pop() for _ in range(3) if stream.peek()]
     assert stream.state[3] == 1                        # one clip of the second video taken
-    again = data.Stream(whole, "video", whole.files["video"], 0, 2, stream.state)
+    again = realdata.Stream(whole, "video", whole.files["video"], 0, 2, stream.state)
     assert [[round(f.mean()) for f in s.frames] for s in seen] == [[0, 1], [2, 3], [20, 21]]
     assert [round(f.mean()) for f in again.peek().frames] == [round(f.mean()) for f in stream.peek().frames] == [22, 23]
 
 
 def test_prefetcher_hands_out_the_state_after_each_batch(world):
     d = make(MIXTURE, seq_len=400, n_slots=2, **world)
-    loader = data.Prefetcher(d, 0, range(2), 3, depth=3, threads=2)   # one thread per slot
+    loader = realdata.Prefetcher(d, 0, range(2), 3, depth=3, threads=2)   # one thread per slot
     got = [loader.next() for _ in range(6)]
     loader.close()
     ref = make(MIXTURE, seq_len=400, n_slots=2, **world)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model as model_module
+import config
 import train
 
 TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
@@ -145,6 +146,6 @@ def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     for key in [k for k in ckpt["model_args"] if k.startswith("moe_")]:   # as saved before MoE existed
         del ckpt["model_args"][key]
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    assert train.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
+    assert config.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
     with pytest.raises(SystemExit, match="trained with moe_experts=16 but the config asks for 8"):
         run(tmp_path, "--max_iters=4", "--moe_experts=8", "--resume")

@@ -1,8 +1,8 @@
 """One FFN layer, forward and backward: the MoE's grouped-GEMM dispatch against a plain loop over experts and
 against the dense FFN of equal active FLOPs (and the modality FFNs, which run as a two-expert grouped GEMM).
 
-    python tests/bench_moe.py                                   # CPU: small sizes
-    python tests/bench_moe.py --device=cuda --tokens=32768 --d_model=1024 --experts=64 --granularity=4
+    python bench/bench_moe.py                                   # CPU: small sizes
+    python bench/bench_moe.py --device=cuda --tokens=32768 --d_model=1024 --experts=64 --granularity=4
 
 Weights and routing are random (a fresh router spreads tokens about evenly). On a GPU everything runs under bf16
 autocast; `--compile=True` compiles each layer first.
@@ -14,7 +14,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model  # noqa: E402
 import moe  # noqa: E402
 import train  # noqa: E402
@@ -28,7 +27,7 @@ def main(argv):
     c = train.configure(DEFAULTS, argv)
     dev = train.resolve_device(c.device)
     dtype = getattr(torch, c.dtype if c.dtype != "auto" else "bfloat16" if dev.startswith("cuda") else "float32")
-    grouped = model.GROUPED_MM and (dev.startswith("cuda") or dtype == torch.bfloat16)   # as grouped_swiglu decides
+    grouped = moe.GROUPED_MM and (dev.startswith("cuda") or dtype == torch.bfloat16)   # as grouped_swiglu decides
     cfg = model.ModelConfig(d_model=c.d_model, n_head=max(1, c.d_model // 64), n_kv_head=1, ffn="moe",
                             moe_experts=c.experts, moe_granularity=c.granularity, moe_shared=c.shared)
     torch.manual_seed(0)
@@ -40,7 +39,7 @@ def main(argv):
               f"MoE ({path})": moe.MoEFFN(cfg)}
     if c.loop and grouped:   # the same MoE layer (same weights) dispatched by a plain loop over experts
         layers["MoE (loop over experts)"] = layers[f"MoE ({path})"]
-    mlp = model.grouped_swiglu
+    mlp = moe.grouped_swiglu
     print(f"{c.tokens} tokens, d_model {c.d_model}, FFN hidden {cfg.ffn_hidden}; MoE: {c.experts} experts "
           f"{cfg.ffn_hidden // c.granularity} wide, top-{c.granularity}, shared={c.shared}; {dev} "
           f"{str(dtype).split('.')[-1]}")

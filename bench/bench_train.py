@@ -1,14 +1,14 @@
 """Training speed: tokens/s, MFU and peak memory of a config's training step, and the block-causal attention
 against plain causal attention.
 
-    python tests/bench_train.py configs/toy.py                                # whatever device is there
-    python tests/bench_train.py configs/toy.py --device=cuda --compile=True   # the toy config on one GPU
+    python bench/bench_train.py configs/toy.py                                # whatever device is there
+    python bench/bench_train.py configs/toy.py --device=cuda --compile=True   # the toy config on one GPU
     # ~300M active parameters, 4096-token rows of text, images and video at 256 tokens per frame (SigLIP 2's
     # shapes with random weights, toy-world pictures at 224 px: nothing to download):
-    python tests/bench_train.py configs/real.py --dataset=toyworld --tokenizer=bytes --encoder_weights=random \
+    python bench/bench_train.py configs/real.py --dataset=toyworld --tokenizer=bytes --encoder_weights=random \
         --decoder_weights=random --device=cuda
-    python tests/bench_train.py configs/real.py ... --ffn=moe                 # MoE at the dense FFN's active FLOPs
-    python tests/bench_train.py configs/real.py ... --what=attention          # block-causal vs causal attention
+    python bench/bench_train.py configs/real.py ... --ffn=moe                 # MoE at the dense FFN's active FLOPs
+    python bench/bench_train.py configs/real.py ... --what=attention          # block-causal vs causal attention
 
 Batches are made and encoded before the clock starts, so this times the model alone (`python train.py` logs the
 whole loop's tokens/s, MFU and data wait). One micro-batch of batch_size rows per optimizer step, as train.py

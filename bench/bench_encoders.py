@@ -1,8 +1,8 @@
 """Images per second through each frozen encoder and decoder, with random weights of the published shapes (speed
 and memory do not depend on the weights, and nothing is downloaded).
 
-    python tests/bench_encoders.py                       # siglip2 + its RAE decoder, webssl, dinov2; batch 16
-    python tests/bench_encoders.py siglip2 --batch=64    # on a GPU the encoders run in bfloat16
+    python bench/bench_encoders.py                       # siglip2 + its RAE decoder, webssl, dinov2; batch 16
+    python bench/bench_encoders.py siglip2 --batch=64    # on a GPU the encoders run in bfloat16
 """
 import argparse
 import os

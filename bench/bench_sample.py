@@ -1,7 +1,7 @@
 """Images per second of caption -> image sampling (25 Euler steps, guidance 3.0), with and without the KV cache.
 
-    python tests/bench_sample.py configs/toy.py                 # the toy config, random weights
-    python tests/bench_sample.py configs/toy.py --d_model=1024 --n_layer=24 --n_head=16 --n_kv_head=4 \
+    python bench/bench_sample.py configs/toy.py                 # the toy config, random weights
+    python bench/bench_sample.py configs/toy.py --d_model=1024 --n_layer=24 --n_head=16 --n_kv_head=4 \
         --image_size=224 --patch_size=14 --device=cuda         # ~300M parameters, 256 tokens per image
 
 Weights are random (speed does not depend on them); the uncached sampler is the reference the tests compare the
@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import sample  # noqa: E402
 import train  # noqa: E402
 from test_sample import reference_draw  # noqa: E402

@@ -1,7 +1,7 @@
-"""Data-loader throughput on this machine, single loader thread: python tests/bench_data.py [image_size]
+"""Data-loader throughput on this machine, single loader thread: python bench/bench_data.py [image_size]
 
 Writes synthetic shards in a temporary folder (500x375 JPEGs with captions, pre-encoded SigLIP-sized latents,
-a 20M-token text shard, NWM trajectories) and times data.ShardData on each source alone, at seq_len 4096 with
+a 20M-token text shard, NWM trajectories) and times realdata.ShardData on each source alone, at seq_len 4096 with
 256 tokens per frame (the real config's layout)."""
 import io
 import os
@@ -16,6 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import realdata  # noqa: E402
 
 
 def photo(rng, w=500, h=375):
@@ -67,7 +68,7 @@ def main(size=224):
     tok = data.Tokenizer()
     lengths = rng.integers(200, 3000, 20000)
     ids = np.concatenate([np.r_[tok.eot, rng.integers(0, 256, n)] for n in lengths])
-    data.write_shard(f"{root}/text.bin", ids, tok.vocab_size)
+    realdata.write_shard(f"{root}/text.bin", ids, tok.vocab_size)
     for t in range(4):
         folder = f"{root}/nwm/t{t}"
         os.makedirs(folder)
@@ -81,17 +82,17 @@ def main(size=224):
                                        ("video (4 frames per clip)", "video", "video.tar", False),
                                        ("navigation (NWM windows)", "navigation", "nwm/*", False),
                                        ("text (token shard)", "text", "text.bin", False)):
-        d = data.ShardData(tok, 4096, 256, 1152, {source: 1.0}, {source: f"{root}/{path}"}, 1, image_size=size,
+        d = realdata.ShardData(tok, 4096, 256, 1152, {source: 1.0}, {source: f"{root}/{path}"}, 1, image_size=size,
                            video_frames=4)
         per_row, frames_s, tokens_s = timed(d, 40 if source != "text" else 400)
         print(f"{name:32s} {1000 * per_row:7.1f} ms per 4096-token row  {frames_s:8.0f} frames/s  "
               f"{tokens_s / 1e6:6.2f}M positions/s" + ("  (latent)" if latent else ""))
 
-    # the training loop's view: data.Prefetcher over 4 slots of JPEG caption->image rows, 1 or 2 threads
+    # the training loop's view: realdata.Prefetcher over 4 slots of JPEG caption->image rows, 1 or 2 threads
     for threads in (1, 2):
-        d = data.ShardData(tok, 4096, 256, 1152, {"caption_to_image": 1.0}, {"caption_to_image": f"{root}/pairs.tar"},
-                           4, image_size=size)
-        loader = data.Prefetcher(d, 0, range(4), 1, depth=8, threads=threads)
+        d = realdata.ShardData(tok, 4096, 256, 1152, {"caption_to_image": 1.0},
+                               {"caption_to_image": f"{root}/pairs.tar"}, 4, image_size=size)
+        loader = realdata.Prefetcher(d, 0, range(4), 1, depth=8, threads=threads)
         loader.next()
         t, frames = time.perf_counter(), 0
         for _ in range(40):

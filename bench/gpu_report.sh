@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every figure docs/performance.md still lists as missing, from one GPU, in parts that each fit within 8 minutes
+# on one H200 (estimates; not yet timed there). Logs go to $OUT (or out/gpu); nothing is downloaded (random
+# weights of the real shapes, the toy world).
+#   bash bench/gpu_report.sh            # = tests speed: the GPU-only tests, then every speed figure     ~8 min
+#   bash bench/gpu_report.sh tests      # the GPU-only tests (tests/test_gpu.py)                          ~2 min
+#   bash bench/gpu_report.sh speed      # training steps, attention and MoE layers, sampling              ~6 min
+#   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
+#   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-out/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+real="configs/real.py --dataset=toyworld --tokenizer=bytes --encoder_weights=random --decoder_weights=random"
+run() { echo "== $*"; "$@" 2>&1 | grep -v Warning; }   # each part goes on after a failure: the rest still measures
+
+part_tests() {
+  run python -m pytest -q tests/test_gpu.py
+}
+
+part_speed() {
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  run python bench/bench_moe.py --device=cuda --tokens=32768 --d_model=1024 --experts=64 --granularity=4 --compile=True
+  for cfg in toy toy_dense toy_moe; do run python bench/bench_train.py configs/$cfg.py --device=cuda --compile=True; done
+  run python bench/bench_train.py $real --device=cuda
+  run python bench/bench_train.py $real --device=cuda --ffn=moe --moe_experts=16 --moe_granularity=4
+  run python bench/bench_train.py $real --device=cuda --what=attention --block_sizes=64,128,256
+  run python bench/bench_sample.py configs/toy.py --device=cuda
+}
+
+part_nav() {
+  # 3,000 steps (not the config's full run) and 10 episodes keep the part within 8 minutes
+  run python train.py configs/toy_nav.py --device=cuda --compile=True --max_iters=3000 --eval_interval=3000 \
+      --out_dir="$out/toy_nav"
+  run python plan.py --out_dir="$out/toy_nav" --device=cuda --episodes=10
+  run python plan.py --out_dir="$out/toy_nav" --device=cuda --mode=rollout --out="$out/rollout"
+}
+
+part_sweep() {
+  for cfg in toy toy_moe; do
+    # two budgets and four sizes around the CPU sweep's optimum (docs/scaling.md), uncompiled (compiling each small
+    # run would cost more than the run): trimmed to fit 8 minutes for both configs
+    run python scaling.py plan configs/$cfg.py --budgets=1e13,3e13 --depths=1,2,3,4 --aspect=32 \
+        --device=cuda --loader_threads=8 --sweep_dir="$out/sweep_$cfg"
+    bash "$out/sweep_$cfg/sweep.sh" > "$out/sweep_$cfg.log" 2>&1
+    run python scaling.py fit --sweep_dir="$out/sweep_$cfg"
+  done
+}
+
+[ $# -gt 0 ] || set -- tests speed
+for part in "$@"; do
+  case $part in
+    tests|speed|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
+    *) echo "unknown part '$part': use tests, speed, nav or sweep" >&2; exit 2 ;;
+  esac
+done

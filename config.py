@@ -1,0 +1,121 @@
+"""
+How every command is set up: its settings (defaults < config files < --key=value), the pieces of a training run
+built from them (tokenizer, frozen encoder, data, model), and a trained run loaded back from its checkpoint for
+sampling, planning and analysis (the checkpoint files themselves are files.py's).
+"""
+import ast
+import dataclasses
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from data import SOURCES, Tokenizer, ToyWorldData
+from encoders import build_encoder
+from files import check_same_model, load_checkpoint, print_help, run_config_file
+from model import ModelConfig, UnifiedTransformer
+from realdata import ShardData
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: defaults < config files < --key=value.
+
+def configure(defaults, argv, sources=(), usage=""):
+    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value). --help (-h)
+    lists the keys, their defaults and the comment beside each in `sources` (the command's files), and exits."""
+    if "--help" in argv or "-h" in argv:
+        print_help(defaults, list(sources) or [sys.argv[0]], usage)
+        raise SystemExit(0)
+    c = dict(defaults)
+
+    def set_key(key, value, origin):
+        if key not in c:
+            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
+        want = type(c[key])
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
+                             f"{value!r}")
+        c[key] = value
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, raw = arg[2:].partition("=")
+            if not eq:                      # a bare flag, like --resume, means True
+                raw = "True"
+            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
+                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+            set_key(key, value, f"from {arg}")
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
+            scope = run_config_file(arg)
+            for key, value in scope.items():
+                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
+                    set_key(key, value, f"in {arg}")
+    return SimpleNamespace(**c)
+
+
+def settings(namespace):
+    """A command's defaults: the lowercase names its module assigns a bool, int, float, str or dict (the settings
+    block of train.py, sample.py, plan.py, routing.py and scaling.py), as configure takes them."""
+    return {k: v for k, v in namespace.items()
+            if k.islower() and not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the pieces from a configuration.
+
+def resolve_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def build(c, device):
+    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
+    run with a one-line message."""
+    try:
+        return _build(c, device)
+    except ValueError as e:
+        raise SystemExit(f"bad configuration: {e}")
+
+
+def _build(c, device):
+    tok = Tokenizer(c.tokenizer)
+    enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
+    if c.dataset not in ("toyworld", "shards"):
+        raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
+    if c.dataset == "shards":
+        data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
+                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
+                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data)
+    else:
+        data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
+                            c.video_frames, c.cfg_dropout)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
+    mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
+                       max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
+    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A trained run, loaded back.
+
+def load_for_inference(out_dir, device="auto"):
+    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir. The checkpoint holds the
+    run's whole configuration (every training setting), so nothing here depends on train.py's defaults."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    c = SimpleNamespace(**ckpt["config"])
+    device = resolve_device(device)
+    tok, enc, _, model = build(c, device)
+    check_same_model(ckpt["model_args"], vars(model.cfg), path)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), tok, enc, c

@@ -1,0 +1,399 @@
+"""
+Files in and out, beside the chapters. Weight files: files from the Hugging Face hub (published encoder and
+decoder weights, llm.c's FineWeb token shards) are downloaded once into a local cache (BLM_CACHE, default
+~/.cache/beyond-lm), resumably, and never left half-written; a weights source is a hub repository
+("owner/name[/subfolder]") or a local folder holding the same files; this project's checkpoints are saved and
+loaded here too. Pictures: image files read as the data loader reads them, image grids (PNG) and videos (GIF)
+written, and the analysis commands' figures (matplotlib, optional). Every file is written to a temporary name and
+renamed, so none is ever left half-written.
+"""
+import ast
+import dataclasses
+import io
+import json
+import os
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from model import ModelConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights from the Hugging Face hub: downloaded once into a cache, resumable, never half-written.
+
+HUB = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def cache_dir():
+    return os.environ.get("BLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "beyond-lm"))
+
+
+def hub_file(repo, filename, revision="main", size=None, sha256=None, endpoint=None):
+    """Local path of repo/filename, downloading it first if the cache lacks it. A partial download (.part) is
+    resumed with an HTTP Range request; the file is renamed into place only once its size (and sha256, if given)
+    check out. HF_TOKEN is sent for gated repositories; BLM_OFFLINE=1 only reads the cache."""
+    import requests
+    from tqdm import tqdm
+    dest = os.path.join(cache_dir(), repo, revision, filename)
+    if os.path.exists(dest):
+        return dest
+    url = f"{endpoint or HUB}/{repo}/resolve/{revision}/{filename}"
+    if os.environ.get("BLM_OFFLINE") == "1":
+        raise SystemExit(f"offline and {dest} is not in the cache: download {url} there, or unset BLM_OFFLINE")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    part = dest + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    if os.environ.get("HF_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=60) as r:
+            if r.status_code in (401, 403):
+                raise SystemExit(f"{url}: access denied ({r.status_code}); for a gated repository accept its terms "
+                                 f"on the hub and set HF_TOKEN")
+            if r.status_code == 404:
+                raise SystemExit(f"{url}: not found (404); check the repository and file names")
+            if r.status_code == 416:   # the partial file is already complete
+                total = have
+            else:
+                r.raise_for_status()
+                if r.status_code == 200:   # the server ignored the range: start again
+                    have = 0
+                total = have + int(r.headers.get("Content-Length", 0)) if "Content-Length" in r.headers else None
+                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B",
+                                                                     unit_scale=True, desc=filename) as bar:
+                    for chunk in r.iter_content(1 << 16):   # small chunks: a cut loses little
+                        f.write(chunk)
+                        bar.update(len(chunk))
+    except requests.RequestException as e:
+        raise SystemExit(f"download of {url} failed ({e.__class__.__name__}); run again to resume from "
+                         f"{os.path.getsize(part) if os.path.exists(part) else 0} bytes")
+    got = os.path.getsize(part)
+    if (total is not None and got != total) or (size is not None and got != size):
+        os.remove(part)
+        raise SystemExit(f"{url}: got {got} bytes, expected {size or total}; the partial file was removed, run again")
+    if sha256 is not None:
+        import hashlib
+        digest = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            os.remove(part)
+            raise SystemExit(f"{url}: sha256 mismatch; the file was removed, run again")
+    os.replace(part, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Published weights: a hub repository (optionally "owner/name/subfolder") or a local folder with the same files.
+
+def weights_file(source, filename):
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: the folder must hold the model's {filename}")
+        return path
+    if source.count("/") < 1 or source.startswith((".", "/")):
+        raise SystemExit(f"weights '{source}': no such folder, and not a hub repository (owner/name[/subfolder])")
+    owner, name, *sub = source.split("/")
+    return hub_file(f"{owner}/{name}", "/".join([*sub, filename]))
+
+
+def read_weights(source, filename, keep=lambda key: True):
+    """config.json and the tensors whose names pass `keep` (safetensors reads only those; .pt files load with
+    weights_only=True and may wrap their state dict in {"model": ...})."""
+    config = json.load(open(weights_file(source, "config.json")))
+    path = weights_file(source, filename)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            return config, {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state.get("state_dict", state))
+    return config, {k: v for k, v in state.items() if keep(k)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary file and renamed, so a crash mid-write never destroys the last good one; the
+# one before is kept as ckpt.prev.pt, so a checkpoint damaged later (a full disk, a bad copy) never costs the run.
+
+def crash_point(name, _passes={}):
+    """Test-only (tests/test_errors.py): BLM_CRASH_AT=name:k kills this process the k-th time it passes `name`."""
+    point, _, k = os.environ.get("BLM_CRASH_AT", "").rpartition(":")
+    if point == name:
+        _passes[name] = _passes.get(name, 0) + 1
+        if _passes[name] == int(k):
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def previous(path):
+    return os.path.splitext(path)[0] + ".prev.pt"
+
+
+def save_checkpoint(path, obj):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    crash_point("checkpoint")
+    if os.path.exists(path):
+        os.replace(path, previous(path))
+    os.replace(tmp, path)
+
+
+def optimizer_param_names(model, optimizer):
+    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(model, optimizer, fsdp):
+    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
+    number of processes, sharded or not."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
+    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
+                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
+                                                  for g in sd["param_groups"]])
+
+
+def load_optimizer_state(model, optimizer, state, fsdp):
+    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
+    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
+                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
+                                                 for g in state["param_groups"]]))
+
+
+def load_checkpoint(path):
+    """The checkpoint's dict; a missing or unreadable file stops with one line that names the way out."""
+    prev = previous(path)
+    way_out = (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
+               "start a fresh run with another --out_dir")
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: " + (way_out if os.path.isfile(prev) else "train one first "
+                         "(python train.py configs/toy.py) or fix --out_dir"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not (isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()):
+            raise ValueError("not a training checkpoint")
+    except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
+        raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
+    return ckpt
+
+
+def read_log(path):
+    """[(line, record)] of a metrics.jsonl; a last line torn by a crash mid-write is dropped (resume trims it)."""
+    lines = open(path).readlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append((line.rstrip("\n") + "\n", json.loads(line)))
+        except ValueError:
+            if n < len(lines):
+                raise SystemExit(f"{path}, line {n}: not a JSON record; fix or move the log aside, then resume")
+    return out
+
+
+@contextmanager
+def part_file(path):
+    """A temporary name to write `path` under: renamed to it when the block succeeds, removed when it fails, so a
+    failed or killed command never leaves a half-written file under a real name."""
+    part = path + ".part"
+    try:
+        yield part
+    except BaseException:
+        if os.path.exists(part):
+            os.remove(part)
+        raise
+    os.replace(part, path)
+
+
+def refuse_overwrite(paths, overwrite=False):
+    """No command replaces an existing output unless asked to: the first one that exists stops it."""
+    for path in paths:
+        if os.path.exists(path) and not overwrite:
+            raise SystemExit(f"{path} exists: pass --overwrite to replace it, or write elsewhere")
+
+
+def check_same_model(saved, current, path):
+    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
+    the checkpoint predates counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for key in current:
+        was = saved.get(key, defaults[key])
+        if was != current[key]:
+            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
+                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line's files: config files run, the comments --help shows read from a command's source, and the last
+# line a command prints kept clear of progress bars.
+
+def key_comments(sources, function=None):
+    """{name: its comment} for each module-level `name = value  # comment` in the source files (or each argument
+    of `function`, one a line): what --help shows beside the key."""
+    import io
+    import tokenize
+    comments = {}
+    for path in sources:
+        text = open(path).read()
+        notes = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                 if t.type == tokenize.COMMENT}
+        tree = ast.parse(text)
+        nodes = tree.body if function is None else \
+            next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function).args.args
+        for node in nodes:
+            if isinstance(node, ast.arg) or isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                name = node.arg if isinstance(node, ast.arg) else node.targets[0].id
+                comments.setdefault(name, notes.get(node.end_lineno, "") or notes.get(node.lineno, ""))
+    return comments
+
+
+def print_help(defaults, sources, usage="", function=None):
+    comments = key_comments(sources, function)
+    print(usage or f"usage: python {os.path.basename(sources[0])} [config.py ...] [--key=value ...]")
+    for k, v in defaults.items():
+        print((f"  --{k}={v}".ljust(36) + f"  {comments.get(k, '')}").rstrip())
+
+
+def run_config_file(path):
+    """The names a python config file assigns; one that fails to run stops with its file, line and error."""
+    import builtins
+    import traceback
+    scope = {"__file__": path}   # a config may build on another: exec(open(...).read())
+    try:
+        exec(builtins.compile(open(path).read(), path, "exec"), scope)   # named, so errors point into the file
+    except Exception as e:
+        lines = [e.lineno] if isinstance(e, SyntaxError) else \
+            [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        raise SystemExit(f"config file {path}, line {lines[-1] if lines else '?'}: {type(e).__name__}: "
+                         f"{e.msg if isinstance(e, SyntaxError) else e}")
+    return scope
+
+
+def cli(main, argv):
+    """Runs a command's main. Whatever stops it, open progress bars are closed first, so that its last message is
+    a line of its own, not the tail of the bar's line."""
+    try:
+        main(argv)
+    except BaseException:
+        from tqdm import tqdm
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pictures in and out.
+
+def to_rgb(image, size):
+    """Any image (a pillow image or an array; grayscale, RGBA, palette, CMYK, any size) -> uint8 [size, size, 3]:
+    transparency over white, the shorter side resized to `size` (bilinear: as good when shrinking, and faster in
+    the data loader, which uses this too), the centre cropped square."""
+    from PIL import Image
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image).squeeze())
+    if "A" in img.getbands() or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    img = img.convert("RGB")
+    scale = size / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BILINEAR)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def load_image(source, size):
+    """An image file's bytes, or its path -> RGB uint8 [size, size, 3] (to_rgb: any mode, the short side
+    resized, the centre cropped): the data loader and the sampler read images alike. JPEGs much larger than `size`
+    are decoded at a reduced scale, which is much faster."""
+    from PIL import Image
+    im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    im.draft("RGB", (size, size))
+    return to_rgb(im, size)
+
+
+def upscale(images, scale):
+    """uint8 [..., H, W, 3] -> nearest-neighbour enlarged, so small images stay crisp."""
+    return np.asarray(images).repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def save_grid(images, path, ncol=8, scale=4):
+    """uint8 [B, H, W, 3] -> one PNG, a white line between images."""
+    from PIL import Image
+    images = upscale(images, scale)
+    B, H, W, _ = images.shape
+    grid = np.full((-(-B // ncol) * (H + 2 * scale), min(B, ncol) * (W + 2 * scale), 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        y, x = r * (H + 2 * scale) + scale, c * (W + 2 * scale) + scale
+        grid[y:y + H, x:x + W] = im
+    tmp = path + ".tmp"
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_gif(frames, path, scale=4, ms_per_frame=400):
+    """uint8 [T, H, W, 3] -> an animated GIF that loops."""
+    from PIL import Image
+    images = [Image.fromarray(f) for f in upscale(frames, scale)]
+    tmp = path + ".tmp"
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot, or None with a note: plots are optional, every table is printed without them."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): figures skipped")
+        return None
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    plt.close(fig)
+    return path
+
+
+def routing_figure(rows, stats, path):
+    """routing.py's figure: experts by specialization per layer, the last layer's selection rates by timestep bin,
+    and the generation/understanding correlation per layer."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    layers = [r["layer"] for r in rows]
+    bottom = np.zeros(len(rows))
+    for name, colour in (("text", "tab:blue"), ("multimodal", "tab:gray"), ("vision", "tab:orange")):
+        values = np.array([r[name] for r in rows])
+        axes[0].bar(layers, values, bottom=bottom, label=name, color=colour)
+        bottom += values
+    axes[0].set(title="experts by specialization (Fig. 18)", xlabel="layer", ylabel="experts")
+    axes[0].legend()
+    rates = stats[-1]["tbins"] / np.maximum(stats[-1]["n_tbins"][:, None], 1)
+    im = axes[1].imshow(rates.T, aspect="auto", cmap="viridis")
+    axes[1].set(title="last layer: selection rate by timestep bin", xlabel="t bin (0 noise .. 9 clean)",
+                ylabel="expert")
+    fig.colorbar(im, ax=axes[1])
+    axes[2].plot(layers, [r["gen_und_r"] for r in rows], "o-")
+    axes[2].set(title="generation vs understanding selection, Pearson r", xlabel="layer", ylim=(-1, 1))
+    return [save_figure(fig, path)]
