@@ -1,0 +1,123 @@
+"""The fast paths of the model's step equal the plain maths they replace: rotary embedding, the plain causal
+attention path, and the whole forward pass against a reference written the slow, obvious way."""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from data import Tokenizer, collate, text_example, to_device
+from model import apply_rope, dense_mask, plain_causal, rope_angles, timestep_embedding, training_losses
+from test_model import N, C, mixed_row, tiny
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+
+def reference_rope(x, pos, theta=10000.0):
+    """Rotary embedding as first written: [B, H, S, D], float32 halves, a cat."""
+    D = x.shape[-1]
+    angles = pos.float()[..., None] * (1.0 / theta ** (torch.arange(0, D, 2).float() / D))
+    cos, sin = angles.cos(), angles.sin()
+    cos, sin = (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def reference_forward(model, tokens, doc, frame, vis_idx, zt, t):
+    """The model's forward pass the obvious way: heads-first layout, reference rotary, always the dense mask."""
+    cfg, (B, S) = model.cfg, tokens.shape
+    D = cfg.d_model // cfg.n_head
+    x = model.tok_emb(tokens)
+    v = model.latent_in(zt) + model.patch_pos + model.time_mlp(timestep_embedding(t, 256))[:, None]
+    x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1])).view(B, S, -1)
+    mask, pos = dense_mask(doc, frame), torch.arange(S)
+    for block in model.blocks:
+        a, h = block.attn, block.attn_norm(x)
+        q = a.q_norm(a.wq(h).view(B, S, a.n_head, D).transpose(1, 2))
+        k, v = a.wkv(h).view(B, S, 2, a.n_kv_head, D).permute(2, 0, 3, 1, 4)
+        q, k = reference_rope(q, pos), reference_rope(a.k_norm(k), pos)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        x = x + a.wo(y.transpose(1, 2).reshape(B, S, -1))
+        x = x + block.ffn(block.ffn_norm(x), frame >= 0)[0]
+    h = model.norm(x)
+    flow = model.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, cfg.tokens_per_frame, cfg.latent_dim)
+    return model.lm_head(h), flow
+
+
+def text_rows(tok, lengths, S=24):
+    """One document per row, then padding (what text shards give), plus its batch."""
+    rows = [[text_example(tok, "the quick brown fox jumps over"[:n])] for n in lengths]
+    batch = to_device(collate(rows, S, N, tok.pad), "cpu")
+    batch.pop("images")
+    return dict(batch, latents=torch.zeros(0, N, C))
+
+
+def test_rope_equals_the_float32_halves_reference():
+    torch.manual_seed(0)
+    B, H, S, D = 2, 3, 7, 8
+    for pos in (torch.arange(S), torch.randint(0, 100, (B, S))):
+        cos, sin = rope_angles(pos, D, 10000.0)
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            x = torch.randn(B, S, H, D).to(dtype)
+            got = apply_rope(x, cos, sin).transpose(1, 2)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got, reference_rope(x.transpose(1, 2), pos), atol=tol, rtol=tol)
+
+
+def test_plain_causal_only_when_the_mask_is_causal_where_it_is_read():
+    tok = Tokenizer()
+    batch = text_rows(tok, [10, 20])
+    assert plain_causal(batch["doc"], batch["frame"])
+    packed = to_device(collate([[text_example(tok, "ab"), text_example(tok, "cd")]], 24, N, tok.pad), "cpu")
+    assert not plain_causal(packed["doc"], packed["frame"])                 # two documents in a row
+    mixed = to_device(mixed_row(tok), "cpu")
+    assert not plain_causal(mixed["doc"], mixed["frame"])                   # frames
+    gap = batch["doc"].clone()
+    gap[0, 3] = -1                                                           # padding before a real token
+    assert not plain_causal(gap, batch["frame"])
+
+
+def test_causal_path_trains_exactly_like_the_dense_mask():
+    """Same logits at every position that is read, same losses, same gradients."""
+    tok = Tokenizer()
+    batch = text_rows(tok, [10, 20, 22])
+    model = tiny()
+    assert model.attention_mask(batch["doc"], batch["frame"]) == "causal"
+    real = batch["doc"] >= 0
+    results = []
+    for dense in (False, True):
+        if dense:   # the same model, made to take the dense mask
+            model.attention_mask = lambda doc, frame, cache=None: dense_mask(doc, frame)
+        model.zero_grad()
+        text, flow = training_losses(model, batch)
+        (text + flow).backward()
+        logits, _ = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], torch.zeros(0, N, C),
+                          torch.zeros(0))
+        results.append([logits[real], text] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_forward_equals_the_reference_implementation():
+    tok = Tokenizer()
+    for batch, ffn in ((to_device(mixed_row(tok), "cpu"), "modality"), (text_rows(tok, [10, 20]), "shared")):
+        model = tiny(ffn=ffn)
+        torch.nn.init.normal_(model.flow_head.weight, std=0.02)
+        F_ = batch["cond"].shape[0]
+        torch.manual_seed(1)
+        zt, t = torch.randn(F_, N, C), torch.rand(F_)
+        args = (batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t)
+        with torch.no_grad():
+            (logits, flow), (ref_logits, ref_flow) = model(*args), reference_forward(model, *args)
+        real = batch["doc"] >= 0          # padding's own outputs are nobody's business (plain_causal)
+        torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(flow, ref_flow.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_bench_step_reports_tokens_per_second_and_top_ops(capsys):
+    import bench_step
+    tok_s = bench_step.main(["configs/toy.py", "--n_layer=1", "--batch_size=2", "--steps=1", "--warmup=0",
+                             "--repeats=1", "--top=5", "--profile_steps=1", "--device=cpu"])
+    out = capsys.readouterr().out
+    assert tok_s > 0 and "tokens/s" in out and "Self CPU" in out
