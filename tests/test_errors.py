@@ -157,7 +157,7 @@ def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name
 @pytest.mark.parametrize("name,args,expect", [
     ("train", "--help", ["--eval_interval=250", "steps between evaluations"]),
     ("sample", "-h", ["--num_samples=8", "--overwrite=False", "replace the pictures"]),
-    ("plan", "--help", ["--horizon=8", "planning steps (NWM: 8)"]),
+    ("plan", "--help", ["--horizon=6", "planning steps (NWM: 8)"]),
     ("scaling", "plan --help", ["--depths=2,3,4,6", "--learning_rate=0.0003", "the sweep's compute budgets"]),
     ("realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
     ("realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
