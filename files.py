@@ -204,6 +204,21 @@ def read_log(path):
     return out
 
 
+def trim_log(path, step):
+    """Drop a resumed run's log lines after its checkpoint's step: they will be logged again."""
+    lines = [ln for ln, r in read_log(path) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def set_log_aside(path):
+    """Move the log of a run that died before its first checkpoint to the first free path.N."""
+    aside = next(f"{path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{path}.{i}"))
+    os.replace(path, aside)
+    print(f"{path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+
+
 @contextmanager
 def part_file(path):
     """A temporary name to write `path` under: renamed to it when the block succeeds, removed when it fails, so a
@@ -216,6 +231,13 @@ def part_file(path):
             os.remove(part)
         raise
     os.replace(part, path)
+
+
+def write_lines(path, lines):
+    """A text file of the lines, each ended by a newline; returns its path."""
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return path
 
 
 def refuse_overwrite(paths, overwrite=False):

@@ -6,8 +6,7 @@ modality, fit a parabola of held-out loss against log N and take its minimum N_o
 real (non-padding) tokens each run logged, for D_opt; then regress N_opt ~ C^a and D_opt ~ C^b across budgets.
 a + b = 1 only if C = 6 N D held: with attention FLOPs and padding it does not, so a + b checks the fit. The paper
 finds language a ~ 0.47 and vision a ~ 0.37 for dense models: vision wants more data per parameter, increasingly so
-with scale. The loss frontier is
-fitted as L(C) = A C^-alpha + E, with E chosen by grid search in log space.
+with scale. The loss frontier is fitted as L(C) = A C^-alpha + E, with E chosen by grid search in log space.
 
     python scaling.py plan configs/toy.py --budgets=3e12,1e13,3e13 --depths=2,3,4,6   # writes out/sweep/sweep.sh
     bash out/sweep/sweep.sh                                                           # or hand it to a cluster
@@ -24,7 +23,7 @@ import torch
 
 import train
 from config import build, configure, settings
-from files import cli, pyplot, read_log, refuse_overwrite, save_figure
+from files import cli, pyplot, read_log, refuse_overwrite, save_figure, write_lines
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.
@@ -104,8 +103,7 @@ def power_law(x, y):
 
 
 def compute_optimal(results, key):
-    """Per budget: (C, N_opt, D_opt, fitted, L_best: its lowest loss); then the exponents a (N_opt ~ C^a) and b
-    (D_opt ~ C^b)."""
+    """Per budget: (C, N_opt, D_opt, fitted, L_best: its lowest loss); then a (N_opt ~ C^a) and b (D_opt ~ C^b)."""
     rows = []
     for budget in sorted({r["budget"] for r in results}):
         runs = [r for r in results if r["budget"] == budget]
@@ -122,13 +120,9 @@ def compute_optimal(results, key):
 def bootstrap(results, key, n=200, seed=0):
     """95% intervals of a and b: resample the runs within each budget with replacement and refit."""
     rng = np.random.default_rng(seed)
-    by_budget = {}
-    for r in results:
-        by_budget.setdefault(r["budget"], []).append(r)
-    draws = []
-    for _ in range(n):
-        sample = [runs[i] for runs in by_budget.values() for i in rng.integers(0, len(runs), len(runs))]
-        draws.append(compute_optimal(sample, key)[1:])
+    by_budget = {b: [r for r in results if r["budget"] == b] for b in dict.fromkeys(r["budget"] for r in results)}
+    resample = lambda: [runs[i] for runs in by_budget.values() for i in rng.integers(0, len(runs), len(runs))]
+    draws = [compute_optimal(resample(), key)[1:] for _ in range(n)]
     lo, hi = np.nanpercentile(np.array(draws), [2.5, 97.5], axis=0)
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
@@ -215,21 +209,18 @@ def main(argv):
         base = [a for a in argv if not a.split("=")[0].lstrip("-") in own]
         runs = plan(c, base)
         os.makedirs(c.sweep_dir, exist_ok=True)
-        with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in runs)
-        with open(os.path.join(c.sweep_dir, "sweep.sh"), "w") as f:
-            f.write("set -e\n" + "".join(r["command"] + "\n" for r in runs))
+        paths = [write_lines(os.path.join(c.sweep_dir, "plan.jsonl"), [json.dumps(r) for r in runs]),
+                 write_lines(os.path.join(c.sweep_dir, "sweep.sh"), ["set -e", *(r["command"] for r in runs)])]
         for r in runs:
             print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['steps']}")
-        print(f"wrote {os.path.join(c.sweep_dir, 'plan.jsonl')} and {os.path.join(c.sweep_dir, 'sweep.sh')}")
+        print(f"wrote {paths[0]} and {paths[1]}")
         return
     if not os.path.isfile(os.path.join(c.sweep_dir, "plan.jsonl")):
         raise SystemExit(f"no plan.jsonl in {c.sweep_dir}: run python scaling.py plan first, or fix --sweep_dir")
     results = collect(c.sweep_dir)
     if len({r["budget"] for r in results}) < 2:
         raise SystemExit(f"{c.sweep_dir}: finished runs at fewer than 2 budgets; run sweep.sh first")
-    with open(os.path.join(c.sweep_dir, "results.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in results)
+    written = [write_lines(os.path.join(c.sweep_dir, "results.jsonl"), [json.dumps(r) for r in results])]
     fits = {}
     for key in ("text", "vision"):
         rows, a, b = compute_optimal(results, key)
@@ -244,7 +235,7 @@ def main(argv):
     a_text, a_vision = fits["text"][1], fits["vision"][1]
     if 0 < a_text < 1 and 0 < a_vision < 1:
         print(f"vision/language data ratio ~ N^{data_ratio_exponent(a_text, a_vision):.2f}")
-    for path in [os.path.join(c.sweep_dir, "results.jsonl"), *plot(results, fits, c.sweep_dir)]:
+    for path in written + plot(results, fits, c.sweep_dir):
         print(f"wrote {path}")
 
 

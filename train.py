@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from config import build, configure, resolve_device, settings
+from config import build, configure, gpu_peak_flops, resolve_device, settings
 from files import (check_same_model, cli, crash_point, full_state, load_checkpoint, load_optimizer_state, previous,
-                   read_log, save_checkpoint)
+                   save_checkpoint, set_log_aside, trim_log)
 
 # ---- I/O
 out_dir = "out/toy"
@@ -126,9 +126,8 @@ def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
 
 
 def flow_noise(seed, step, micro, device):
-    """The generator for a micro-batch's flow-matching times and noise. Like the data, it is a function of
-    (seed, step, micro-batch), so a resumed run, or the same global batch split over other processes, draws
-    exactly the same noise, and checkpoints need not carry RNG state."""
+    """The generator of a micro-batch's flow times and noise: like the data a function of (seed, step, micro), so
+    resumed runs and other process counts draw exactly the same noise, and checkpoints carry no RNG state."""
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
 
 
@@ -171,14 +170,6 @@ def update_center(center, text_loss, flow_loss, c):
 def losses(**named):
     """The losses that were measured: one with nothing to average is left out of the log, never written as 0."""
     return {k: v for k, v in named.items() if v is not None}
-
-
-def gpu_peak_flops(device):
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
-        if key in name:
-            return peak
-    return 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,16 +262,11 @@ def resume_or_start(run, c, model, data):
                              f"--gradient_accumulation_steps={saved['n_slots']}")
         data.load_state(saved.get("slots", {}))
         if run.master and os.path.exists(run.log_path):  # lines logged after the checkpoint happen again
-            lines = [ln for ln, r in read_log(run.log_path) if r["step"] <= run.step]
-            with open(run.log_path + ".tmp", "w") as f:
-                f.writelines(lines)
-            os.replace(run.log_path + ".tmp", run.log_path)
+            trim_log(run.log_path, run.step)
     elif found := [p for p in (run.ckpt_path, previous(run.ckpt_path)) if os.path.exists(p)]:
         raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
     elif run.master and os.path.exists(run.log_path):
-        aside = next(f"{run.log_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{run.log_path}.{i}"))
-        os.replace(run.log_path, aside)
-        print(f"{run.log_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+        set_log_aside(run.log_path)
     if run.master:
         os.makedirs(c.out_dir, exist_ok=True)
     run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
@@ -322,16 +308,14 @@ def announce(run, c, raw_model):
 
 
 def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
-    """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the whole
-    global batch and read from the device in one sync: lr, text loss, flow loss (None without frames to generate),
-    MoE balance loss, gradient norm."""
+    """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the global
+    batch and read from the device in one sync (flow loss None without frames to generate)."""
     from model import training_losses
     from moe import auxiliary_loss, update_balance_biases
     lr = learning_rate_at(run.step, c)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # per micro-batch, averaged over the step: text loss, flow loss (where there are frames to generate), MoE
-    # balance loss, whether there were such frames, real (non-padding) positions
+    # averaged over the step: text, flow (where frames are generated) and balance loss, such frames, real positions
     sums = torch.zeros(5, device=run.dev)
     for i, micro in enumerate(run.slots):
         made, run.consumed[micro] = loader.next()
@@ -400,8 +384,7 @@ def log_progress(run, c, s, loader, data, pbar):
 
 
 def checkpoint(run, c, raw_model, optimizer):
-    """Whole weights, optimizer state, step, loss center, real tokens seen and every slot's reading position (from
-    the process that owns it), written by process 0."""
+    """Weights, optimizer state, step, loss center, tokens seen and every slot's reading position, by process 0."""
     weights, opt_state = full_state(raw_model, optimizer, run.fsdp)   # collective under FSDP: every rank calls
     slots = [run.consumed]
     if run.ddp:
