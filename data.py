@@ -79,9 +79,8 @@ def caption_to_image(tok, caption, image, drop_caption=False, prompt_only=False)
 
 
 def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
-    """Understanding: the caption is learned as text after the image. As in Appendix B, training shows the image
-    noisy at its own t with a flow loss (clean=False), so captions learn from every noise level, clean included;
-    clean=True (sampling, or the caption_clean_image option) shows it clean, without flow loss."""
+    """Understanding: the caption is learned as text after the image. Training shows the image noisy, with a flow
+    loss (clean=False; Appendix B); clean=True (sampling, or caption_clean_image) shows it clean, without."""
     ids = [tok.bos, tok.boi, FRAME, tok.eoi]
     return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
 
@@ -130,10 +129,9 @@ def robot_frame_actions(position, yaw):
 
 
 def navigation_example(tok, context, actions, targets=None):
-    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to.
-    actions are strings; targets None (prompt for the step to generate) or frames. Only the last target is learned
-    (flow matching); earlier ones are seen clean, as a rollout commits each imagined frame before the next: a chain
-    of noisy targets would teach predicting from noisy predecessors that inference never shows."""
+    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to
+    (targets: frames, or None for a prompt). Only the last target is learned; earlier ones are seen clean, as a
+    rollout commits each imagined frame before the next."""
     ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(context)
     frames, cond = list(context), [True] * len(context)
     for i, action in enumerate(actions):

@@ -20,7 +20,7 @@ import torch
 import toyworld as tw
 from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
-from files import cli, refuse_overwrite, save_gif, save_grid, write_lines
+from files import cli, refuse_overwrite, save_rollout, write_lines
 from model import KVCache
 from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
@@ -274,12 +274,7 @@ def rollout(model, tok, enc, c, folder):
         pad = lambda x: np.concatenate([ep["context"], x, x[-1:].repeat(H - len(x), 0)])
         rows += [pad(made), pad(truth)]
         print(f"{' | '.join(texts)}")
-    rows = np.stack(rows)                                                          # [2 A, 4 + H, h, w, 3]
-    A, T, h, w = len(alts), *rows.shape[1:4]
-    framed = np.pad(rows, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
-    movie = framed.reshape(A, 2, T, h + 2, w + 2, 3).transpose(2, 1, 3, 0, 4, 5).reshape(T, 2 * h + 4, A * w + 2 * A, 3)
-    return [save_gif(movie, os.path.join(folder, "rollout.gif"), ms_per_frame=500),
-            save_grid(rows.reshape(-1, h, w, 3), os.path.join(folder, "rollout.png"), ncol=T)]
+    return save_rollout(np.stack(rows), folder)                                    # [2 A, 4 + H, h, w, 3]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -149,8 +149,7 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
     image, its latents in .frames). force_images=k: k images back to back, then stop. Otherwise text is sampled
     until EOS or max_tokens, and BOI, if allow_images, switches to drawing."""
     from tqdm import tqdm
-    cfg, N = model.cfg, model.cfg.tokens_per_frame
-    dev = next(model.parameters()).device
+    cfg, N, dev = model.cfg, model.cfg.tokens_per_frame, next(model.parameters()).device
     rows = [Row(Example(list(p.ids), list(p.frames), list(p.cond)), last=p.ids[-1]) for p in prompts]
     b = prompt_batch(prompts, model, tok.pad)
     cache, uncond = KVCache(cfg.n_layer), KVCache(cfg.n_layer)
@@ -276,8 +275,7 @@ def main(argv):
     c = configure(settings(globals()), argv, [__file__])
     if c.mode not in ("image", "caption", "video", "text"):
         raise SystemExit(f"unknown mode '{c.mode}': use image, caption, video or text")
-    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature,
-                                                                                            c.top_k) < 0:
+    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature, c.top_k) < 0:
         raise SystemExit("num_samples, steps, max_tokens, context_frames and new_frames must be >= 1, temperature "
                          "and top_k >= 0")
     folder = c.out or os.path.join(c.out_dir, "samples")

@@ -82,9 +82,8 @@ def collect(sweep_dir):
 
 def isoflop_minimum(n, loss):
     """The minimum of a parabola of loss against log N: (N_opt, fit coefficients, fitted). When the parabola opens
-    downward, its minimum lies outside the sizes swept (an extrapolation, not a measurement), or the best run is
-    the smallest or largest model (a lopsided curve can put a parabola's minimum inside the sweep while the loss
-    still falls toward its end), fall back to the best run and say so: fitted is False."""
+    downward, its minimum lies outside the sweep, or the best run is the smallest or largest model (the loss may
+    still fall toward the sweep's end), fall back to the best run and say so: fitted is False."""
     x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
     coef, best = None, x[np.argmin(y)]
     if len(set(x)) >= 3:
@@ -155,7 +154,7 @@ def plot(results, fits, sweep_dir):
     if plt is None:
         return []
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for row, (key, (rows, a, b, _)) in enumerate(fits.items()):
+    for row, (key, (rows, a, b, f)) in enumerate(fits.items()):
         ax = axes[row, 0]
         for budget in sorted({r["budget"] for r in results}):
             runs = sorted((r for r in results if r["budget"] == budget), key=lambda r: r["N"])
@@ -174,7 +173,6 @@ def plot(results, fits, sweep_dir):
         axes[row, 1].loglog(C, [r["D_opt"] for r in rows], "s-", label=f"D_opt ~ C^{b:.2f}")
         axes[row, 1].set(xlabel="C (FLOPs)", title=f"compute-optimal: {key}")
         axes[row, 1].legend()
-        f = fits[key][3]
         axes[row, 2].loglog(C, [x["L_best"] for x in rows], "o")
         cs = np.geomspace(min(C), max(C) * 10, 50)
         axes[row, 2].loglog(cs, f["A"] * cs ** -f["alpha"] + f["E"], "-",
@@ -225,10 +223,10 @@ def main(argv):
     for key in ("text", "vision"):
         rows, a, b = compute_optimal(results, key)
         (a_lo, a_hi), (b_lo, b_hi) = bootstrap(results, key)
-        fits[key] = (rows, a, b, frontier([x["C"] for x in rows], [x["L_best"] for x in rows]))
+        f = frontier([x["C"] for x in rows], [x["L_best"] for x in rows])
+        fits[key] = (rows, a, b, f)
         print(f"{key}: N_opt ~ C^{a:.3f} [{a_lo:.3f}, {a_hi:.3f}], D_opt ~ C^{b:.3f} [{b_lo:.3f}, {b_hi:.3f}], "
-              f"a + b = {a + b:.3f}; frontier L = {fits[key][3]['A']:.3g} C^-{fits[key][3]['alpha']:.3f} + "
-              f"{fits[key][3]['E']:.3g}")
+              f"a + b = {a + b:.3f}; frontier L = {f['A']:.3g} C^-{f['alpha']:.3f} + {f['E']:.3g}")
         for x in rows:
             flag = "" if x["fitted"] else "   (no minimum inside the sweep: best run, flagged)"
             print(f"   C={x['C']:.3g}  N_opt={x['N_opt']:.3g}  D_opt={x['D_opt']:.3g}{flag}")

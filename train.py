@@ -8,7 +8,6 @@ Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a
 The defaults below are the configuration; a config file (python, assigning some of these names) and then
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
-import json
 import math
 import os
 import sys
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 
 from config import build, configure, gpu_peak_flops, resolve_device, settings
-from files import (check_same_model, cli, crash_point, full_state, load_checkpoint, load_optimizer_state, previous,
-                   save_checkpoint, set_log_aside, trim_log)
+from files import (append_log, check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous,
+                   save_checkpoint, save_eval_samples, set_log_aside, trim_log)
 
 # ---- I/O
 out_dir = "out/toy"
@@ -179,7 +178,6 @@ def losses(**named):
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from files import save_grid
     from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
@@ -206,12 +204,7 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     scores.update(gen_accuracy=gen_acc, und_accuracy=und_acc)
     if not write:
         return scores
-    n = min(16, len(images))   # the grid: generated images, the true renders of the same captions beneath them
-    grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
-    save_grid(grid, os.path.join(c.out_dir, "samples.png"))
-    with open(os.path.join(c.out_dir, "samples.txt"), "w") as f:
-        f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
-                                            for p, w in zip(captions[:n], written[:n])))
+    save_eval_samples(c.out_dir, step, images, truth, captions, written)
     return scores
 
 
@@ -247,9 +240,8 @@ def setup_processes(c):
 
 
 def resume_or_start(run, c, model, data):
-    """Loads the checkpoint's weights, step and data position with --resume (and returns it, for the optimizer),
-    trimming the log to the checkpoint's step. A new run refuses an out_dir that holds one, and sets aside the log
-    of a run that died before its first checkpoint."""
+    """With --resume, loads the checkpoint's weights, step and data position (and returns it, for the optimizer);
+    a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
     run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
     if c.resume:
         ckpt = load_checkpoint(run.ckpt_path)
@@ -354,12 +346,6 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
 
 
-def append_log(run, record):
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    crash_point("log")
-
-
 def log_progress(run, c, s, loader, data, pbar):
     """A line of metrics.jsonl and the progress bar: losses, speed in real tokens, padding, data wait, MFU."""
     dt, run.t0 = time.time() - run.t0, time.time()
@@ -377,7 +363,7 @@ def log_progress(run, c, s, loader, data, pbar):
         record["mfu"] = run.flops_per_step * steps_done / dt / run.peak
     if run.device_type == "cuda":
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.dev) / 2 ** 30
-    append_log(run, record)
+    append_log(run.log_path, record)
     pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
                          f"data {data_wait / dt:.0%}" + (f" mfu {100 * record['mfu']:.1f}%" if run.peak else "")
                          + (f" mem {record['peak_memory_gib']:.1f} GiB" if run.device_type == "cuda" else ""))
@@ -422,8 +408,8 @@ def main(argv):
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
                 scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
             if run.master:
-                append_log(run, dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
-                                     tokens=run.seen, **scores))
+                append_log(run.log_path, dict(step=run.step, text_loss=s["text_loss"],
+                                              **losses(flow_loss=s["flow_loss"]), tokens=run.seen, **scores))
                 pbar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()
