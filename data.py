@@ -266,8 +266,7 @@ class ToyWorldData:
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
 
     def navigation(self, rng):
-        """4 frames of a walk (random or goal-directed) in a training maze, then the next action as text and the
-        frame it leads to. Held-out mazes (plan.py) have seeds of the other parity."""
+        """4 frames of a walk in a training maze, the next action as text and its frame (held-out mazes: odd seeds)."""
         maze = toyworld.maze_for(rng.integers(2 ** 31))
         poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT,
                                        goal_directed=rng.random() < 0.5)
@@ -275,8 +274,7 @@ class ToyWorldData:
         return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*actions[-1])], frames[NAV_CONTEXT:])
 
     def batch(self, step, micro, batch_size, split="train"):
-        """Rows for one micro-batch; `micro` is the global micro-batch index (rank * accumulation + i), so the
-        global batch of a step does not depend on how many processes share it."""
+        """Rows for one micro-batch; `micro` is global (rank * accumulation + i): no dependence on the process count."""
         rng = self.rng(split, step, micro)
         examples, rows = [], []
         while len(rows) <= batch_size:  # one row more than needed, so the last kept row is full
@@ -289,8 +287,7 @@ class ToyWorldData:
         return collate(rows[:batch_size], self.seq_len, self.N, self.tok.pad)
 
     def eval_prompts(self, n):
-        """Held-out scenes for the generation and understanding scores: each shows a binding training never drew
-        (toyworld.HELD_OUT)."""
+        """Held-out scenes for the oracle's scores, each with a binding training never drew (toyworld.HELD_OUT)."""
         rng = self.rng("eval_prompts")
         return [toyworld.random_scene(rng, self.max_shapes, self.image_size, "eval") for _ in range(n)]
 

@@ -132,8 +132,8 @@ def goal_distance(kind, enc, goal):
 # The Cross-Entropy Method (NWM, App. F.1): sample action sequences from a Gaussian, roll them all out, refit the
 # Gaussian to the best few; the plan is the average of the final elites.
 
-# The search starts from a slow forward drive (the "forward" baseline): from a zero mean few refits get away from the
-# start. It spreads over 0.3 of dx's and dy's half-range (narrow basins) but all turns (the goals need them).
+# The search starts from a slow forward drive (the "forward" baseline): from a zero mean, few refits leave the start.
+# It spreads over 0.3 of dx's and dy's half-range (narrow basins) but over all turns (the goals need them).
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), np.array([0.3, 0.3, 1.0])
 
 
@@ -211,8 +211,7 @@ def mean_frame(image_size, view, mazes=40):
 
 
 def predict_quality(model, tok, enc, c):
-    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the trained model, copying the last context frame, and
-    the mean frame. The simulator itself scores 0."""
+    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the model, copying the last context, the mean frame."""
     generator, steps = torch.Generator(c.dev).manual_seed(c.seed), PREDICT_STEPS
     out, mean = {"model": [], "copy": [], "mean": []}, mean_frame(c.image_size, c.view)
     for i in range(c.episodes):
@@ -245,8 +244,7 @@ def prediction_table(quality, steps, c):
 # Rollouts: imagined frames for given actions (or sentences) from one episode's context, beside the truth.
 
 def read_alternatives(c, ep=None):
-    """[(texts, numeric actions or None)], one per counterfactual: --actions parsed strictly ("episode": the
-    episode's own actions), --sentences free."""
+    """[(texts, numeric actions or None)] per counterfactual: --actions parsed strictly, --sentences free."""
     alts = []
     for part in (p for p in c.actions.split("|") if p.strip()):
         try:

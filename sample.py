@@ -98,8 +98,7 @@ def draw_image(model, cache, uncond, rows, pos, frame_id, steps, guidance, gener
 
 
 def commit_image(model, cache, rows, z, pos, frame_id, pad_id):
-    """Run the finished latents at t = 1 and keep their keys/values. Every row gets N new cache slots; rows that
-    drew nothing get slots nobody sees (document -1)."""
+    """Run the finished latents at t = 1 into the cache; rows that drew nothing get N slots nobody sees (doc -1)."""
     B, N, dev = cache.doc.shape[0], model.cfg.tokens_per_frame, pos.device
     drawing = torch.zeros(B, dtype=torch.bool, device=dev)
     drawing[rows] = True

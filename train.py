@@ -266,8 +266,7 @@ def resume_or_start(run, c, model, data):
 
 
 def wrap(run, c, model, ckpt):
-    """The model as it trains (sharded by FSDP2 or replicated by DDP, compiled if asked) and its optimizer, whose
-    state a resumed run restores."""
+    """The model as it trains (FSDP2-sharded or DDP-replicated, compiled if asked) and its optimizer, as resumed."""
     raw_model = model
     if run.fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
