@@ -78,6 +78,15 @@ def resolve_device(name):
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+def gpu_peak_flops(device):
+    """The accelerator's dense bfloat16 peak FLOP/s, for MFU; 0 when unknown."""
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return 0.0
+
+
 def build(c, device):
     """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
     run with a one-line message."""

@@ -4,10 +4,9 @@ Data: how text, images and video become one packed stream of training sequences.
 Every example is a list of token ids in which each image or video frame is a block BOI, N latent tokens, EOI
 (Appendix B). Examples are packed whole into fixed-length rows; each position carries a document id (packed
 examples never see each other), a frame id (-1 for text; the attention mask and the FFN routing read it) and a
-next-token target (-1 where there is none). Frames travel as images (or as latents pre-encoded into the shards);
-train.py encodes them with the frozen encoder. A toy-world batch is a pure function of (seed, step, micro-batch
-index); a real-data batch (realdata.ShardData) of those and the reading position of its micro-batch's streams, which
-checkpoints save: resumed and re-run jobs, on any number of processes, see exactly the same data.
+next-token target (-1 where there is none). Frames travel as images (or pre-encoded latents); train.py encodes
+them. A batch is a function of (seed, step, micro-batch index), and for real data (realdata.ShardData) of its
+streams' reading positions, which checkpoints save: resumed runs, on any number of processes, see the same data.
 """
 import re
 from dataclasses import dataclass, field
@@ -80,18 +79,15 @@ def caption_to_image(tok, caption, image, drop_caption=False, prompt_only=False)
 
 
 def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
-    """Understanding: the caption is learned as text after the image. As in Appendix B, training shows the image
-    noisy at its own t with a flow loss (clean=False), so captions learn from every noise level, clean included;
-    clean=True (sampling, or the caption_clean_image option) shows it clean, without flow loss."""
+    """Understanding: the caption is learned as text after the image. Training shows the image noisy, with a flow
+    loss (clean=False; Appendix B); clean=True (sampling, or caption_clean_image) shows it clean, without."""
     ids = [tok.bos, tok.boi, FRAME, tok.eoi]
     return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
 
 
 def video_example(tok, frames):
     """Raw video, no text: each frame its own BOI ... EOI block, each with its own t (Diffusion-Forcing-like)."""
-    ids = [tok.bos]
-    for _ in frames:
-        ids += [tok.boi, FRAME, tok.eoi]
+    ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(frames)
     return Example(ids + [tok.eos], list(frames), [False] * len(frames))
 
 
@@ -133,13 +129,10 @@ def robot_frame_actions(position, yaw):
 
 
 def navigation_example(tok, context, actions, targets=None):
-    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to.
-    actions are strings; targets None (prompt for the step to generate) or frames. Only the last target is learned
-    (flow matching); earlier ones are seen clean, as a rollout commits each imagined frame before the next: a chain
-    of noisy targets would teach predicting from noisy predecessors that inference never shows."""
-    ids = [tok.bos]
-    for _ in context:
-        ids += [tok.boi, FRAME, tok.eoi]
+    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to
+    (targets: frames, or None for a prompt). Only the last target is learned; earlier ones are seen clean, as a
+    rollout commits each imagined frame before the next."""
+    ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(context)
     frames, cond = list(context), [True] * len(context)
     for i, action in enumerate(actions):
         ids += tok.encode(action) + [tok.boi, FRAME]
@@ -171,9 +164,7 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
     frame is still to be generated)."""
     B, S, N = len(rows), seq_len, tokens_per_frame
     tokens = np.full((B, S), pad_id, np.int64)
-    targets = np.full((B, S), -1, np.int64)
-    doc = np.full((B, S), -1, np.int64)
-    frame = np.full((B, S), -1, np.int64)
+    targets, doc, frame = (np.full((B, S), -1, np.int64) for _ in range(3))
     vis_idx, images, cond = [], [], []
     for r, row in enumerate(rows):
         p = 0
@@ -209,9 +200,8 @@ def to_device(batch, device):
 
 
 def tensor_to_device(x, device):
-    """A CPU tensor to the device. To a GPU through pinned memory, without waiting: a plain copy would first wait
-    for all the work queued on the GPU (the last micro-batch's backward), leaving the GPU idle while the next
-    forward pass is launched."""
+    """A CPU tensor to the device; to a GPU through pinned memory without waiting (a plain copy would first wait for
+    the queued work, the last micro-batch's backward, leaving the GPU idle while the next forward is launched)."""
     if x.device.type == "cpu" and torch.device(device).type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
@@ -276,9 +266,7 @@ class ToyWorldData:
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
 
     def navigation(self, rng):
-        """4 frames of a walk (random or goal-directed) in a training maze, then the next action as text and the
-        frame it leads to. One target only: a second would learn from a noisy first one, while a rollout commits
-        each imagined frame clean. Held-out mazes (plan.py) have seeds of the other parity."""
+        """4 frames of a walk in a training maze, the next action as text and its frame (held-out mazes: odd seeds)."""
         maze = toyworld.maze_for(rng.integers(2 ** 31))
         poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT,
                                        goal_directed=rng.random() < 0.5)
@@ -286,8 +274,7 @@ class ToyWorldData:
         return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*actions[-1])], frames[NAV_CONTEXT:])
 
     def batch(self, step, micro, batch_size, split="train"):
-        """Rows for one micro-batch; `micro` is the global micro-batch index (rank * accumulation + i), so the
-        global batch of a step does not depend on how many processes share it."""
+        """Rows for one micro-batch; `micro` is global (rank * accumulation + i): no dependence on the process count."""
         rng = self.rng(split, step, micro)
         examples, rows = [], []
         while len(rows) <= batch_size:  # one row more than needed, so the last kept row is full
@@ -297,12 +284,10 @@ class ToyWorldData:
                 continue
             examples.append(ex)
             rows = pack_rows(examples, self.seq_len, self.N)
-        batch = collate(rows[:batch_size], self.seq_len, self.N, self.tok.pad)
-        return batch
+        return collate(rows[:batch_size], self.seq_len, self.N, self.tok.pad)
 
     def eval_prompts(self, n):
-        """Held-out scenes for the generation and understanding scores: each shows a binding training never drew
-        (toyworld.HELD_OUT)."""
+        """Held-out scenes for the oracle's scores, each with a binding training never drew (toyworld.HELD_OUT)."""
         rng = self.rng("eval_prompts")
         return [toyworld.random_scene(rng, self.max_shapes, self.image_size, "eval") for _ in range(n)]
 

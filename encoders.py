@@ -51,9 +51,8 @@ class PixelPatches:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Semantic encoders (section 3): SigLIP 2 (the paper's choice), DINOv2 and WebSSL, all plain pre-LayerNorm ViTs.
-# Their latents are the last layer's output *before* the model's own final norm, normalised by a LayerNorm without
-# affine parameters (RAE). One block class serves every ViT here; checkpoints keep their published key names and
-# `load_published` maps each family's names for a block's parts onto ours.
+# Latents: the last layer's output *before* the model's final norm, through an affine-free LayerNorm (RAE). One block
+# class serves every ViT; `load_published` maps each family's published key names onto it.
 
 class ViTBlock(nn.Module):
     def __init__(self, width, heads, hidden, eps, approximate="none", layer_scale=False):
@@ -118,8 +117,7 @@ class SiglipVision(nn.Module):
 
     @classmethod
     def from_config(cls, config):
-        """Sizes from a Hugging Face config.json (a SigLIP one, or its vision_config); it leaves out settings
-        equal to the library's defaults, hence the defaults here."""
+        """Sizes from a Hugging Face config.json (a SigLIP one, or its vision_config), which omits default values."""
         v = {**SIGLIP_DEFAULTS, **config.get("vision_config", config)}
         return cls(v["hidden_size"], v["num_hidden_layers"], v["num_attention_heads"], v["intermediate_size"],
                    v["patch_size"], v["image_size"], v["layer_norm_eps"])
@@ -189,9 +187,8 @@ class DinoVision(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The RAE decoder: a ViT-MAE-style decoder trained to turn a frozen encoder's latents back into pixels. Latents
-# are projected to the decoder's width, a learned CLS token is prepended, fixed 2-D sin-cos positions added, and
-# each output token predicts its p x p patch (in the encoder's normalised pixel space).
+# The RAE decoder: a ViT-MAE-style decoder from a frozen encoder's latents back to pixels: latents projected, a CLS
+# token prepended, fixed 2-D sin-cos positions added; each output token predicts its p x p patch.
 
 def sincos_positions(width, grid):
     """MAE's fixed 2-D sin-cos embedding [1 + grid^2, width] (a zero row for CLS): half the channels encode the
@@ -217,8 +214,7 @@ class RAEDecoder(nn.Module):
 
     @classmethod
     def from_published(cls, config, state, grid=16):
-        """Sizes from the weights themselves where they tell (the patch size from decoder_pred), heads and eps from
-        the config."""
+        """Sizes from the weights themselves where they tell, heads and eps from the config."""
         state = {k.removeprefix("module.").removeprefix("decoder."): v for k, v in state.items()}
         if "decoder_embed.weight" not in state:
             raise ValueError(f"not an RAE decoder: no decoder_embed.weight among {list(state)[:3]}")
@@ -347,8 +343,6 @@ def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weig
         return SemanticEncoder(tower, RAEDecoder(tower.width) if decoder_weights else None, mean_std, device)
     config, state = read_weights(weights, "model.safetensors", lambda k: not k.startswith("text_model."))
     tower = cls.from_config(config).load_published(state)
-    decoder = None
-    if decoder_weights:
-        config, state = read_weights(decoder_weights, "model.pt")
-        decoder = RAEDecoder.from_published(config, state, tower.image_size // tower.patch)
+    grid = tower.image_size // tower.patch
+    decoder = RAEDecoder.from_published(*read_weights(decoder_weights, "model.pt"), grid) if decoder_weights else None
     return SemanticEncoder(tower, decoder, mean_std, device)

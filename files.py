@@ -204,6 +204,27 @@ def read_log(path):
     return out
 
 
+def append_log(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    crash_point("log")
+
+
+def trim_log(path, step):
+    """Drop a resumed run's log lines after its checkpoint's step: they will be logged again."""
+    lines = [ln for ln, r in read_log(path) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def set_log_aside(path):
+    """Move the log of a run that died before its first checkpoint to the first free path.N."""
+    aside = next(f"{path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{path}.{i}"))
+    os.replace(path, aside)
+    print(f"{path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+
+
 @contextmanager
 def part_file(path):
     """A temporary name to write `path` under: renamed to it when the block succeeds, removed when it fails, so a
@@ -216,6 +237,13 @@ def part_file(path):
             os.remove(part)
         raise
     os.replace(part, path)
+
+
+def write_lines(path, lines):
+    """A text file of the lines, each ended by a newline; returns its path."""
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return path
 
 
 def refuse_overwrite(paths, overwrite=False):
@@ -351,6 +379,27 @@ def save_gif(frames, path, scale=4, ms_per_frame=400):
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
     os.replace(tmp, path)
     return path
+
+
+def save_eval_samples(out_dir, step, images, truth, captions, written):
+    """samples.png: up to 16 generated images, the true renders of the same captions beneath them; samples.txt: the
+    prompts and the model's captions of their true renders."""
+    n = min(16, len(images))
+    grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
+    save_grid(grid, os.path.join(out_dir, "samples.png"))
+    with open(os.path.join(out_dir, "samples.txt"), "w") as f:
+        f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
+                                            for p, w in zip(captions[:n], written[:n])))
+
+
+def save_rollout(rows, folder):
+    """Frames [2 A, T, h, w, 3], each imagined row above its true one -> rollout.gif (the A pairs side by side, in
+    time) and rollout.png (every frame); returns both paths."""
+    A, T, h, w = len(rows) // 2, *rows.shape[1:4]
+    framed = np.pad(rows, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
+    movie = framed.reshape(A, 2, T, h + 2, w + 2, 3).transpose(2, 1, 3, 0, 4, 5).reshape(T, 2 * h + 4, A * w + 2 * A, 3)
+    return [save_gif(movie, os.path.join(folder, "rollout.gif"), ms_per_frame=500),
+            save_grid(rows.reshape(-1, h, w, 3), os.path.join(folder, "rollout.png"), ncol=T)]
 
 
 def pyplot():

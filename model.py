@@ -69,18 +69,15 @@ class ModelConfig:
 # the clean latent; the velocity is dz_t/dt = z0 - eps. One t per image or frame, shared by all its tokens.
 
 def shift_time(t, s):
-    """Move t toward the noisy end by the factor s (s > 1 noisier, s = 1 unchanged). High-dimensional latents keep
-    their content recognisable at noise levels that destroy small images, so they need more training and sampling
-    time spent near t = 0 (SD3, RAE). The map t / (t + s (1 - t)) fixes 0 and 1 and is monotone in t."""
+    """Move t toward the noisy end by the factor s (s > 1 noisier): high-dimensional latents stay recognisable at
+    noise levels that destroy small images, so they need more time spent near t = 0 (SD3, RAE)."""
     return t / (t + s * (1 - t))
 
 
 def sample_time(n, cfg, device, generator=None):
     """One training time per frame: uniform, or logit-normal (more weight on the middle), then shifted."""
-    if cfg.time_sampling == "uniform":
-        t = torch.rand(n, device=device, generator=generator)
-    else:
-        t = torch.sigmoid(torch.randn(n, device=device, generator=generator))
+    t = torch.rand(n, device=device, generator=generator) if cfg.time_sampling == "uniform" else \
+        torch.sigmoid(torch.randn(n, device=device, generator=generator))
     return shift_time(t, cfg.time_shift)
 
 
@@ -91,9 +88,8 @@ def add_noise(z0, eps, t):
 
 
 def velocity(pred, zt, t, prediction):
-    """The velocity the network's output implies. With x-prediction the network outputs the clean latents and
-    v = (x - z_t) / (1 - t), with 1 - t clamped at 0.05 so near-clean frames do not blow up (JiT). Training and
-    sampling both go through here, so the Euler sampler integrates exactly what the loss trained."""
+    """The velocity the network's output implies: with x-prediction v = (x - z_t) / (1 - t), 1 - t clamped at 0.05
+    (JiT). Training and sampling both go through here, so the sampler integrates exactly what the loss trained."""
     if prediction == "v":
         return pred
     t = t.view(-1, *([1] * (zt.dim() - 1)))
@@ -176,15 +172,13 @@ def rope_angles(pos, head_dim, theta):
 
 
 def apply_rope(x, cos, sin):
-    """Rotary position embedding on [B, S, H, D]: each head's halves (x1, x2) become (x1 cos - x2 sin,
-    x2 cos + x1 sin), i.e. x cos + (x2, x1) sin with the signs in sin: two multiplies and a roll (in float32)."""
+    """Rotary position embedding on [B, S, H, D]: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
     return (x * cos + x.roll(x.shape[-1] // 2, -1) * sin).type_as(x)
 
 
 class KVCache:
-    """The keys and values of every layer for all positions processed so far, with their document and frame ids
-    (the mask needs them), so that generation runs only the new positions. Nothing is stored unless the forward
-    pass commits: the Euler steps of an image attend to the cache without growing it."""
+    """Every layer's keys and values so far, with their document and frame ids (for the mask). Nothing is stored
+    unless the forward pass commits: the Euler steps of an image attend to the cache without growing it."""
 
     def __init__(self, n_layer):
         self.k, self.v = [None] * n_layer, [None] * n_layer
@@ -234,14 +228,13 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         # QK-norm keeps attention logits bounded, which mixed text/latent training benefits from
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = (nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+                                    for _ in range(2))
 
     def forward(self, x, cos, sin, mask, cache=None, commit=True):
         B, S, _ = x.shape
         q = self.q_norm(self.wq(x).view(B, S, self.n_head, self.head_dim))
         k, v = self.wkv(x).view(B, S, 2, self.n_kv_head, self.head_dim).unbind(2)
-        # norms and rotary on the projections' own [B, S, H, D] layout (on the heads-first view: ~1.7x the time)
         q, k = apply_rope(q, cos, sin), apply_rope(self.k_norm(k), cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
@@ -280,9 +273,8 @@ class SharedFFN(nn.Module):
 
 
 class ModalityFFN(nn.Module):
-    """A text FFN and a vision FFN (Appendix C): every token goes through exactly one of them, so the FLOPs per
-    token equal the shared FFN's while the parameters double. Tokens are sorted by modality and both FFNs run as
-    one grouped matrix multiply (a two-expert MoE whose router is the modality), so nothing waits for the host."""
+    """A text FFN and a vision FFN (Appendix C): each token uses one, so FLOPs per token stay while parameters double.
+    Both run as one grouped matrix multiply (a two-expert MoE whose router is the modality)."""
     def __init__(self, cfg):
         super().__init__()
         self.text, self.vision = SwiGLU(cfg.d_model, cfg.ffn_hidden), SwiGLU(cfg.d_model, cfg.ffn_hidden)
@@ -293,7 +285,7 @@ class ModalityFFN(nn.Module):
         order = torch.argsort(is_vision.to(torch.uint8), stable=True)        # text tokens first, then vision
         n_vision = is_vision.sum()
         counts = torch.stack([is_vision.numel() - n_vision, n_vision])
-        ffns = (self.text, self.vision)   # their weights stacked per call: a copy small beside the tokens' work
+        ffns = (self.text, self.vision)
         y = grouped_swiglu(x[order], torch.stack([f.w_gate_up.weight.t() for f in ffns]),
                            torch.stack([f.w_down.weight.t() for f in ffns]), counts)
         return torch.empty_like(x).index_copy(0, order, y.to(x.dtype)).view(shape), {}
@@ -303,16 +295,12 @@ class ModalityFFN(nn.Module):
 
 
 def make_ffn(cfg):
-    """The FFN seam: every FFN maps (x [B, S, d], is_vision [B, S]) -> ([B, S, d], statistics for training) and
-    says how many of its parameters one token uses. The statistics ({} for a dense FFN; the MoE's balance loss and
-    expert load) are returned, not stored, so a layer has no side effects that would stop activation
-    checkpointing from compiling. The Mixture-of-Experts FFN plugs in here."""
-    if cfg.ffn == "shared":
-        return SharedFFN(cfg)
-    if cfg.ffn == "modality":
-        return ModalityFFN(cfg)
-    if cfg.ffn == "moe":
-        return MoEFFN(cfg)
+    """The FFN seam: (x [B, S, d], is_vision [B, S]) -> ([B, S, d], training statistics), plus active_params().
+    The statistics ({} when dense; the MoE's balance loss and load) are returned, not stored: no side effects that
+    would stop activation checkpointing from compiling."""
+    ffns = {"shared": SharedFFN, "modality": ModalityFFN, "moe": MoEFFN}
+    if cfg.ffn in ffns:
+        return ffns[cfg.ffn](cfg)
     raise ValueError(f"unknown ffn {cfg.ffn!r}: use 'shared', 'modality' or 'moe'")
 
 
@@ -363,8 +351,7 @@ class UnifiedTransformer(nn.Module):
     def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True, mask=None):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
-        Generation adds pos [B, S] (rotary positions; default 0..S-1) and a KVCache holding earlier positions.
-        mask: attention_mask(doc, frame), when the caller built it (training does, outside torch.compile).
+        Generation adds pos [B, S] (rotary positions) and a KVCache; mask: attention_mask(doc, frame), if prebuilt.
         Returns next-token logits [B, S, V] and the flow head's prediction (x or v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
@@ -416,9 +403,8 @@ class UnifiedTransformer(nn.Module):
 # The training loss: L = lambda_LM * L_LM + lambda_flow * L_flow in one forward/backward (section 2.1).
 
 def training_losses(model, batch, generator=None):
-    """batch (from data.pack): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True for
-    frames that only condition, e.g. the image of an image->caption example: seen clean, no flow loss).
-    Returns (text_loss, flow_loss) as tensors; they are weighted and summed by the caller."""
+    """batch (data.collate's): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True for
+    frames seen clean, without flow loss). Returns (text_loss, flow_loss); the caller weights and sums them."""
     core = getattr(model, "module", model)   # DDP's wrapper (torch.compile's passes attributes through)
     cfg, z0, cond = core.cfg, batch["latents"], batch["cond"]
     t = torch.where(cond, torch.ones_like(cond, dtype=torch.float32),

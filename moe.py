@@ -8,10 +8,8 @@ modality FFNs here are 8/3 d_model wide: moe_top_k sets fewer active experts for
 Shared experts are always on: one for every token ("global"), or one for text and one for vision tokens
 ("per_modality", the paper's best); the router picks the other k - 1.
 
-Dispatch is dropless: every (token, expert) assignment is kept, assignments are sorted by expert, and each
-projection is one grouped matrix multiply over the sorted tokens (grouped_swiglu, which model.ModalityFFN shares:
-a two-expert MoE routed by modality), then the weighted outputs are added back per token. Nothing in it waits for the host; a loop over experts is the exact
-reference.
+Dispatch is dropless: assignments are sorted by expert, each projection is one grouped matrix multiply over them
+(grouped_swiglu, shared with model.ModalityFFN), and the weighted outputs are added back per token.
 
 What the experts learned (the routing analysis of Appendix E.8) is measured by routing.py.
 """
@@ -33,10 +31,9 @@ def runs_in_bf16(device_type, *tensors):
 
 
 def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
-    """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its contiguous run of rows
-    of xs [A, d]; counts [E] rows per set. In a bf16 step (GPU or CPU): one grouped matrix multiply per projection
-    in bfloat16, whose runs' lengths stay on the device, so nothing waits for the host and torch.compile sees one
-    graph. In a float32 step (dtype=float32, on any device): a loop over the sets, the exact reference."""
+    """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its run of counts[e] rows of
+    xs [A, d]. In a bf16 step: one grouped matrix multiply per projection, run lengths on the device (no host sync,
+    one compiled graph). In a float32 step: a loop over the sets, the exact reference."""
     if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
         grouped = GROUPED_MM and runs_in_bf16(xs.device.type, xs, w_gate_up) and xs.shape[1] % 8 == 0 and \
             w_down.shape[1] % 8 == 0
@@ -138,10 +135,9 @@ def auxiliary_loss(model):
 
 @torch.no_grad()
 def update_balance_biases(model, rate):
-    """Auxiliary-loss-free balancing, after each optimizer step: raise the bias of the experts that got fewer than
-    the mean number of tokens over the whole step (every micro-batch, summed over every process, so all processes
-    keep the same biases), lower the others. The rate is sized for sigmoid scores in (0, 1) (DeepSeek-V3: 1e-3);
-    softmax scores average 1/E, so their step is rate / E, or the bias would outweigh the scores within steps."""
+    """Auxiliary-loss-free balancing, after each optimizer step: raise the bias of experts that got fewer than the
+    mean tokens over the step (summed over every process: all keep the same biases), lower the others. The rate
+    suits sigmoid scores (DeepSeek-V3: 1e-3); softmax scores average 1/E, so their step is rate / E."""
     layers = [m for m in model.modules() if isinstance(m, MoEFFN) and m.cfg.moe_balance == "bias"]
     if not layers:
         return

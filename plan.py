@@ -20,7 +20,7 @@ import torch
 import toyworld as tw
 from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
-from files import cli, refuse_overwrite, save_gif, save_grid
+from files import cli, refuse_overwrite, save_rollout, write_lines
 from model import KVCache
 from sample import append_tokens, commit_image, draw_image, prefill, prompt_batch
 
@@ -57,8 +57,7 @@ def bootstrap_ci(values, level=0.95, resamples=2000, seed=0):
     """Percentile bootstrap interval of the mean, resampling episodes (rows of values) with replacement."""
     values = np.asarray(values, float)
     idx = np.random.default_rng(seed).integers(len(values), size=(resamples, len(values)))
-    means = values[idx].mean(1)
-    return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0))
+    return tuple(np.quantile(values[idx].mean(1), [(1 - level) / 2, (1 + level) / 2], axis=0))
 
 
 def ate(pred, truth):
@@ -86,7 +85,7 @@ def imagine(model, tok, context, texts, steps=10, generator=None):
     pos, rows, frames = (prompt["pos"][:, -1] + 1).expand(B), torch.arange(B, device=dev), []
     for h in range(len(texts[0])):
         feed = [[tok.eoi] * (h > 0) + tok.encode(t[h]) + [tok.boi] for t in texts]   # EOI closes the last frame
-        pos = append_tokens(model, cache, feed, pos, tok.pad)
+        pos, _ = append_tokens(model, cache, feed, pos, tok.pad)
         z = draw_image(model, cache, None, rows, pos, NAV_CONTEXT + h, steps, 1.0, generator)
         commit_image(model, cache, rows, z, pos, NAV_CONTEXT + h, tok.pad)
         pos, frames = pos + cfg.tokens_per_frame, frames + [z]
@@ -133,10 +132,8 @@ def goal_distance(kind, enc, goal):
 # The Cross-Entropy Method (NWM, App. F.1): sample action sequences from a Gaussian, roll them all out, refit the
 # Gaussian to the best few; the plan is the average of the final elites.
 
-# The search starts from a slow forward drive, as robots mostly move forward: from a zero mean most samples end near
-# the start, and a few refits rarely get away from it. The "forward" baseline executes this mean as it is. The first
-# samples spread over 0.3 of the half-range of dx and dy, as the distance to a goal view has narrow basins, but over
-# the whole range of turns: the evaluation's goals need turns that a narrow spread never samples.
+# The search starts from a slow forward drive (the "forward" baseline): from a zero mean, few refits leave the start.
+# It spreads over 0.3 of dx's and dy's half-range (narrow basins) but over all turns (the goals need them).
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), np.array([0.3, 0.3, 1.0])
 
 
@@ -214,8 +211,7 @@ def mean_frame(image_size, view, mazes=40):
 
 
 def predict_quality(model, tok, enc, c):
-    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the trained model, copying the last context frame, and
-    the mean frame. The simulator itself scores 0."""
+    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the model, copying the last context, the mean frame."""
     generator, steps = torch.Generator(c.dev).manual_seed(c.seed), PREDICT_STEPS
     out, mean = {"model": [], "copy": [], "mean": []}, mean_frame(c.image_size, c.view)
     for i in range(c.episodes):
@@ -248,8 +244,7 @@ def prediction_table(quality, steps, c):
 # Rollouts: imagined frames for given actions (or sentences) from one episode's context, beside the truth.
 
 def read_alternatives(c, ep=None):
-    """[(texts, numeric actions or None)], one per counterfactual: --actions parsed strictly ("episode": the
-    episode's own actions), --sentences free."""
+    """[(texts, numeric actions or None)] per counterfactual: --actions parsed strictly, --sentences free."""
     alts = []
     for part in (p for p in c.actions.split("|") if p.strip()):
         try:
@@ -277,12 +272,7 @@ def rollout(model, tok, enc, c, folder):
         pad = lambda x: np.concatenate([ep["context"], x, x[-1:].repeat(H - len(x), 0)])
         rows += [pad(made), pad(truth)]
         print(f"{' | '.join(texts)}")
-    rows = np.stack(rows)                                                          # [2 A, 4 + H, h, w, 3]
-    A, T, h, w = len(alts), *rows.shape[1:4]
-    framed = np.pad(rows, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
-    movie = framed.reshape(A, 2, T, h + 2, w + 2, 3).transpose(2, 1, 3, 0, 4, 5).reshape(T, 2 * h + 4, A * w + 2 * A, 3)
-    return [save_gif(movie, os.path.join(folder, "rollout.gif"), ms_per_frame=500),
-            save_grid(rows.reshape(-1, h, w, 3), os.path.join(folder, "rollout.png"), ncol=T)]
+    return save_rollout(np.stack(rows), folder)                                    # [2 A, 4 + H, h, w, 3]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,10 +331,7 @@ def main(argv):
         lines = planning_table(evaluate(chosen, c, enc, model, tok), c)
     lines += ["", f"{time.time() - t0:.0f} s in all"]
     print("\n".join(lines))
-    path = os.path.join(folder, f"{c.mode}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {write_lines(os.path.join(folder, f'{c.mode}.md'), lines)}")
 
 
 def planning_table(results, c):

@@ -5,11 +5,9 @@ The model writes text token by token. When it writes BOI, the sampler appends a 
 and integrates them from t = 0 (noise) to t = 1 (clean) with a 25-step Euler sampler and classifier-free
 guidance, then appends EOI and goes back to text. So one call can produce text, then an image, then more text.
 
-The prefix is computed once and kept in a KV cache. Each Euler step runs only the N image tokens against it, with
-the conditional and the unconditional branch in one batch; the unconditional branch is the sequence with the
-conditioning dropped exactly as in training (BOS BOI, see data.caption_to_image). When an image is finished, its
-clean latents are run once more at t = 1 and their keys/values enter the cache, as a clean image would in
-training; the noisy steps never do.
+The prefix is kept in a KV cache. Each Euler step runs only the N image tokens against it, the conditional and
+the unconditional branch (the conditioning dropped as in training: BOS BOI) in one batch. A finished image's clean
+latents run once more at t = 1 and their keys/values enter the cache, as in training; the noisy steps never do.
 
     python sample.py --out_dir=out/toy --prompt="a small red circle at the top left"        # caption -> image
     python sample.py --out_dir=out/toy --mode=caption --image=picture.png                   # image -> caption
@@ -100,8 +98,7 @@ def draw_image(model, cache, uncond, rows, pos, frame_id, steps, guidance, gener
 
 
 def commit_image(model, cache, rows, z, pos, frame_id, pad_id):
-    """Run the finished latents at t = 1 and keep their keys/values. Every row gets N new cache slots; rows that
-    drew nothing get slots nobody sees (document -1)."""
+    """Run the finished latents at t = 1 into the cache; rows that drew nothing get N slots nobody sees (doc -1)."""
     B, N, dev = cache.doc.shape[0], model.cfg.tokens_per_frame, pos.device
     drawing = torch.zeros(B, dtype=torch.bool, device=dev)
     drawing[rows] = True
@@ -115,15 +112,15 @@ def commit_image(model, cache, rows, z, pos, frame_id, pad_id):
 
 def append_tokens(model, cache, token_lists, pos, pad_id):
     """Feed known text (one list of ids per row, lengths may differ) into every row of the cache in one pass: rows
-    are right-padded with slots nobody sees (document -1). Returns each row's next rotary position."""
+    are right-padded with slots nobody sees (document -1). Returns each row's next rotary position, and the logits."""
     dev, L = pos.device, max(map(len, token_lists))
     tokens = torch.tensor([ids + [pad_id] * (L - len(ids)) for ids in token_lists], device=dev)
     live = torch.tensor([[i < len(ids) for i in range(L)] for ids in token_lists], device=dev)
     N, C = model.cfg.tokens_per_frame, model.cfg.latent_dim
-    model(tokens, torch.where(live, 0, -1), torch.full_like(tokens, -1), torch.zeros(0, dtype=torch.long, device=dev),
-          torch.zeros(0, N, C, device=dev), torch.zeros(0, device=dev), pos=pos[:, None] + torch.arange(L, device=dev),
-          cache=cache)
-    return pos + live.sum(1)
+    logits, _ = model(tokens, torch.where(live, 0, -1), torch.full_like(tokens, -1),
+                      torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, N, C, device=dev),
+                      torch.zeros(0, device=dev), pos=pos[:, None] + torch.arange(L, device=dev), cache=cache)
+    return pos + live.sum(1), logits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,14 +144,11 @@ class Row:
 @torch.no_grad()
 def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=64, temperature=1.0, top_k=0,
              steps=25, guidance=3.0, generator=None, progress=False):
-    """prompts: data.Examples (frames as latents [N, C]). Returns one Example per prompt: the prompt followed by
-    what was generated (text ids, and a FRAME marker per image with its latents in .frames).
-    force_images=k: write k images back to back (BOI forced after each EOI), then stop (caption->image ends its
-    prompt with BOI; video continuation with EOI). Otherwise text is sampled until EOS or max_tokens, and BOI,
-    if allow_images, switches to drawing."""
+    """prompts: data.Examples (frames as latents [N, C]) -> each followed by what was generated (a FRAME marker per
+    image, its latents in .frames). force_images=k: k images back to back, then stop. Otherwise text is sampled
+    until EOS or max_tokens, and BOI, if allow_images, switches to drawing."""
     from tqdm import tqdm
-    cfg, N = model.cfg, model.cfg.tokens_per_frame
-    dev = next(model.parameters()).device
+    cfg, N, dev = model.cfg, model.cfg.tokens_per_frame, next(model.parameters()).device
     rows = [Row(Example(list(p.ids), list(p.frames), list(p.cond)), last=p.ids[-1]) for p in prompts]
     b = prompt_batch(prompts, model, tok.pad)
     cache, uncond = KVCache(cfg.n_layer), KVCache(cfg.n_layer)
@@ -198,23 +192,17 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
                 row.write(nxt[r], feed=not row.done)
         if all(row.feed is None for row in rows):
             break
-        # feed the chosen tokens (rows with nothing to feed get padding nobody sees)
-        feed = torch.tensor([tok.pad if row.feed is None else row.feed for row in rows], device=dev)[:, None]
-        live = torch.tensor([row.feed is not None for row in rows], device=dev)[:, None]
+        feed = [[] if row.feed is None else [row.feed] for row in rows]   # nothing to feed: padding nobody sees
         for row in rows:
             row.last, row.feed = row.last if row.feed is None else row.feed, None
-        logits, _ = model(feed, torch.where(live, 0, -1), torch.full_like(feed, -1),
-                          torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, N, cfg.latent_dim, device=dev),
-                          torch.zeros(0, device=dev), pos=pos[:, None], cache=cache)
-        pos += live[:, 0].long()
+        pos, logits = append_tokens(model, cache, feed, pos, tok.pad)
         bar.update(1)
     bar.close()
     return [row.out for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The common tasks as forced modes. (Action-conditioned frames, many candidate action sequences at once, are
-# plan.imagine: append_tokens for each action's text, then draw_image and commit_image.)
+# The common tasks as forced modes (action-conditioned frames are plan.imagine's), and a generation as text.
 
 def draw(model, tok, captions, steps=25, guidance=3.0, generator=None, progress=False):
     """Caption -> image: latents [B, N, C], one per caption."""
@@ -233,9 +221,8 @@ def describe(model, tok, latents, max_tokens=96, temperature=0.0, top_k=0, gener
 
 
 def continue_video(model, tok, context, n_frames, steps=25, guidance=1.0, generator=None, progress=False):
-    """Context frames [B, K, N, C] -> the next n_frames, [B, n_frames, N, C]. Without guidance by default: the
-    unconditional branch drops the whole context, leaving a video's first frame, so guidance would push each new
-    frame away from a generic opening frame rather than toward its context."""
+    """Context frames [B, K, N, C] -> the next n_frames, [B, n_frames, N, C]. No guidance by default: its
+    unconditional branch, a video's first frame, would push frames away from an opening rather than toward context."""
     K = context.shape[1]
     prompts = [Example(video_example(tok, list(frames)).ids[:-1], list(frames), [True] * K) for frames in context]
     outs = generate(model, tok, prompts, force_images=n_frames, steps=steps, guidance=guidance,
@@ -243,19 +230,10 @@ def continue_video(model, tok, context, n_frames, steps=25, guidance=1.0, genera
     return torch.stack([torch.stack(o.frames[K:]) for o in outs])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Generated sequences as text.
-
 def as_text(tok, ids):
     """A generated sequence as text, with <image> where each frame is."""
-    parts, current = [], []
-    for i in ids:
-        if i == FRAME:
-            parts.append(tok.decode(current))
-            current = []
-        else:
-            current.append(i)
-    return " <image> ".join(parts + [tok.decode(current)])
+    cuts = [-1] + [k for k, i in enumerate(ids) if i == FRAME] + [len(ids)]
+    return " <image> ".join(tok.decode(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,8 +259,7 @@ overwrite = False       # replace the pictures of an earlier run in the output f
 
 
 def check_length(c, tok, N, seq_len):
-    """A prompt and what the mode adds to it must fit in the trained sequence length: positions beyond it were
-    never trained, so the model's output there means little. (Text mode's images are not counted.)"""
+    """A prompt and what the mode adds must fit in the trained sequence length (text mode's images not counted)."""
     P = len(tok.encode(c.prompt))
     need = {"image": P + N + 3, "caption": N + 3 + c.max_tokens, "video": 1 + (c.context_frames + c.new_frames) *
             (N + 2), "text": 1 + P + c.max_tokens}[c.mode]
@@ -297,8 +274,7 @@ def main(argv):
     c = configure(settings(globals()), argv, [__file__])
     if c.mode not in ("image", "caption", "video", "text"):
         raise SystemExit(f"unknown mode '{c.mode}': use image, caption, video or text")
-    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature,
-                                                                                            c.top_k) < 0:
+    if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature, c.top_k) < 0:
         raise SystemExit("num_samples, steps, max_tokens, context_frames and new_frames must be >= 1, temperature "
                          "and top_k >= 0")
     folder = c.out or os.path.join(c.out_dir, "samples")

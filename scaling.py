@@ -6,8 +6,7 @@ modality, fit a parabola of held-out loss against log N and take its minimum N_o
 real (non-padding) tokens each run logged, for D_opt; then regress N_opt ~ C^a and D_opt ~ C^b across budgets.
 a + b = 1 only if C = 6 N D held: with attention FLOPs and padding it does not, so a + b checks the fit. The paper
 finds language a ~ 0.47 and vision a ~ 0.37 for dense models: vision wants more data per parameter, increasingly so
-with scale. The loss frontier is
-fitted as L(C) = A C^-alpha + E, with E chosen by grid search in log space.
+with scale. The loss frontier is fitted as L(C) = A C^-alpha + E, with E chosen by grid search in log space.
 
     python scaling.py plan configs/toy.py --budgets=3e12,1e13,3e13 --depths=2,3,4,6   # writes out/sweep/sweep.sh
     bash out/sweep/sweep.sh                                                           # or hand it to a cluster
@@ -24,7 +23,7 @@ import torch
 
 import train
 from config import build, configure, settings
-from files import cli, pyplot, read_log, refuse_overwrite, save_figure
+from files import cli, pyplot, read_log, refuse_overwrite, save_figure, write_lines
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.
@@ -83,9 +82,8 @@ def collect(sweep_dir):
 
 def isoflop_minimum(n, loss):
     """The minimum of a parabola of loss against log N: (N_opt, fit coefficients, fitted). When the parabola opens
-    downward, its minimum lies outside the sizes swept (an extrapolation, not a measurement), or the best run is
-    the smallest or largest model (a lopsided curve can put a parabola's minimum inside the sweep while the loss
-    still falls toward its end), fall back to the best run and say so: fitted is False."""
+    downward, its minimum lies outside the sweep, or the best run is the smallest or largest model (the loss may
+    still fall toward the sweep's end), fall back to the best run and say so: fitted is False."""
     x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
     coef, best = None, x[np.argmin(y)]
     if len(set(x)) >= 3:
@@ -104,8 +102,7 @@ def power_law(x, y):
 
 
 def compute_optimal(results, key):
-    """Per budget: (C, N_opt, D_opt, fitted, L_best: its lowest loss); then the exponents a (N_opt ~ C^a) and b
-    (D_opt ~ C^b)."""
+    """Per budget: (C, N_opt, D_opt, fitted, L_best: its lowest loss); then a (N_opt ~ C^a) and b (D_opt ~ C^b)."""
     rows = []
     for budget in sorted({r["budget"] for r in results}):
         runs = [r for r in results if r["budget"] == budget]
@@ -122,13 +119,9 @@ def compute_optimal(results, key):
 def bootstrap(results, key, n=200, seed=0):
     """95% intervals of a and b: resample the runs within each budget with replacement and refit."""
     rng = np.random.default_rng(seed)
-    by_budget = {}
-    for r in results:
-        by_budget.setdefault(r["budget"], []).append(r)
-    draws = []
-    for _ in range(n):
-        sample = [runs[i] for runs in by_budget.values() for i in rng.integers(0, len(runs), len(runs))]
-        draws.append(compute_optimal(sample, key)[1:])
+    by_budget = {b: [r for r in results if r["budget"] == b] for b in dict.fromkeys(r["budget"] for r in results)}
+    resample = lambda: [runs[i] for runs in by_budget.values() for i in rng.integers(0, len(runs), len(runs))]
+    draws = [compute_optimal(resample(), key)[1:] for _ in range(n)]
     lo, hi = np.nanpercentile(np.array(draws), [2.5, 97.5], axis=0)
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
@@ -161,7 +154,7 @@ def plot(results, fits, sweep_dir):
     if plt is None:
         return []
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for row, (key, (rows, a, b, _)) in enumerate(fits.items()):
+    for row, (key, (rows, a, b, f)) in enumerate(fits.items()):
         ax = axes[row, 0]
         for budget in sorted({r["budget"] for r in results}):
             runs = sorted((r for r in results if r["budget"] == budget), key=lambda r: r["N"])
@@ -180,7 +173,6 @@ def plot(results, fits, sweep_dir):
         axes[row, 1].loglog(C, [r["D_opt"] for r in rows], "s-", label=f"D_opt ~ C^{b:.2f}")
         axes[row, 1].set(xlabel="C (FLOPs)", title=f"compute-optimal: {key}")
         axes[row, 1].legend()
-        f = fits[key][3]
         axes[row, 2].loglog(C, [x["L_best"] for x in rows], "o")
         cs = np.geomspace(min(C), max(C) * 10, 50)
         axes[row, 2].loglog(cs, f["A"] * cs ** -f["alpha"] + f["E"], "-",
@@ -215,36 +207,33 @@ def main(argv):
         base = [a for a in argv if not a.split("=")[0].lstrip("-") in own]
         runs = plan(c, base)
         os.makedirs(c.sweep_dir, exist_ok=True)
-        with open(os.path.join(c.sweep_dir, "plan.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in runs)
-        with open(os.path.join(c.sweep_dir, "sweep.sh"), "w") as f:
-            f.write("set -e\n" + "".join(r["command"] + "\n" for r in runs))
+        paths = [write_lines(os.path.join(c.sweep_dir, "plan.jsonl"), [json.dumps(r) for r in runs]),
+                 write_lines(os.path.join(c.sweep_dir, "sweep.sh"), ["set -e", *(r["command"] for r in runs)])]
         for r in runs:
             print(f"{r['name']:>14}  N={r['N']:.3g}  D={r['D']:.3g}  steps={r['steps']}")
-        print(f"wrote {os.path.join(c.sweep_dir, 'plan.jsonl')} and {os.path.join(c.sweep_dir, 'sweep.sh')}")
+        print(f"wrote {paths[0]} and {paths[1]}")
         return
     if not os.path.isfile(os.path.join(c.sweep_dir, "plan.jsonl")):
         raise SystemExit(f"no plan.jsonl in {c.sweep_dir}: run python scaling.py plan first, or fix --sweep_dir")
     results = collect(c.sweep_dir)
     if len({r["budget"] for r in results}) < 2:
         raise SystemExit(f"{c.sweep_dir}: finished runs at fewer than 2 budgets; run sweep.sh first")
-    with open(os.path.join(c.sweep_dir, "results.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in results)
+    written = [write_lines(os.path.join(c.sweep_dir, "results.jsonl"), [json.dumps(r) for r in results])]
     fits = {}
     for key in ("text", "vision"):
         rows, a, b = compute_optimal(results, key)
         (a_lo, a_hi), (b_lo, b_hi) = bootstrap(results, key)
-        fits[key] = (rows, a, b, frontier([x["C"] for x in rows], [x["L_best"] for x in rows]))
+        f = frontier([x["C"] for x in rows], [x["L_best"] for x in rows])
+        fits[key] = (rows, a, b, f)
         print(f"{key}: N_opt ~ C^{a:.3f} [{a_lo:.3f}, {a_hi:.3f}], D_opt ~ C^{b:.3f} [{b_lo:.3f}, {b_hi:.3f}], "
-              f"a + b = {a + b:.3f}; frontier L = {fits[key][3]['A']:.3g} C^-{fits[key][3]['alpha']:.3f} + "
-              f"{fits[key][3]['E']:.3g}")
+              f"a + b = {a + b:.3f}; frontier L = {f['A']:.3g} C^-{f['alpha']:.3f} + {f['E']:.3g}")
         for x in rows:
             flag = "" if x["fitted"] else "   (no minimum inside the sweep: best run, flagged)"
             print(f"   C={x['C']:.3g}  N_opt={x['N_opt']:.3g}  D_opt={x['D_opt']:.3g}{flag}")
     a_text, a_vision = fits["text"][1], fits["vision"][1]
     if 0 < a_text < 1 and 0 < a_vision < 1:
         print(f"vision/language data ratio ~ N^{data_ratio_exponent(a_text, a_vision):.2f}")
-    for path in [os.path.join(c.sweep_dir, "results.jsonl"), *plot(results, fits, c.sweep_dir)]:
+    for path in written + plot(results, fits, c.sweep_dir):
         print(f"wrote {path}")
 
 

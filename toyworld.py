@@ -1,15 +1,13 @@
 """The toy world: an infinite, procedural, deterministic-by-seed source of training data.
 
-A scene is a black square picture cut into a 3x3 grid of cells. Each occupied cell holds one
-shape with a kind (circle, square, triangle), a colour (six saturated primaries) and a size
-(small, big). Every scene comes with a canonical English caption, so the same world provides
-images (for flow matching), text (for next-token prediction), and image-text pairs for both
-directions: text -> image (generation) and image -> text (understanding).
+A scene is a black square picture cut into a 3x3 grid of cells. Each occupied cell holds one shape with a kind
+(circle, square, triangle), a colour (six saturated primaries) and a size (small, big). Every scene comes with a
+canonical English caption, so the same world provides images (flow matching), text (next-token prediction), and
+image-text pairs for generation and understanding.
 
-Because the world is fully known, it can also grade the model: `perceive` reads objects out of
-pixels, `parse_caption` out of text, and `match_score` compares them (a miniature GenEval for
-generated images, an accuracy for captions). Everything is a pure function of the numpy
-Generator passed in, and only numpy and the standard library are used: always there offline.
+Because the world is fully known, it can also grade the model: `perceive` reads objects out of pixels,
+`parse_caption` out of text, and `match_score` compares them (a miniature GenEval, and a caption accuracy).
+Everything is a pure function of the numpy Generator passed in; only numpy and the standard library are used.
 """
 from __future__ import annotations
 
@@ -24,21 +22,16 @@ import numpy as np
 
 # Six corners of the RGB cube. Each lies on its own ray from black, so any shade of one (dimmed, or
 # blurred into the black background) is still far from every other: they survive blur and noise.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
-    "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255),
-}
+COLORS: dict[str, tuple[int, int, int]] = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+                                           "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255)}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "big")
 # The 3x3 grid cells in row-major order: a position's index is its cell id 0..8.
-POSITIONS: tuple[str, ...] = ("top left", "top", "top right",
-                              "left", "center", "right",
+POSITIONS: tuple[str, ...] = ("top left", "top", "top right", "left", "center", "right",
                               "bottom left", "bottom", "bottom right")
 
-# A shape's width as a fraction of a cell's width. Big shapes leave a 10% margin on each side,
-# which the centre jitter never exceeds, so a shape in a scene never spills into another cell.
-# Small is 0.48 rather than 0.45: at 32 px a 0.45 disc often rasterises to a 4x4 pixel block,
-# which is a square to anyone, the oracle included.
+# A shape's width as a fraction of a cell's: big leaves a margin the centre jitter never exceeds, so no shape spills
+# into another cell; small is 0.48, as at 32 px a 0.45 disc often rasterises to a square 4x4 block.
 SIZE_FRACTION = {"small": 0.48, "big": 0.8}
 JITTER = 0.08  # largest centre offset, as a fraction of a cell (~0.85 px at 32 px)
 
@@ -121,8 +114,7 @@ def shape_mask(shape: Shape, image_size: int) -> np.ndarray:
         return dx**2 + dy**2 <= half**2
     if shape.kind == "square":
         return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    # Upward isosceles triangle as tall as it is wide: its half-width grows from 0 at the apex to
-    # `half` at the base, so it fills half its bounding box and its mass sits low.
+    # Upward isosceles triangle as tall as it is wide: it fills half its bounding box and its mass sits low.
     return (np.abs(dy) <= half) & (np.abs(dx) <= (dy + half) / 2)
 
 
@@ -165,9 +157,8 @@ def parse_caption(text: str) -> list[tuple[str, str, str, int]]:
 
 
 # ---- The oracle's eyes: reading objects out of pixels ----
-# Three steps: label each pixel with the colour it is a shade of; in each cell, keep the colour
-# whose solid blobs cover the most of it; read that blob's kind and size from the distribution of
-# its colour, which survives the blur of generated images far better than its edges do.
+# Label each pixel with the colour it is a shade of; in each cell, keep the colour whose solid blobs cover the most
+# of it; read that blob's kind and size from the distribution of its colour, which survives blur better than edges.
 
 _RGB = np.array(list(COLORS.values()), dtype=np.float32)
 COLOR_TOLERANCE = 60.0  # RGB distance from a colour's ray (greys and muddy mixtures are far)
@@ -182,21 +173,15 @@ BIG_WIDTH = 0.62  # fraction of a cell, half-way (geometrically) between small a
 
 
 def colour_shares(image: np.ndarray) -> np.ndarray:
-    """How much of each palette colour every pixel holds, in 0..1: [H, W, len(COLORS)].
-
-    Blur mixes a shape's colour with the black around it and a model may paint a little dim: both
-    give shades on the colour's ray from black, which this projection measures. Unlike a hard
-    mask it is also what blur conserves: colour is moved around, but its total is kept.
-    """
+    """How much of each palette colour every pixel holds, in 0..1: [H, W, len(COLORS)]. Blur and dim painting both
+    give shades on the colour's ray from black, which this projection measures; and blur conserves its total."""
     pixels = image.astype(np.float32)[..., None, :]
     return np.clip((pixels * _RGB).sum(-1) / (_RGB**2).sum(-1), 0.0, 1.0)
 
 
 def classify_pixels(image: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Label each pixel with the colour it is a shade of (1..6 in COLORS order), 0 for background.
-
-    It must lie close to that colour's ray (greys and muddy mixtures do not) and hold enough of it.
-    """
+    """Label each pixel with the colour it is a shade of (1..6 in COLORS order), 0 for background: it must lie close
+    to that colour's ray (greys and muddy mixtures do not) and hold enough of it."""
     distance = np.linalg.norm(image.astype(np.float32)[..., None, :] - shares[..., None] * _RGB, axis=-1)
     labels = distance.argmin(axis=-1)
     share = np.take_along_axis(shares, labels[..., None], axis=-1)[..., 0]
@@ -211,12 +196,8 @@ def neighbour_count(masks: np.ndarray) -> np.ndarray:
 
 
 def colour_blobs(labels: np.ndarray) -> np.ndarray:
-    """One boolean mask per colour holding only solid blobs: [len(COLORS), H, W].
-
-    Noise that lands near a palette colour is scattered speckle, shapes are solid: keep pixels
-    with at least 4 like-coloured neighbours, which removes speckle, then give back the pixels
-    next to them, which restores the corners and tips this shaved off the shapes.
-    """
+    """One boolean mask per colour holding only solid blobs: [len(COLORS), H, W]. Pixels with at least 4 like-coloured
+    neighbours (no speckle), then the pixels next to them (the corners and tips this shaved off)."""
     masks = labels[None] == np.arange(1, len(COLORS) + 1)[:, None, None]
     solid = masks & (neighbour_count(masks) >= 5)
     return masks & (neighbour_count(solid) > 0)
@@ -230,18 +211,14 @@ def cumulants(weights: np.ndarray, coord: np.ndarray) -> tuple[float, float, flo
 
 
 def read_kind(weights: np.ndarray) -> str:
-    """circle, square or triangle, from how colour is distributed (weights sum to 1).
-
-    Edges are what blur destroys, so we avoid them: a Gaussian blur adds to the variance but
-    leaves the third and fourth cumulants unchanged, and those are what tell the shapes apart.
-    """
+    """circle, square or triangle, from how colour is distributed (weights sum to 1). Not from edges, which blur
+    destroys: a Gaussian blur adds to the variance but leaves the third and fourth cumulants unchanged."""
     y, x = np.indices(weights.shape).astype(np.float64)
     # A triangle is wide at the bottom and thin at the top: colour down its rows is skewed.
     var, third, _ = cumulants(weights, y)
     if third / (var + 1e-9) ** 1.5 <= -TRIANGLE_SKEW:
         return "triangle"
-    # A circle looks the same along every direction. A square's profile is flat-topped along the
-    # axes but tent-shaped along its diagonals, where its fourth cumulant is exactly half as large.
+    # A square's profile is flat-topped along the axes, tent-shaped along its diagonals (fourth cumulant halved).
     along_axes = cumulants(weights, x)[2] + cumulants(weights, y)[2]
     along_diagonals = (cumulants(weights, x + y)[2] + cumulants(weights, x - y)[2]) / 4
     square = along_axes < 0 and along_diagonals / along_axes < SQUARE_DIAGONAL_RATIO
@@ -255,9 +232,8 @@ def read_object(mask: np.ndarray, amount: np.ndarray, cell_h: float, cell_w: flo
     window = amount[max(rows.min() - margin, 0):rows.max() + 1 + margin,
                     max(cols.min() - margin, 0):cols.max() + 1 + margin]
     kind = read_kind(window / window.sum())
-    # Size from how much colour there is, which blur conserves, rather than from the extent, which
-    # blur erodes at corners and tips: the width of a shape of this kind holding that much area.
-    # Counted in units of the blob's own full colour, so that a dim shape is not a small one.
+    # Size from how much colour there is (blur conserves it; it erodes the extent), in units of the blob's own full
+    # colour so that a dim shape is not a small one: the width of a shape of this kind holding that much area.
     area = window.sum() / amount[mask].max()
     width = np.sqrt(area / AREA_FRACTION[kind] / (cell_h * cell_w))
     return kind, "big" if width >= BIG_WIDTH else "small"
@@ -278,9 +254,8 @@ def perceive(image: np.ndarray) -> list[tuple[str, str, str, int]]:
         dominant = int(np.argmax(counts))
         if counts[dominant] < MIN_COVERAGE * labels[inside].size:
             continue  # an empty cell, or only stray colour from blur and noise
-        # Faint tinges (noise on the black background) are not colour: over the many background
-        # pixels around a shape they would pile up and wash out its measurements. Pixels that
-        # belong to another colour do not count either.
+        # Faint tinges (noise on the background) would pile up around a shape and wash out its measurements: not
+        # colour. Pixels of another colour do not count either.
         amount = np.clip((shares[inside][..., dominant] - COLOR_FLOOR) / (1 - COLOR_FLOOR), 0.0, 1.0)
         amount *= np.isin(labels[inside], (0, dominant + 1))
         kind, size = read_object(blobs[dominant][inside], amount, h / 3, w / 3)
@@ -292,12 +267,8 @@ def perceive(image: np.ndarray) -> list[tuple[str, str, str, int]]:
 
 
 def match_score(reference, candidate) -> float:
-    """Fraction of checks passed, in [0, 1].
-
-    Per reference object: is there a candidate object of the same colour in the same cell, and
-    only if so, does it have the same shape, and the same size? Plus one global check that the
-    number of objects agrees, so extra objects cost something too.
-    """
+    """Fraction of checks passed, in [0, 1]. Per reference object: is there a candidate of the same colour in the
+    same cell, and only if so, the same shape, and the same size? Plus one check that the numbers of objects agree."""
     passed = int(len(candidate) == len(reference))
     for kind, color, size, cell in reference:
         found = [(k, s) for k, c, s, p in candidate if (c, p) == (color, cell)]
@@ -332,10 +303,7 @@ def bounce(position: np.ndarray, limit: float) -> np.ndarray:
 
 def random_video(rng: np.random.Generator, n_frames: int = 4, image_size: int = 32,
                  max_shapes: int = 2) -> np.ndarray:
-    """uint8 [T, H, W, 3]: 1..max_shapes shapes gliding at constant velocity, bouncing off the borders.
-
-    Centres bounce at the border itself, so a shape may be half outside the frame but never leaves.
-    """
+    """uint8 [T, H, W, 3]: 1..max_shapes shapes gliding at constant velocity, centres bouncing off the borders."""
     n = int(rng.integers(1, max_shapes + 1))
     looks = [random_look(rng) for _ in range(n)]
     start = rng.uniform(0, image_size, size=(n, 2))
@@ -393,10 +361,9 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
 
 # ---- Navigation world (section 5): an egocentric view of a maze, moved by body-frame actions ----
 # A maze is a grid of unit blocks, wall or floor; the pose (x, y, yaw) is continuous, in block units, yaw counter-
-# clockwise from +x. Corridors are one block wide, so a W step (0.5) is half a corridor: a wall two blocks ahead
-# grows from 8 to 11 pixels of a 32-pixel view. Walls are coloured per block with a dark seam, the floor has
-# half-block tiles of random shades, so that every step changes the picture, and nothing repeats with a period a
-# step could match (stripes or a checkerboard did: the view after a W step looked like the one before it).
+# clockwise from +x. Corridors are one block wide; a W step (0.5) is half a corridor. Walls are coloured per block
+# with a dark seam, the floor has half-block tiles of random shades: every step changes the picture, and nothing
+# repeats with a period a step could match.
 
 FOV = np.pi / 2                  # horizontal field of view; focal length = half the image width
 BODY = 0.15                      # half the robot's (square) width: it collides with walls at this distance

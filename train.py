@@ -8,7 +8,6 @@ Training: one model, one loss, L = lambda_LM * L_LM + lambda_flow * L_flow, on a
 The defaults below are the configuration; a config file (python, assigning some of these names) and then
 --key=value arguments override them. Unknown keys and wrong types stop the run with a message that names them.
 """
-import json
 import math
 import os
 import sys
@@ -19,9 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from config import build, configure, resolve_device, settings
-from files import (check_same_model, cli, crash_point, full_state, load_checkpoint, load_optimizer_state, previous,
-                   read_log, save_checkpoint)
+from config import build, configure, gpu_peak_flops, resolve_device, settings
+from files import (append_log, check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous,
+                   save_checkpoint, save_eval_samples, set_log_aside, trim_log)
 
 # ---- I/O
 out_dir = "out/toy"
@@ -126,9 +125,8 @@ def get_batch(data, enc, step, micro, c, device, split="train", batch=None):
 
 
 def flow_noise(seed, step, micro, device):
-    """The generator for a micro-batch's flow-matching times and noise. Like the data, it is a function of
-    (seed, step, micro-batch), so a resumed run, or the same global batch split over other processes, draws
-    exactly the same noise, and checkpoints need not carry RNG state."""
+    """The generator of a micro-batch's flow times and noise: like the data a function of (seed, step, micro), so
+    resumed runs and other process counts draw exactly the same noise, and checkpoints carry no RNG state."""
     return torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
 
 
@@ -173,14 +171,6 @@ def losses(**named):
     return {k: v for k, v in named.items() if v is not None}
 
 
-def gpu_peak_flops(device):
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
-        if key in name:
-            return peak
-    return 0.0
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
@@ -188,7 +178,6 @@ def gpu_peak_flops(device):
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
     from model import training_losses
-    from files import save_grid
     from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
@@ -215,12 +204,7 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
     scores.update(gen_accuracy=gen_acc, und_accuracy=und_acc)
     if not write:
         return scores
-    n = min(16, len(images))   # the grid: generated images, the true renders of the same captions beneath them
-    grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
-    save_grid(grid, os.path.join(c.out_dir, "samples.png"))
-    with open(os.path.join(c.out_dir, "samples.txt"), "w") as f:
-        f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
-                                            for p, w in zip(captions[:n], written[:n])))
+    save_eval_samples(c.out_dir, step, images, truth, captions, written)
     return scores
 
 
@@ -256,9 +240,8 @@ def setup_processes(c):
 
 
 def resume_or_start(run, c, model, data):
-    """Loads the checkpoint's weights, step and data position with --resume (and returns it, for the optimizer),
-    trimming the log to the checkpoint's step. A new run refuses an out_dir that holds one, and sets aside the log
-    of a run that died before its first checkpoint."""
+    """With --resume, loads the checkpoint's weights, step and data position (and returns it, for the optimizer);
+    a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
     run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
     if c.resume:
         ckpt = load_checkpoint(run.ckpt_path)
@@ -271,16 +254,11 @@ def resume_or_start(run, c, model, data):
                              f"--gradient_accumulation_steps={saved['n_slots']}")
         data.load_state(saved.get("slots", {}))
         if run.master and os.path.exists(run.log_path):  # lines logged after the checkpoint happen again
-            lines = [ln for ln, r in read_log(run.log_path) if r["step"] <= run.step]
-            with open(run.log_path + ".tmp", "w") as f:
-                f.writelines(lines)
-            os.replace(run.log_path + ".tmp", run.log_path)
+            trim_log(run.log_path, run.step)
     elif found := [p for p in (run.ckpt_path, previous(run.ckpt_path)) if os.path.exists(p)]:
         raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
     elif run.master and os.path.exists(run.log_path):
-        aside = next(f"{run.log_path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{run.log_path}.{i}"))
-        os.replace(run.log_path, aside)
-        print(f"{run.log_path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+        set_log_aside(run.log_path)
     if run.master:
         os.makedirs(c.out_dir, exist_ok=True)
     run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
@@ -288,8 +266,7 @@ def resume_or_start(run, c, model, data):
 
 
 def wrap(run, c, model, ckpt):
-    """The model as it trains (sharded by FSDP2 or replicated by DDP, compiled if asked) and its optimizer, whose
-    state a resumed run restores."""
+    """The model as it trains (FSDP2-sharded or DDP-replicated, compiled if asked) and its optimizer, as resumed."""
     raw_model = model
     if run.fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -322,16 +299,14 @@ def announce(run, c, raw_model):
 
 
 def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
-    """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the whole
-    global batch and read from the device in one sync: lr, text loss, flow loss (None without frames to generate),
-    MoE balance loss, gradient norm."""
+    """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the global
+    batch and read from the device in one sync (flow loss None without frames to generate)."""
     from model import training_losses
     from moe import auxiliary_loss, update_balance_biases
     lr = learning_rate_at(run.step, c)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # per micro-batch, averaged over the step: text loss, flow loss (where there are frames to generate), MoE
-    # balance loss, whether there were such frames, real (non-padding) positions
+    # averaged over the step: text, flow (where frames are generated) and balance loss, such frames, real positions
     sums = torch.zeros(5, device=run.dev)
     for i, micro in enumerate(run.slots):
         made, run.consumed[micro] = loader.next()
@@ -370,12 +345,6 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
 
 
-def append_log(run, record):
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    crash_point("log")
-
-
 def log_progress(run, c, s, loader, data, pbar):
     """A line of metrics.jsonl and the progress bar: losses, speed in real tokens, padding, data wait, MFU."""
     dt, run.t0 = time.time() - run.t0, time.time()
@@ -393,15 +362,14 @@ def log_progress(run, c, s, loader, data, pbar):
         record["mfu"] = run.flops_per_step * steps_done / dt / run.peak
     if run.device_type == "cuda":
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.dev) / 2 ** 30
-    append_log(run, record)
+    append_log(run.log_path, record)
     pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
                          f"data {data_wait / dt:.0%}" + (f" mfu {100 * record['mfu']:.1f}%" if run.peak else "")
                          + (f" mem {record['peak_memory_gib']:.1f} GiB" if run.device_type == "cuda" else ""))
 
 
 def checkpoint(run, c, raw_model, optimizer):
-    """Whole weights, optimizer state, step, loss center, real tokens seen and every slot's reading position (from
-    the process that owns it), written by process 0."""
+    """Weights, optimizer state, step, loss center, tokens seen and every slot's reading position, by process 0."""
     weights, opt_state = full_state(raw_model, optimizer, run.fsdp)   # collective under FSDP: every rank calls
     slots = [run.consumed]
     if run.ddp:
@@ -439,8 +407,8 @@ def main(argv):
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
                 scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
             if run.master:
-                append_log(run, dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
-                                     tokens=run.seen, **scores))
+                append_log(run.log_path, dict(step=run.step, text_loss=s["text_loss"],
+                                              **losses(flow_loss=s["flow_loss"]), tokens=run.seen, **scores))
                 pbar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
+from config import gpu_peak_flops  # noqa: E402
 from model import flex_block_mask, may_attend, training_losses  # noqa: E402
 from moe import auxiliary_loss  # noqa: E402
 
@@ -78,7 +79,7 @@ def bench_training(c, dev, dtype, model, batches):
     total, active = model.num_params()
     tokens = c.batch_size * c.seq_len
     tok_s = tokens / dt
-    peak = c.peak_flops or (train.gpu_peak_flops(dev) if dev.startswith("cuda") else 0.0)
+    peak = c.peak_flops or (gpu_peak_flops(dev) if dev.startswith("cuda") else 0.0)
     mfu = f"{100 * model.flops_per_token(c.seq_len) * tok_s / peak:.1f}%" if peak else "n/a (no GPU peak known)"
     memory = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if dev.startswith("cuda") else "n/a"
     frames = sum(len(b["cond"]) for b in batches) / len(batches)
