@@ -225,6 +225,23 @@ def predict_quality(model, tok, enc, c):
     return {k: np.array(v) for k, v in out.items()}, steps
 
 
+def planning_table(results, c):
+    names = {"model": "CEM, trained model", "oracle": "CEM, simulator (oracle)", "forward": "CEM's start (forward)",
+             "random": "random actions", "still": "no motion"}
+    ci = lambda x: "{:.2f} [{:.2f}, {:.2f}]".format(x.mean(), *bootstrap_ci(x))
+    lines = [f"{c.episodes} held-out episodes whose goals need a turn x {c.repeats} repeats, horizon {c.horizon}, "
+             f"{c.samples} samples, top {c.elites}, {c.iterations} iterations, score {c.score}, Euler steps {c.steps}; "
+             f"mean [95% bootstrap CI over episodes]", "",
+             "| planner | ATE | RPE | final error | s / episode |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {names[p]} | {ci(e[:, 0])} | {ci(e[:, 1])} | {ci(e[:, 2])} | {sec:.1f} |"
+              for p, (e, sec) in results.items()]
+    if "model" in results:   # the same episodes for every planner: the paired difference is the sharper test
+        lines += ["", "final error, CEM with the model minus another planner, paired over episodes:"]
+        lines += [f"- {names[p]}: {ci(results['model'][0][:, 2] - e[:, 2])}" for p, (e, _) in results.items()
+                  if p != "model"]
+    return lines
+
+
 def prediction_table(quality, steps, c):
     ci = lambda x: "{:.4f} [{:.4f}, {:.4f}]".format(x.mean(), *bootstrap_ci(x))
     lines = [f"{c.episodes} held-out episodes, true actions, each imagined frame committed as context; Euler steps "
@@ -332,23 +349,6 @@ def main(argv):
     lines += ["", f"{time.time() - t0:.0f} s in all"]
     print("\n".join(lines))
     print(f"wrote {write_lines(os.path.join(folder, f'{c.mode}.md'), lines)}")
-
-
-def planning_table(results, c):
-    names = {"model": "CEM, trained model", "oracle": "CEM, simulator (oracle)", "forward": "CEM's start (forward)",
-             "random": "random actions", "still": "no motion"}
-    ci = lambda x: "{:.2f} [{:.2f}, {:.2f}]".format(x.mean(), *bootstrap_ci(x))
-    lines = [f"{c.episodes} held-out episodes whose goals need a turn x {c.repeats} repeats, horizon {c.horizon}, "
-             f"{c.samples} samples, top {c.elites}, {c.iterations} iterations, score {c.score}, Euler steps {c.steps}; "
-             f"mean [95% bootstrap CI over episodes]", "",
-             "| planner | ATE | RPE | final error | s / episode |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {names[p]} | {ci(e[:, 0])} | {ci(e[:, 1])} | {ci(e[:, 2])} | {sec:.1f} |"
-              for p, (e, sec) in results.items()]
-    if "model" in results:   # the same episodes for every planner: the paired difference is the sharper test
-        lines += ["", "final error, CEM with the model minus another planner, paired over episodes:"]
-        lines += [f"- {names[p]}: {ci(results['model'][0][:, 2] - e[:, 2])}" for p, (e, _) in results.items()
-                  if p != "model"]
-    return lines
 
 
 if __name__ == "__main__":
