@@ -134,9 +134,14 @@ def previous(path):
     return os.path.splitext(path)[0] + ".prev.pt"
 
 
+# Raised when the same weights would compute something else: 2 = rotary embedding on consecutive pairs of a head's
+# dimensions (before: its two halves). A checkpoint of an older format stops with one line instead of loading.
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(path, obj):
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    torch.save(dict(obj, format=CHECKPOINT_FORMAT), tmp)
     crash_point("checkpoint")
     if os.path.exists(path):
         os.replace(path, previous(path))
@@ -188,6 +193,10 @@ def load_checkpoint(path):
             raise ValueError("not a training checkpoint")
     except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
         raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
+    if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
+        raise SystemExit(f"{path} is a format {ckpt.get('format', 1)} checkpoint and this code reads format "
+                         f"{CHECKPOINT_FORMAT} (files.CHECKPOINT_FORMAT says what changed): train it again, or use "
+                         f"the code it was trained with")
     return ckpt
 
 

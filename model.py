@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from kernels import RMSNormCPU, use_written_backward
 from moe import MoEFFN, grouped_swiglu
 
 
@@ -162,18 +163,31 @@ def flex_attention(q, k, v, block_mask):
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks.
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm; on the CPU, with its backward pass written out (kernels.py): PyTorch has no fused kernel there."""
+    def forward(self, x):
+        return RMSNormCPU.apply(x, self.weight, self.eps) if use_written_backward(x) else super().forward(x)
+
+
 def rope_angles(pos, head_dim, theta):
-    """Rotary cos, sin [..., S, 1, D] for positions [B, S] or [S], once per forward for all layers: each angle twice,
-    sin's first half negated (apply_rope). On the fly: generation runs past the training length, rows differ."""
+    """Rotary cos and sin [..., S, 1, D/2, 2] for positions [B, S] or [S], once per forward for all layers. On the
+    fly: generation runs past the training length, and rows may differ."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
     angles = pos.float()[..., None] * inv_freq
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], -1)[..., None, :], torch.cat([-sin, sin], -1)[..., None, :]
+    return torch.stack([angles.cos(), angles.sin()], -1)[..., None, :, :]
 
 
-def apply_rope(x, cos, sin):
-    """Rotary position embedding on [B, S, H, D]: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    return (x * cos + x.roll(x.shape[-1] // 2, -1) * sin).type_as(x)
+def apply_rope(x, rot):
+    """Rotary position embedding on [B, S, H, D] as RoFormer writes it: each consecutive pair (a, b) of a head's
+    dimensions turns by its angle, to (a cos - b sin, a sin + b cos). Eagerly that is one complex multiply (no
+    halves rolled or concatenated); compiled, real arithmetic, which the compiler fuses (it has no complex kernels)."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():
+        (a, b), (cos, sin) = pairs.unbind(-1), rot.unbind(-1)
+        turned = torch.stack([a * cos - b * sin, a * sin + b * cos], -1)
+    else:
+        turned = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rot))
+    return turned.flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -228,14 +242,14 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(cfg.d_model, 2 * cfg.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         # QK-norm keeps attention logits bounded, which mixed text/latent training benefits from
-        self.q_norm, self.k_norm = (nn.RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = (RMSNorm(self.head_dim, eps=1e-6) if cfg.qk_norm else nn.Identity()
                                     for _ in range(2))
 
-    def forward(self, x, cos, sin, mask, cache=None, commit=True):
+    def forward(self, x, rot, mask, cache=None, commit=True):
         B, S, _ = x.shape
         q = self.q_norm(self.wq(x).view(B, S, self.n_head, self.head_dim))
         k, v = self.wkv(x).view(B, S, 2, self.n_kv_head, self.head_dim).unbind(2)
-        q, k = apply_rope(q, cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        q, k = apply_rope(q, rot), apply_rope(self.k_norm(k), rot)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v, commit)
@@ -307,11 +321,11 @@ def make_ffn(cfg):
 class Block(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
-        self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg, layer)
-        self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg, layer)
+        self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
 
-    def forward(self, x, cos, sin, mask, is_vision, cache=None, commit=True):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, commit)
+    def forward(self, x, rot, mask, is_vision, cache=None, commit=True):
+        x = x + self.attn(self.attn_norm(x), rot, mask, cache, commit)
         y, stats = self.ffn(self.ffn_norm(x), is_vision)
         return x + y, stats
 
@@ -329,7 +343,7 @@ class UnifiedTransformer(nn.Module):
         self.patch_pos = nn.Parameter(torch.zeros(cfg.tokens_per_frame, d))  # where a token sits in its frame
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(d, eps=1e-6)
+        self.norm = RMSNorm(d, eps=1e-6)
         self.activation_checkpointing = False                             # a training option, set by train.py
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
         self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
@@ -360,13 +374,13 @@ class UnifiedTransformer(nn.Module):
         x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1]).to(x.dtype)).view(B, S, -1)
         mask = self.attention_mask(doc, frame, cache) if mask is None else mask
         pos = torch.arange(S, device=tokens.device) if pos is None else pos
-        cos, sin = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
+        rot = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
         is_vision, stats = frame >= 0, []
         for block in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():   # recompute in backward: less memory
-                x, s = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, is_vision, use_reentrant=False)
+                x, s = torch.utils.checkpoint.checkpoint(block, x, rot, mask, is_vision, use_reentrant=False)
             else:
-                x, s = block(x, cos, sin, mask, is_vision, cache, commit)
+                x, s = block(x, rot, mask, is_vision, cache, commit)
             stats.append(s)
         self.ffn_stats = stats   # per layer, for the training step (moe.auxiliary_loss)
         if cache is not None and commit:

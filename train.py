@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from config import build, configure, gpu_peak_flops, resolve_device, settings
+from config import build, compile_model, configure, gpu_peak_flops, resolve_device, settings
 from files import (append_log, check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous,
                    save_checkpoint, save_eval_samples, set_log_aside, trim_log)
 
@@ -98,7 +98,7 @@ sample_steps = 25
 # ---- system
 device = "auto"               # "auto": cuda if available, else mps, else cpu
 dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
-compile = False
+compile = False               # torch.compile: the whole model on a GPU, each block on the CPU (needs a C++ compiler)
 parallel = "ddp"              # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2, sharded parameters)
 activation_checkpointing = False   # recompute each block in the backward pass: less memory, ~1/3 more compute
 seed = 1337
@@ -279,7 +279,7 @@ def wrap(run, c, model, ckpt):
     if ckpt is not None:
         load_optimizer_state(raw_model, optimizer, ckpt["optimizer"], run.fsdp)
     if c.compile:
-        model = torch.compile(model)
+        model = compile_model(model, run.device_type)
     if run.ddp and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[torch.device(run.dev).index] if run.device_type == "cuda" else None)

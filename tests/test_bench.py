@@ -25,3 +25,29 @@ def test_bench_moe_times_every_layer_and_restores_the_dispatch(capsys):
     for name in ("dense FFN", "modality FFNs", "MoE (loop over experts)"):
         assert name in out
     assert bench_moe.moe.grouped_swiglu is mlp
+
+
+def test_bench_vs_nanogpt_times_both_steps_interleaved(capsys, tmp_path):
+    """Against a stand-in for nanoGPT's model.py with its interface (GPT, GPTConfig, configure_optimizers), so the
+    test needs no checkout of nanoGPT."""
+    import bench_vs_nanogpt
+    (tmp_path / "model.py").write_text(
+        "import torch\nfrom dataclasses import dataclass\n"
+        "@dataclass\nclass GPTConfig:\n    block_size: int = 8\n    vocab_size: int = 256\n    n_layer: int = 1\n"
+        "    n_head: int = 1\n    n_embd: int = 8\n    dropout: float = 0.0\n    bias: bool = False\n"
+        "class GPT(torch.nn.Module):\n    def __init__(self, c):\n        super().__init__()\n"
+        "        self.emb = torch.nn.Embedding(c.vocab_size, c.vocab_size)\n"
+        "    def forward(self, x, y):\n        logits = self.emb(x)\n"
+        "        return logits, torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))\n"
+        "    def configure_optimizers(self, wd, lr, betas, device):\n"
+        "        return torch.optim.AdamW(self.parameters(), lr=lr)\n")
+    ratios = bench_vs_nanogpt.main([f"--nanogpt={tmp_path}", "--n_layer=1", "--d_model=32", "--n_head=2",
+                                    "--n_kv_head=2", "--seq_len=16", "--batch_size=2", "--rounds=1", "--steps=1"])
+    out = capsys.readouterr().out
+    assert ratios["nanoGPT"] == 1 and ratios["this project"] > 0 and "x nanoGPT" in out
+    try:
+        bench_vs_nanogpt.main([f"--nanogpt={tmp_path / 'nothing'}"])
+    except SystemExit as e:
+        assert "no nanoGPT at" in str(e)
+    else:
+        raise AssertionError("a missing nanoGPT must stop the benchmark")

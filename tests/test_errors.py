@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import data
 import realdata
@@ -40,6 +41,9 @@ def ws(tmp_path_factory):
     for name, content in files.items():
         os.makedirs(os.path.dirname(w / name), exist_ok=True)
         (w / name).write_bytes(content)
+    old = {k: v for k, v in torch.load(w / "run" / "ckpt.pt", weights_only=False).items() if k != "format"}
+    os.makedirs(w / "old")
+    torch.save(old, w / "old" / "ckpt.pt")                        # written before checkpoints carried a format
     realdata.prepare_text(str(w / "good.txt"), str(w / "shards"), "bytes")
     return w
 
@@ -65,6 +69,8 @@ CASES = [
     ("train", T + " --out_dir={w}/empty --resume", 1, NOT_CKPT.replace("{d}", "empty"), False),
     ("train", T + " --out_dir={w}/withprev --resume", 1, r"{w}/withprev/ckpt.pt is not a readable checkpoint "
      r"\(\w+\): the one before is {w}/withprev/ckpt.prev.pt: copy it to {w}/withprev/ckpt.pt", False),
+    ("train", T + " --out_dir={w}/old --resume", 1, r"{w}/old/ckpt.pt is a format 1 checkpoint and this code reads "
+     r"format 2 \(files.CHECKPOINT_FORMAT says what changed\): train it again", False),
     ("train", T + " --out_dir={w}/onlyprev --resume", 1, r"no checkpoint at {w}/onlyprev/ckpt.pt: the one before "
      r"is {w}/onlyprev/ckpt.prev.pt", False),
     ("train", T + " --out_dir={w}/onlyprev", 1, r"{w}/onlyprev/ckpt.prev.pt exists: pass --resume", False),
@@ -84,6 +90,7 @@ CASES = [
     ("sample", "--out_dir={w}/run --mode=caption --image={w}/picture.png", 1, r"cannot read image .*picture.png",
      False),
     ("sample", "--out_dir={w}/empty", 1, NOT_CKPT.replace("{d}", "empty"), False),
+    ("sample", "--out_dir={w}/old", 1, r"{w}/old/ckpt.pt is a format 1 checkpoint", False),
     ("sample", "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt: train one first", False),
     ("sample", "{w}/name.py", 1, r"config file {w}/name.py, line 2: NameError", False),
     # plan.py

@@ -14,13 +14,28 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def reference_rope(x, pos, theta=10000.0):
-    """Rotary embedding as first written: [B, H, S, D], float32 halves, a cat."""
+    """RoFormer's rotary embedding written out on [B, H, S, D]: dimensions (2i, 2i + 1) turn by pos * theta^(-2i/D)."""
     D = x.shape[-1]
     angles = pos.float()[..., None] * (1.0 / theta ** (torch.arange(0, D, 2).float() / D))
     cos, sin = angles.cos(), angles.sin()
     cos, sin = (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
+    a, b = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.empty_like(x, dtype=torch.float32)
+    out[..., 0::2], out[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+    return out.type_as(x)
+
+
+def halves_rope(x, pos, theta=10000.0):
+    """Rotary embedding as this project first wrote it: dimension i paired with i + D/2, float32 halves, a cat."""
+    D = x.shape[-1]
+    angles = pos.float()[..., None] * (1.0 / theta ** (torch.arange(0, D, 2).float() / D))
+    cos, sin = angles.cos(), angles.sin()
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rms(norm, x):
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
 
 
 def reference_forward(model, tokens, doc, frame, vis_idx, zt, t):
@@ -32,14 +47,14 @@ def reference_forward(model, tokens, doc, frame, vis_idx, zt, t):
     x = x.view(B * S, -1).index_copy(0, vis_idx, v.reshape(-1, v.shape[-1])).view(B, S, -1)
     mask, pos = dense_mask(doc, frame), torch.arange(S)
     for block in model.blocks:
-        a, h = block.attn, block.attn_norm(x)
-        q = a.q_norm(a.wq(h).view(B, S, a.n_head, D).transpose(1, 2))
+        a, h = block.attn, rms(block.attn_norm, x)
+        q = rms(a.q_norm, a.wq(h).view(B, S, a.n_head, D).transpose(1, 2))
         k, v = a.wkv(h).view(B, S, 2, a.n_kv_head, D).permute(2, 0, 3, 1, 4)
-        q, k = reference_rope(q, pos), reference_rope(a.k_norm(k), pos)
+        q, k = reference_rope(q, pos), reference_rope(rms(a.k_norm, k), pos)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         x = x + a.wo(y.transpose(1, 2).reshape(B, S, -1))
-        x = x + block.ffn(block.ffn_norm(x), frame >= 0)[0]
-    h = model.norm(x)
+        x = x + block.ffn(rms(block.ffn_norm, x), frame >= 0)[0]
+    h = rms(model.norm, x)
     flow = model.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, cfg.tokens_per_frame, cfg.latent_dim)
     return model.lm_head(h), flow
 
@@ -52,16 +67,44 @@ def text_rows(tok, lengths, S=24):
     return dict(batch, latents=torch.zeros(0, N, C))
 
 
-def test_rope_equals_the_float32_halves_reference():
+def test_rope_equals_the_reference_eager_and_compiled():
     torch.manual_seed(0)
     B, H, S, D = 2, 3, 7, 8
+    compiled = torch.compile(apply_rope, fullgraph=True)   # the real-arithmetic branch, as inside a compiled model
     for pos in (torch.arange(S), torch.randint(0, 100, (B, S))):
-        cos, sin = rope_angles(pos, D, 10000.0)
+        rot = rope_angles(pos, D, 10000.0)
         for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
             x = torch.randn(B, S, H, D).to(dtype)
-            got = apply_rope(x, cos, sin).transpose(1, 2)
-            assert got.dtype == dtype
-            torch.testing.assert_close(got, reference_rope(x.transpose(1, 2), pos), atol=tol, rtol=tol)
+            for rope in (apply_rope, compiled):
+                got = rope(x, rot).transpose(1, 2)
+                assert got.dtype == dtype
+                torch.testing.assert_close(got, reference_rope(x.transpose(1, 2), pos), atol=tol, rtol=tol)
+
+
+def test_rope_is_the_old_halves_rope_up_to_an_order_of_dimensions():
+    """Pairing (2i, 2i + 1) instead of (i, i + D/2) renames a head's dimensions, nothing more: the same attention
+    scores once the projections' rows are reordered alike."""
+    torch.manual_seed(0)
+    D, pos = 8, torch.arange(5)
+    order = torch.arange(D).view(2, D // 2).t().reshape(-1)     # halves order -> pairs order: 0, 4, 1, 5, ...
+    x = torch.randn(1, 3, 5, D)
+    new = apply_rope(x[..., order].transpose(1, 2), rope_angles(pos, D, 10000.0)).transpose(1, 2)
+    torch.testing.assert_close(new, halves_rope(x, pos)[..., order], atol=1e-6, rtol=1e-6)
+
+
+def test_rmsnorm_written_backward_equals_autograd():
+    from model import RMSNorm
+    torch.manual_seed(0)
+    for shape in ((4, 6, 16), (2, 5, 3, 8)):
+        norm = RMSNorm(shape[-1], eps=1e-6)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+        x, dy = torch.randn(shape, requires_grad=True), torch.randn(shape)
+        norm(x).backward(dy)
+        got = (norm(x), x.grad.clone(), norm.weight.grad.clone())
+        x.grad, norm.weight.grad = None, None
+        rms(norm, x).backward(dy)                                  # PyTorch's own, through autograd
+        for a, b in zip(got, (rms(norm, x), x.grad, norm.weight.grad)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_plain_causal_only_when_the_mask_is_causal_where_it_is_read():
