@@ -7,6 +7,8 @@
 #   bash bench/gpu_report.sh speed      # training steps, attention and MoE layers, sampling              ~6 min
 #   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
 #   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
+#   NANOGPT=<checkout> bash bench/gpu_report.sh nanogpt   # against nanoGPT at ~300M, 4,096 positions   ~5 min
+#     (a checkout of karpathy/nanoGPT, e.g. ../shared/peers/nanoGPT carried into an ignored folder)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}
@@ -27,6 +29,13 @@ part_speed() {
   run python bench/bench_train.py $real --device=cuda --ffn=moe --moe_experts=16 --moe_granularity=4
   run python bench/bench_train.py $real --device=cuda --what=attention --block_sizes=64,128,256
   run python bench/bench_sample.py configs/toy.py --device=cuda
+}
+
+part_nanogpt() {
+  local size="--n_layer=24 --d_model=1024 --n_head=16 --n_kv_head=16 --seq_len=4096 --batch_size=4 --rounds=5"
+  run python bench/bench_vs_nanogpt.py --nanogpt="${NANOGPT:?set NANOGPT to a nanoGPT checkout}" --device=cuda \
+      --compile=True $size --rows=text
+  run python bench/bench_vs_nanogpt.py --nanogpt="$NANOGPT" --device=cuda --compile=True $size --rows=toy
 }
 
 part_nav() {
@@ -51,7 +60,7 @@ part_sweep() {
 [ $# -gt 0 ] || set -- tests speed
 for part in "$@"; do
   case $part in
-    tests|speed|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
-    *) echo "unknown part '$part': use tests, speed, nav or sweep" >&2; exit 2 ;;
+    tests|speed|nanogpt|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
+    *) echo "unknown part '$part': use tests, speed, nanogpt, nav or sweep" >&2; exit 2 ;;
   esac
 done

@@ -41,10 +41,14 @@ def test_bench_vs_nanogpt_times_both_steps_interleaved(capsys, tmp_path):
         "        return logits, torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))\n"
         "    def configure_optimizers(self, wd, lr, betas, device):\n"
         "        return torch.optim.AdamW(self.parameters(), lr=lr)\n")
-    ratios = bench_vs_nanogpt.main([f"--nanogpt={tmp_path}", "--n_layer=1", "--d_model=32", "--n_head=2",
-                                    "--n_kv_head=2", "--seq_len=16", "--batch_size=2", "--rounds=1", "--steps=1"])
+    tiny = [f"--nanogpt={tmp_path}", "--n_layer=1", "--d_model=32", "--n_head=2", "--n_kv_head=2", "--batch_size=2",
+            "--rounds=1", "--steps=1"]
+    ratios = bench_vs_nanogpt.main(tiny + ["--seq_len=16"])
+    mixed = bench_vs_nanogpt.main(tiny + ["--seq_len=128", "--rows=toy", "--image_size=16", "--patch_size=4",
+                                          "--video_frames=2"])
     out = capsys.readouterr().out
-    assert ratios["nanoGPT"] == 1 and ratios["this project"] > 0 and "x nanoGPT" in out
+    assert ratios["nanoGPT"] == mixed["nanoGPT"] == 1 and ratios["this project"] > 0 and mixed["this project"] > 0
+    assert "x nanoGPT" in out and "text rows" in out and "toy rows" in out
     try:
         bench_vs_nanogpt.main([f"--nanogpt={tmp_path / 'nothing'}"])
     except SystemExit as e:
