@@ -42,7 +42,13 @@ def test_episodes_need_turns_that_the_baselines_cannot_make():
         went = tw.rollout_poses(ep["maze"], ep["start"], np.tile(plan.CEM_START, (8, 1)))[-1, :2]
         forward_errors.append(np.linalg.norm(went - ep["truth"][-1, :2]))
         start_errors.append(np.linalg.norm(ep["start"][:2] - ep["truth"][-1, :2]))
-    assert min(start_errors) >= 1.0 and np.mean(forward_errors) > 0.8
+        d = ep["truth"][-1, :2] - ep["start"][:2]   # around a corner or behind: >= 45 degrees off the start heading
+        assert abs(tw.wrap_angle(np.arctan2(d[1], d[0]) - ep["start"][2])) >= np.pi / 4
+    assert min(start_errors) >= 1.0 and np.mean(forward_errors) > 1.4
+    origin = np.zeros(3)   # facing +x: a turned goal straight on, or one too near, needs no turn; one to the left does
+    assert plan.needs_turn(origin, np.array([0.2, 2.0, 2.0]))
+    for goal in ([2.0, 0.2, np.pi / 2], [0.5, 0.5, np.pi], [0.2, 2.0, 0.3]):
+        assert not plan.needs_turn(origin, np.array(goal))
 
 
 def test_bootstrap_interval_of_the_mean():
@@ -118,6 +124,22 @@ def test_imagined_frame_equals_the_sampler_without_cache():
                         torch.cat([torch.ones(4), ts[i:i + 1]]))
         z = z + (ts[i + 1] - ts[i]) * velocity(pred[4:], z, ts[i:i + 1], model.cfg.prediction)
     assert torch.allclose(cached, z[0], atol=1e-4)
+
+
+@torch.no_grad()
+def test_rollout_slides_the_four_frame_window():
+    """Frame 2 of a rollout is what one step draws from the window [context 2..4, frame 1], as training's layout
+    (4 frames, one action, one frame) shows it; the first frame is drawn from the true context alone."""
+    model, tok, ep = tiny_model(), Tokenizer(), plan.episode(2, horizon=2)
+    context, texts = ENC.encode(ep["context"]), [["w", "dx=+0.20 dy=+0.00 dyaw=+0.50"]]
+    two = plan.imagine(model, tok, context, texts, 2, torch.Generator().manual_seed(3))[0]
+    g = torch.Generator().manual_seed(3)
+    first = plan.imagine(model, tok, context, [texts[0][:1]], 2, g)[0, 0]
+    second = plan.imagine(model, tok, torch.cat([context[1:], first[None]]), [texts[0][1:]], 2, g)[0, 0]
+    assert torch.allclose(two[0], first, atol=1e-5) and torch.allclose(two[1], second, atol=1e-4)
+    other = plan.imagine(model, tok, torch.cat([context[1:], first[None]]), [texts[0][1:]], 2,
+                         torch.Generator().manual_seed(4))[0, 0]
+    assert not torch.allclose(other, second, atol=1e-3)     # another noise draw differs: the equality is no accident
 
 
 @pytest.fixture(scope="module")
