@@ -98,7 +98,7 @@ CLAIMS = {
                    ("both", "understanding", "image_to_caption_text_loss", "lower"),
                    ("both", "understanding", "und_accuracy", "higher")]),
     6: dict(title="General multimodal data helps world modeling; a small share of navigation suffices",
-            paper="§5, Fig. 13 and its data-share ablation", show=["predict_1", "predict_4"],
+            paper="§5, Fig. 13 and its data-share ablation", show=["predict_1", "predict_4", "copy_1"],
             arms={"nav_1pct": nav(text=.1, caption_to_image=.35, image_to_caption=.2, video=.34, navigation=.01),
                   "nav_10pct": nav(text=.1, caption_to_image=.3, image_to_caption=.2, video=.3, navigation=.1),
                   "nav_10pct_no_video": nav(text=.1, caption_to_image=.45, image_to_caption=.35, navigation=.1),
@@ -216,7 +216,8 @@ def measure(spec, out_dir, c):
         if spec["predict"]:   # plan.py --mode=predict's measurement, its settings as plan.py's defaults
             p = dict(dev="cpu", seed=0, episodes=c.episodes, steps=1, image_size=cfg.image_size, view=cfg.nav_view)
             quality, steps = plan.predict_quality(model, tok, enc, type("C", (), p))
-            m.update({f"predict_{k}": float(quality["model"][:, j, 0].mean()) for j, k in enumerate(steps)})
+            for name, key in (("model", "predict"), ("copy", "copy")):   # copying the last frame: the bar to beat
+                m.update({f"{key}_{k}": float(quality[name][:, j, 0].mean()) for j, k in enumerate(steps)})
     return m
 
 
@@ -331,6 +332,22 @@ def side(ref, metric):
     return f"({ref[1]} - {ref[2]}) / {ref[1]}" if isinstance(ref, tuple) else f"{ref} {metric}".strip()
 
 
+def describe(n, sp):
+    """An arm as its train.py settings (or the run it shares, or the analysis it is)."""
+    if isinstance(sp, str):
+        return f"`{n}` = the run {sp}"
+    if "analyze" in sp:
+        return f"`{n}` = routing.py on the runs {sp['analyze']}"
+    return f"`{n}` = `{' '.join([sp['config'], *(f'--{o}={v}' for o, v in sp['overrides'].items())])}`, " \
+           f"{sp['steps']} steps"
+
+
+def setup(k):
+    if k == 8:
+        return f"Setup: `python scaling.py plan configs/toy.py --aspect=32` at (budgets, depths) {SWEEP}."
+    return "Setup: " + "; ".join(describe(n, sp) for n, sp in all_arms(k).items()) + "."
+
+
 def claim_section(k, got):
     """One claim's markdown (arms, then comparisons with their verdicts) and the verdicts."""
     cl = CLAIMS[k]
@@ -338,7 +355,7 @@ def claim_section(k, got):
     runs = [got[r][s] for r in {resolve(k, n)[0] for n in all_arms(k)} for s in got.get(r, {})]
     lines = [f"## {k}. {cl['title']}", "", f"Paper: {cl['paper']}. Command: `python claims.py --claim={k}`: "
              f"{len(runs)} runs finished, {sum(m['_wall_s'] for m in runs) / 60:.0f} min of wall time (sum over runs); "
-             f"machine: {'; '.join(sorted({m['_machine'] for m in runs})) or '-'}.", "",
+             f"machine: {'; '.join(sorted({m['_machine'] for m in runs})) or '-'}.", "", setup(k), "",
              "| arm | seeds | " + " | ".join(cl["show"]) + " |", "| --- | ---: |" + " ---: |" * len(cl["show"])]
     for n, a in arms.items():
         cells = [fmt(values(n, m, arms), a["fit"][m] if k == 8 and a else None) for m in cl["show"]]
@@ -397,16 +414,17 @@ def write_table(c):
     return write_lines(c.table, head + sections)
 
 
-HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per finished run), not by hand. Every arm "
-       "trains on the toy world, one thread per run, seeds 0 and 1; a cell is the mean over seeds [min, max]. A "
-       "verdict *holds* when the paper's direction holds beyond the seed spread (the min-max ranges do not "
-       "overlap), is *reversed* when the opposite does, and otherwise *does not show at this scale*; *pending* "
-       "until two seeds of both sides have finished. Every number is held out: the validation split (claims 1-3); "
-       "each source alone on its validation split, fixed data seed, no caption dropout (claims 4-5: "
-       "`<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: the oracle on the compositional held-out "
-       "scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE k actions ahead on {episodes} held-out "
-       "mazes; claim 7: routing.py on claim 2's MoE runs (share of modality-specific experts in the first and last "
-       "layer); claim 8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
+HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per finished run), not by hand. Every "
+       "arm trains on the toy world, one thread per run, seeds 0 and 1, at equal compute unless its setup says "
+       "otherwise; a cell is the mean over seeds [min, max]. A verdict *holds* when the paper's direction holds "
+       "beyond the seed spread (the min-max ranges do not overlap), is *reversed* when the opposite does, and "
+       "otherwise *does not show at this scale*; *pending* until two seeds of both sides have finished. Every "
+       "number is held out: the validation split (claims 1-3); each source alone on its validation split, fixed "
+       "data seed, no caption dropout (claims 4-5: `<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: "
+       "the oracle on the compositional held-out scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE "
+       "k actions ahead on {episodes} held-out mazes (`copy_1`: copying the last context frame instead); claim 7: "
+       "routing.py on claim 2's MoE runs (the share of modality-specific experts in the first and last layer); "
+       "claim 8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
 
 
 def main(argv):
