@@ -12,6 +12,7 @@ its held-out metrics and wall time become one line of the results file, which is
 never trained again, and a run with a checkpoint but no line resumes, so a fresh clone picks up where the last
 session stopped.
 """
+import functools
 import json
 import os
 import platform
@@ -146,6 +147,7 @@ def all_arms(k):
     return CLAIMS[k]["arms"] if k != 8 else sweep_arms()
 
 
+@functools.cache   # building the sweep's models (on the meta device) to count them takes a moment
 def sweep_arms():
     """Claim 8's runs: scaling.plan's sweep of configs/toy.py (aspect 32), named like its runs (C1e13_L2)."""
     arms = {}
