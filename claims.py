@@ -100,6 +100,8 @@ CLAIMS = {
                    ("both", "understanding", "und_accuracy", "higher")]),
     6: dict(title="General multimodal data helps world modeling; a small share of navigation suffices",
             paper="§5, Fig. 13 and its data-share ablation", show=["predict_1", "predict_4", "copy_1"],
+            note=" The runs of 2026-12-01 rolled out predict_2/4/8 with every frame chained in one sequence (plan.py "
+                 "before its 4-frame window); predict_1 is the same either way.",
             arms={"nav_1pct": nav(text=.1, caption_to_image=.35, image_to_caption=.2, video=.34, navigation=.01),
                   "nav_10pct": nav(text=.1, caption_to_image=.3, image_to_caption=.2, video=.3, navigation=.1),
                   "nav_10pct_no_video": nav(text=.1, caption_to_image=.45, image_to_caption=.35, navigation=.1),
@@ -347,7 +349,7 @@ def describe(n, sp):
 def setup(k):
     if k == 8:
         return f"Setup: `python scaling.py plan configs/toy.py --aspect=32` at (budgets, depths) {SWEEP}."
-    return "Setup: " + "; ".join(describe(n, sp) for n, sp in all_arms(k).items()) + "."
+    return "Setup: " + "; ".join(describe(n, sp) for n, sp in all_arms(k).items()) + "." + CLAIMS[k].get("note", "")
 
 
 def claim_section(k, got):
