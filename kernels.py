@@ -1,14 +1,13 @@
 """
-Two pieces of the model with their backward passes written out by hand, for the CPU.
+RMSNorm with its backward pass written out by hand, for the CPU.
 
-On a CPU, PyTorch runs RMSNorm and the SwiGLU gate as a chain of separate elementwise operations, and autograd
-differentiates each link: every link reads and writes all the activations again, and at a laptop's model sizes
-those passes, not the matrix multiplies, are what a step spends its extra time on. The maths here is the same
-(tests/test_fast_paths.py checks both directions against autograd); it only goes over the memory fewer times. On
-a GPU, and under torch.compile, the model uses PyTorch's own (the compiler fuses them there).
+On a CPU, PyTorch runs RMSNorm as a chain of separate elementwise operations (square, mean, rsqrt, two products),
+and autograd differentiates each link: every link reads and writes all the activations again, and at a laptop's
+model sizes such passes, not the matrix multiplies, are where a step spends its extra time. The maths here is the
+same (tests/test_fast_paths.py checks the output and both gradients against autograd); it only goes over the memory
+fewer times. On a GPU, and under torch.compile, the model uses PyTorch's own (the compiler fuses it there).
 """
 import torch
-import torch.nn.functional as F
 
 
 def use_written_backward(x):
