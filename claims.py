@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ import train
 from config import configure, load_for_inference, settings
 from data import Tokenizer, ToyWorldData
 from files import cli, read_log, write_lines
-from model import training_losses
 
 # ----------------------------------------------------------------------------------------------------------------
 # The claims.
@@ -196,13 +196,8 @@ def source_losses(model, tok, enc, cfg, source, batches):
     trained on different mixtures are scored on the same examples."""
     data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, 0, cfg.image_size, cfg.max_shapes,
                         cfg.video_frames, 0.0, cfg.caption_clean_image, cfg.nav_view)
-    gen, text, flow = torch.Generator().manual_seed(0), [], []
-    for i in range(batches):
-        batch = train.get_batch(data, enc, i, 0, cfg, "cpu", "val")
-        t, f = training_losses(model, batch, generator=gen)
-        text.append(t.item())
-        flow += [f.item()] if (~batch["cond"]).any() else []   # text alone has no frames to generate
-    return {f"{source}_text_loss": np.mean(text), **({f"{source}_flow_loss": np.mean(flow)} if flow else {})}
+    text, flow = train.held_out_losses(model, data, enc, cfg, "cpu", batches, torch.Generator().manual_seed(0))
+    return {f"{source}_text_loss": text, **({f"{source}_flow_loss": flow} if flow is not None else {})}
 
 
 def measure(spec, out_dir, c):
@@ -219,7 +214,7 @@ def measure(spec, out_dir, c):
             m.update(source_losses(model, tok, enc, cfg, source, c.eval_batches))
         if spec["predict"]:   # plan.py --mode=predict's measurement, its settings as plan.py's defaults
             p = dict(dev="cpu", seed=0, episodes=c.episodes, steps=1, image_size=cfg.image_size, view=cfg.nav_view)
-            quality, steps = plan.predict_quality(model, tok, enc, type("C", (), p))
+            quality, steps = plan.predict_quality(model, tok, enc, SimpleNamespace(**p))
             for name, key in (("model", "predict"), ("copy", "copy")):   # copying the last frame: the bar to beat
                 m.update({f"{key}_{k}": float(quality[name][:, j, 0].mean()) for j, k in enumerate(steps)})
     return m

@@ -80,8 +80,7 @@ def rpe(pred, truth):
 def imagine(model, tok, context, texts, steps=10, generator=None):
     """context latents [4, N, C]; texts: B lists of H action strings. Every frame is drawn as training shows it
     (App. F.1): the last 4 frames, true or imagined, then one action as text; the new frame joins that window.
-    (Chaining all frames in one sequence showed the model layouts it never trained on: 2 actions ahead it did worse
-    than the mean frame.) All B rows are one batch per step."""
+    All B rows are one batch per step."""
     B, dev = len(texts), context.device
     window, frames = context.expand(B, *context.shape), []
     for h in range(len(texts[0])):

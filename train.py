@@ -175,21 +175,28 @@ def losses(**named):
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
 @torch.no_grad()
+def held_out_losses(model, data, enc, c, device, batches, generator):
+    """Mean text and flow loss over the first validation batches (flow None when no batch generates a frame)."""
+    from model import training_losses
+    text, flow = [], []
+    for i in range(batches):
+        batch = get_batch(data, enc, i, 0, c, device, "val")
+        t, f = training_losses(model, batch, generator=generator)
+        text.append(t.item())
+        flow += [f.item()] if (~batch["cond"]).any() else []   # a batch without frames has no flow loss
+    return (float(np.mean(text)) if text else None), (float(np.mean(flow)) if flow else None)
+
+
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     import toyworld
-    from model import training_losses
     from sample import describe, draw
     model.eval()
     gen = torch.Generator(device).manual_seed(c.seed)
-    text, flow, scores = [], [], {}
-    for i in range(c.eval_iters if getattr(data, "has_val", True) else 0):
-        batch = get_batch(data, enc, i, 0, c, device, "val")
-        t, f = training_losses(model, batch, generator=gen)
-        text.append(t.item())
-        flow += [f.item()] if (~batch["cond"]).any() else []   # a batch without frames has no flow loss
-    if text:
-        scores = dict(val_text_loss=float(np.mean(text)), val_ppl=float(math.exp(np.mean(text))),
-                      **losses(val_flow_loss=float(np.mean(flow)) if flow else None))
+    scores = {}
+    text, flow = held_out_losses(model, data, enc, c, device, c.eval_iters if getattr(data, "has_val", True) else 0,
+                                 gen)
+    if text is not None:
+        scores = dict(val_text_loss=text, val_ppl=float(math.exp(text)), **losses(val_flow_loss=flow))
     if not hasattr(data, "eval_prompts"):     # real data: no oracle to score generations with
         model.train()
         return scores
