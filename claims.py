@@ -320,6 +320,16 @@ def verdict(a, b, kind, constant=False, need=2):
     return "reversed" if min(a) > max(b) and not constant else "does not show at this scale"
 
 
+def reading(verdicts):
+    """A claim's verdicts in one phrase: the common one, or how many comparisons gave each."""
+    counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    if "pending" in counts and len(counts) > 1:
+        return f"pending ({len(verdicts) - counts['pending']} of {len(verdicts)} comparisons measured)"
+    if len(counts) == 1:
+        return verdicts[0]
+    return "mixed: " + ", ".join(f"{v} {n} of {len(verdicts)}" for v, n in counts.items())
+
+
 def fmt(v, center=None):
     """mean [min, max] over seeds (claim 8: the fit in its bootstrap interval)."""
     if len(v) < 2:
@@ -347,18 +357,24 @@ def setup(k):
     return "Setup: " + "; ".join(describe(n, sp) for n, sp in all_arms(k).items()) + "." + CLAIMS[k].get("note", "")
 
 
+def finished_runs(k, got):
+    """How many of claim k's runs have finished, their wall minutes (sum) and the machines they ran on."""
+    runs = [m for r in {resolve(k, n)[0] for n in all_arms(k)} for m in got.get(r, {}).values()]
+    return len(runs), sum(m["_wall_s"] for m in runs) / 60, "; ".join(sorted({m["_machine"] for m in runs})) or "-"
+
+
 def claim_section(k, got):
     """One claim's markdown (arms, then comparisons with their verdicts) and the verdicts."""
     cl = CLAIMS[k]
     arms = sweep_fit(got) if k == 8 else {n: got.get(resolve(k, n)[0], {}) for n in all_arms(k)}
-    runs = [got[r][s] for r in {resolve(k, n)[0] for n in all_arms(k)} for s in got.get(r, {})]
+    runs, minutes, where = finished_runs(k, got)
     lines = [f"## {k}. {cl['title']}", "", f"Paper: {cl['paper']}. Command: `python claims.py --claim={k}`: "
-             f"{len(runs)} runs finished, {sum(m['_wall_s'] for m in runs) / 60:.0f} min of wall time (sum over runs); "
-             f"machine: {'; '.join(sorted({m['_machine'] for m in runs})) or '-'}.", "", setup(k), "",
+             f"{runs} runs finished, {minutes:.0f} min of wall time (sum over runs); machine: {where}.", "",
+             setup(k), "",
              "| arm | seeds | " + " | ".join(cl["show"]) + " |", "| --- | ---: |" + " ---: |" * len(cl["show"])]
     for n, a in arms.items():
         cells = [fmt(values(n, m, arms), a["fit"][m] if k == 8 and a else None) for m in cl["show"]]
-        lines.append(f"| {n} | {(len(runs) if k == 8 else len(a)) or 'pending'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n} | {(runs if k == 8 else len(a)) or 'pending'} | " + " | ".join(cells) + " |")
     lines += ["", "| comparison | metric | a | b | verdict |", "| --- | --- | ---: | ---: | --- |"]
     verdicts = []
     for a, b, metric, kind in cl["tests"]:
@@ -406,27 +422,30 @@ def write_table(c):
     for k in CLAIMS:
         lines, verdicts = claim_section(k, got)
         sections += lines
-        summary.append(f"| {k} | {CLAIMS[k]['title']} | {CLAIMS[k]['paper']} | {', '.join(verdicts)} |")
+        runs, minutes, where = finished_runs(k, got)
+        summary.append(f"| {k} | {CLAIMS[k]['title']} | {CLAIMS[k]['paper']} | **{reading(verdicts)}** | "
+                       f"`python claims.py --claim={k}` | {runs} | {minutes:.0f} | {where} |")
     head = ["# The paper's claims in miniature", "", HOW.format(episodes=c.episodes), "",
-            "| claim | finding | paper | verdicts, one per comparison below |", "| ---: | --- | --- | --- |",
+            "| claim | finding | paper | our reading | command | runs | wall min | machine |",
+            "| ---: | --- | --- | --- | --- | ---: | ---: | --- |",
             *summary, "", "The plan, estimated at one thread per run on the 2-core CPU:", "", *plan_lines(c.seeds), ""]
     os.makedirs(os.path.dirname(c.table) or ".", exist_ok=True)
     return write_lines(c.table, head + sections)
 
 
-HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per finished run), not by hand. Every "
-       "arm trains on the toy world, one thread per run, seeds 0 and 1, at equal compute unless its setup says "
-       "otherwise; a cell is the mean over seeds [min, max]. A verdict *holds* when the paper's direction holds "
-       "beyond the seed spread (the min-max ranges do not overlap), is *reversed* when the opposite does, and "
-       "otherwise *does not show at this scale*; *pending* until two seeds of both sides have finished. A claim "
-       "that adding data costs little or a small share suffices is tested as 'a within 5% of b': it is reversed when "
-       "a is worse than b by more than 5% beyond the spread. Every "
-       "number is held out: the validation split (claims 1-3); each source alone on its validation split, fixed "
-       "data seed, no caption dropout (claims 4-5: `<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: "
-       "the oracle on the compositional held-out scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE "
-       "k actions ahead on {episodes} held-out mazes (`copy_1`: copying the last context frame instead); claim 7: "
-       "routing.py on claim 2's MoE runs (the share of modality-specific experts in the first and last layer); "
-       "claim 8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
+HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per finished run), not by hand. Every arm "
+       "trains on the toy world, one thread per run, seeds 0 and 1, at equal compute unless its setup says otherwise; "
+       "a cell is the mean over seeds [min, max]. A verdict *holds* when the paper's direction holds beyond the seed "
+       "spread (the min-max ranges do not overlap), is *reversed* when the opposite does, and otherwise *does not show"
+       " at this scale*; *pending* until two seeds of both sides have finished; a claim's reading is the verdict its "
+       "comparisons share, or how many gave each. A claim that adding data costs little or a small share suffices is "
+       "tested as 'a within 5% of b': it is reversed when a is worse than b by more than 5% beyond the spread. Every "
+       "number is held out: the validation split (claims 1-3); each source alone on its validation split, fixed data "
+       "seed, no caption dropout (claims 4-5: `<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: the "
+       "oracle on the compositional held-out scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE k "
+       "actions ahead on {episodes} held-out mazes (`copy_1`: copying the last context frame instead); claim 7: "
+       "routing.py on claim 2's MoE runs (the share of modality-specific experts in the first and last layer); claim "
+       "8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
 
 
 def main(argv):

@@ -80,9 +80,15 @@ def test_table_rows_from_constructed_results(tmp_path):
            "**holds** |" in table
     assert "| a = modality < b = shared | val_text_loss |" in table and "**does not show at this scale**" in table
     assert "4 runs finished, 4 min of wall time" in table and "machine: test cpu" in table
-    assert "| 1 | Modality-specific FFNs beat one shared FFN at equal active compute | §2.2, App. C | holds, does " \
-           "not show at this scale |" in table
+    assert "| 1 | Modality-specific FFNs beat one shared FFN at equal active compute | §2.2, App. C | **mixed: holds " \
+           "1 of 2, does not show at this scale 1 of 2** | `python claims.py --claim=1` | 4 | 4 | test cpu |" in table
     assert "| 4 | Adding visual data" in table and "| text_only | pending |" in table
+
+
+def test_reading_of_a_claim():
+    assert claims.reading(["holds", "holds"]) == "holds"
+    assert claims.reading(["holds", "pending", "pending"]) == "pending (1 of 3 comparisons measured)"
+    assert claims.reading(["reversed", "holds", "reversed"]) == "mixed: reversed 2 of 3, holds 1 of 3"
 
 
 def test_bad_input_stops_with_one_line(tmp_path):
