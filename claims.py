@@ -306,6 +306,15 @@ def values(ref, metric, arms):
     return [m[metric] for m in arms[ref].values() if metric in m]
 
 
+def paired(a, b, ma, mb, arms, k):
+    """a - b seed by seed: both arms of one seed draw their training and validation data from the same seed, so the
+    difference is free of the part of the seed spread that the validation draws make."""
+    if k == 8 or not (isinstance(a, str) and isinstance(b, str)):
+        return "-"
+    p, q = arms[a], arms[b]
+    return ", ".join(f"{p[s][ma] - q[s][mb]:+.4f}" for s in sorted(p) if s in q and ma in p[s] and mb in q[s]) or "-"
+
+
 def verdict(a, b, kind, constant=False, need=2):
     """'holds' when a beats b beyond the seed spread (their min-max ranges do not overlap), 'reversed' when b beats
     a so, else 'does not show at this scale'. no_worse: a within 5% of b; a constant b is a threshold to pass."""
@@ -375,7 +384,8 @@ def claim_section(k, got):
     for n, a in arms.items():
         cells = [fmt(values(n, m, arms), a["fit"][m] if k == 8 and a else None) for m in cl["show"]]
         lines.append(f"| {n} | {(runs if k == 8 else len(a)) or 'pending'} | " + " | ".join(cells) + " |")
-    lines += ["", "| comparison | metric | a | b | verdict |", "| --- | --- | ---: | ---: | --- |"]
+    lines += ["", "| comparison | metric | a | b | a - b, seed 0, 1 | verdict |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
     verdicts = []
     for a, b, metric, kind in cl["tests"]:
         (ma, mb), two = (metric, True) if isinstance(metric, tuple) else ((metric, metric), False)
@@ -384,7 +394,8 @@ def claim_section(k, got):
         verdicts.append(verdict(va, vb, kind, isinstance(b, (int, float))))
         what = {"lower": "<", "higher": ">", "no_worse": "within 5% of"}[kind]
         lines.append(f"| a = {side(a, ma * two)} {what} b = {side(b, mb * two)} | {'' if two else ma} | "
-                     f"{fmt(va, fit(a, ma))} | {fmt(vb, fit(b, mb))} | **{verdicts[-1]}** |")
+                     f"{fmt(va, fit(a, ma))} | {fmt(vb, fit(b, mb))} | {paired(a, b, ma, mb, arms, k)} | "
+                     f"**{verdicts[-1]}** |")
     return lines + [""], verdicts
 
 

@@ -77,7 +77,7 @@ def test_table_rows_from_constructed_results(tmp_path):
     table = open(tmp_path / "claims.md").read()
     assert "| modality | 2 | 0.1050 [0.1000, 0.1100] |" in table
     assert "| a = modality < b = shared | val_flow_loss | 0.1050 [0.1000, 0.1100] | 0.1250 [0.1200, 0.1300] | " \
-           "**holds** |" in table
+           "-0.0300, -0.0100 | **holds** |" in table
     assert "| a = modality < b = shared | val_text_loss |" in table and "**does not show at this scale**" in table
     assert "4 runs finished, 4 min of wall time" in table and "machine: test cpu" in table
     assert "| 1 | Modality-specific FFNs beat one shared FFN at equal active compute | §2.2, App. C | **mixed: holds " \
