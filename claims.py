@@ -281,12 +281,33 @@ def run_claims(ks, c):
 # ----------------------------------------------------------------------------------------------------------------
 # The table: from the results file alone.
 
+def sweep_runs(got):
+    """Claim 8's finished runs in scaling.py's terms, or [] until at least two budgets have three runs each."""
+    runs = [dict(m, D=m["tokens"], text=m["val_text_loss"], vision=m["val_flow_loss"])
+            for run, seeds in got.items() if run.startswith("8/") for m in seeds.values()]
+    return runs if sum(sum(r["budget"] == b for r in runs) >= 3 for b in {r["budget"] for r in runs}) >= 2 else []
+
+
+def sweep_minima(got):
+    """Claim 8's IsoFLOP minima per budget: a minimum the sweep does not bracket (best run at an end) is marked, as
+    it only bounds the optimum and should be extended (SWEEP)."""
+    runs = sweep_runs(got)
+    if not runs:
+        return []
+    lines = ["| budget (FLOPs) | text N_opt | text D_opt | vision N_opt | vision D_opt |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    (text, _, _), (vision, _, _) = (scaling.compute_optimal(runs, key) for key in ("text", "vision"))
+    for t, v in zip(text, vision):
+        cells = [f"{r[q]:.3g}{'' if r['fitted'] else ' (at an end)'}" for r in (t, v) for q in ("N_opt", "D_opt")]
+        lines.append(f"| {t['C']:.2g} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def sweep_fit(got):
     """Claim 8's two 'arms', text and vision: the data exponent b of the sweep's runs with its bootstrap 95% interval
     (as three values: low, fit, high), once at least two budgets have three finished runs each."""
-    runs = [dict(m, D=m["tokens"], text=m["val_text_loss"], vision=m["val_flow_loss"])
-            for run, seeds in got.items() if run.startswith("8/") for m in seeds.values()]
-    if sum(sum(r["budget"] == b for r in runs) >= 3 for b in {r["budget"] for r in runs}) < 2:
+    runs = sweep_runs(got)
+    if not runs:
         return {"text": {}, "vision": {}}
     out = {}
     for key in ("text", "vision"):
@@ -379,7 +400,7 @@ def claim_section(k, got):
     runs, minutes, where = finished_runs(k, got)
     lines = [f"## {k}. {cl['title']}", "", f"Paper: {cl['paper']}. Command: `python claims.py --claim={k}`: "
              f"{runs} runs finished, {minutes:.0f} min of wall time (sum over runs); machine: {where}.", "",
-             setup(k), "",
+             setup(k), "", *(sweep_minima(got) if k == 8 else []),
              "| arm | seeds | " + " | ".join(cl["show"]) + " |", "| --- | ---: |" + " ---: |" * len(cl["show"])]
     for n, a in arms.items():
         cells = [fmt(values(n, m, arms), a["fit"][m] if k == 8 and a else None) for m in cl["show"]]

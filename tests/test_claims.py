@@ -3,6 +3,7 @@ table rows whose verdicts follow the seed spread."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 import claims
@@ -96,3 +97,25 @@ def test_bad_input_stops_with_one_line(tmp_path):
                         (["--bogus=1"], "unknown config key 'bogus'")):
         with pytest.raises(SystemExit, match=words):
             claims.main([*argv, *paths(tmp_path)])
+
+
+def test_sweep_minima_and_exponent_from_constructed_runs(tmp_path):
+    """Claim 8 from hand-made sweep results: a minimum in the middle is fitted, one at the sweep's end is marked,
+    and the exponents come out."""
+    results = tmp_path / "claims.jsonl"
+    arms = claims.sweep_arms()
+    mid = {b: sorted(sp["sweep"]["N"] for sp in arms.values() if sp["sweep"]["budget"] == b)[1]
+           for b in {sp["sweep"]["budget"] for sp in arms.values()}}
+    with open(results, "w") as f:
+        for name, sp in arms.items():
+            s = sp["sweep"]
+            for seed in (0, 1):
+                text = 1 + (np.log(s["N"] / mid[s["budget"]])) ** 2
+                vision = 1 - np.log(s["N"])             # falls toward the largest model: not bracketed
+                m = dict(s, tokens=s["C"] / (6 * s["N"]), val_text_loss=text, val_flow_loss=vision)
+                f.write(json.dumps(dict(run=f"8/{name}", seed=seed, metrics=m, wall_s=1.0, machine="cpu")) + "\n")
+    claims.main(["--table_only=True", *paths(tmp_path)])
+    table = open(tmp_path / "claims.md").read()
+    rows = [ln for ln in table.splitlines() if ln.startswith("| 3e+1") or ln.startswith("| 1e+1")]
+    assert len(rows) == 3 and all(r.count("(at an end)") == 2 for r in rows)      # vision's two columns only
+    assert "| text | 18 |" in table and "| vision | 18 |" in table and "pending" not in table.split("## 8.")[1]
