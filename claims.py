@@ -99,7 +99,7 @@ CLAIMS = {
                    ("both", "understanding", "image_to_caption_text_loss", "lower"),
                    ("both", "understanding", "und_accuracy", "higher")]),
     6: dict(title="General multimodal data helps world modeling; a small share of navigation suffices",
-            paper="§5, Fig. 13 and its data-share ablation", show=["predict_1", "predict_4", "copy_1"],
+            paper="§5, Fig. 13 and its data-share ablation", show=["predict_1", "copy_1", "predict_4", "copy_4"],
             arms={"nav_1pct": nav(text=.1, caption_to_image=.35, image_to_caption=.2, video=.34, navigation=.01),
                   "nav_10pct": nav(text=.1, caption_to_image=.3, image_to_caption=.2, video=.3, navigation=.1),
                   "nav_10pct_no_video": nav(text=.1, caption_to_image=.45, image_to_caption=.35, navigation=.1),
@@ -473,7 +473,7 @@ HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per 
        "number is held out: the validation split (claims 1-3); each source alone on its validation split, fixed data "
        "seed, no caption dropout (claims 4-5: `<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: the "
        "oracle on the compositional held-out scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE k "
-       "actions ahead on {episodes} held-out mazes (`copy_1`: copying the last context frame instead); claim 7: "
+       "actions ahead on {episodes} held-out mazes (`copy_k`: copying the last context frame instead); claim 7: "
        "routing.py on claim 2's MoE runs (the share of modality-specific experts in the first and last layer); claim "
        "8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
 
