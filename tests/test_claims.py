@@ -118,4 +118,5 @@ def test_sweep_minima_and_exponent_from_constructed_runs(tmp_path):
     table = open(tmp_path / "claims.md").read()
     rows = [ln for ln in table.splitlines() if ln.startswith("| 3e+1") or ln.startswith("| 1e+1")]
     assert len(rows) == 3 and all(r.count("(at an end)") == 2 for r in rows)      # vision's two columns only
-    assert "| text | 18 |" in table and "| vision | 18 |" in table and "pending" not in table.split("## 8.")[1]
+    runs = 2 * len(arms)
+    assert f"| text | {runs} |" in table and f"| vision | {runs} |" in table and "pending" not in table.split("## 8.")[1]
