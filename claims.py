@@ -465,17 +465,18 @@ def write_table(c):
 
 HOW = ("Written by `python claims.py` from `results/claims.jsonl` (one line per finished run), not by hand. Every arm "
        "trains on the toy world, one thread per run, seeds 0 and 1, at equal compute unless its setup says otherwise; "
-       "a cell is the mean over seeds [min, max]. A verdict *holds* when the paper's direction holds beyond the seed "
-       "spread (the min-max ranges do not overlap), is *reversed* when the opposite does, and otherwise *does not show"
-       " at this scale*; *pending* until two seeds of both sides have finished; a claim's reading is the verdict its "
-       "comparisons share, or how many gave each. A claim that adding data costs little or a small share suffices is "
-       "tested as 'a within 5% of b': it is reversed when a is worse than b by more than 5% beyond the spread. Every "
-       "number is held out: the validation split (claims 1-3); each source alone on its validation split, fixed data "
-       "seed, no caption dropout (claims 4-5: `<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: the "
-       "oracle on the compositional held-out scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE k "
-       "actions ahead on {episodes} held-out mazes (`copy_k`: copying the last context frame instead); claim 7: "
-       "routing.py on claim 2's MoE runs (the share of modality-specific experts in the first and last layer); claim "
-       "8: scaling.py's fit of the IsoFLOP sweep (b with its bootstrap 95% interval).")
+       "a cell is the mean over seeds [min, max], and a - b pairs the arms seed by seed (same data seed). A verdict "
+       "*holds* when the paper's direction holds beyond the seed spread (the min-max ranges do not overlap), is "
+       "*reversed* when the opposite does, and otherwise *does not show at this scale*; *pending* until two seeds of "
+       "both sides have finished; a claim's reading is the verdict its comparisons share, or how many gave each. A "
+       "claim that adding data costs little or a small share suffices is tested as 'a within 5% of b': it is reversed "
+       "when a is worse than b by more than 5% beyond the spread. Every number is held out: the validation split "
+       "(claims 1-3); each source alone on its validation split, fixed data seed, no caption dropout (claims 4-5: "
+       "`<source>_text_loss`, `<source>_flow_loss`); gen/und accuracy: the oracle on the compositional held-out "
+       "scenes; claim 6's `predict_k`: plan.py --mode=predict's pixel MSE k actions ahead on {episodes} held-out mazes"
+       " (`copy_k`: copying the last context frame instead); claim 7: routing.py on claim 2's MoE runs (the share of "
+       "modality-specific experts in the first and last layer); claim 8: scaling.py's fit of the IsoFLOP sweep (b with"
+       " its bootstrap 95% interval).")
 
 
 def main(argv):
