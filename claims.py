@@ -171,6 +171,12 @@ def finished(c):
 # ----------------------------------------------------------------------------------------------------------------
 # Running and measuring one run.
 
+def one_thread(cmd, **kw):
+    """A command of this repository (train.py, routing.py) run from its folder on one thread."""
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=os.path.dirname(os.path.abspath(__file__)), **kw)
+
+
 def train_run(spec, seed, out_dir, c):
     """One train.py process at one thread; resumes when out_dir holds a checkpoint. Returns its wall seconds."""
     steps = max(1, round(spec["steps"] * c.iters_scale))
@@ -181,8 +187,7 @@ def train_run(spec, seed, out_dir, c):
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     with open(os.path.join(out_dir, "train.log"), "a") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            cwd=os.path.dirname(os.path.abspath(__file__))).returncode
+        rc = one_thread(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc:
         raise SystemExit(f"{out_dir}: train.py failed (exit {rc}); see {out_dir}/train.log")
     return time.time() - t0
@@ -222,8 +227,7 @@ def routing_metrics(out_dir, c):
     """routing.py on a trained MoE run: share of routed experts that are modality-specific in the first and last
     layer, and the mean generation/understanding correlation over layers."""
     cmd = [sys.executable, "routing.py", f"--out_dir={out_dir}", "--overwrite", "--device=cpu"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                   cwd=os.path.dirname(os.path.abspath(__file__)))
+    one_thread(cmd, check=True, stdout=subprocess.DEVNULL)
     rows = json.load(open(os.path.join(out_dir, "routing.json")))
     spec = [(r["text"] + r["vision"]) / max(1, r["text"] + r["vision"] + r["multimodal"]) for r in rows]
     return dict(specialized_first=spec[0], specialized_last=spec[-1],
@@ -392,7 +396,7 @@ def finished_runs(k, got):
 
 
 def claim_section(k, got):
-    """One claim's markdown (arms, then comparisons with their verdicts) and the verdicts."""
+    """One claim's markdown (arms, then comparisons with their verdicts) and its row of the summary table."""
     cl = CLAIMS[k]
     arms = sweep_fit(got) if k == 8 else {n: got.get(resolve(k, n)[0], {}) for n in all_arms(k)}
     runs, minutes, where = finished_runs(k, got)
@@ -415,7 +419,9 @@ def claim_section(k, got):
         lines.append(f"| a = {side(a, ma * two)} {what} b = {side(b, mb * two)} | {'' if two else ma} | "
                      f"{fmt(va, fit(a, ma))} | {fmt(vb, fit(b, mb))} | {paired(a, b, ma, mb, arms, k)} | "
                      f"**{verdicts[-1]}** |")
-    return lines + [""], verdicts
+    row = (f"| {k} | {cl['title']} | {cl['paper']} | **{reading(verdicts)}** | `python claims.py --claim={k}` | "
+           f"{runs} | {minutes:.0f} | {where} |")
+    return lines + [""], row
 
 
 # seconds per step at one thread on the 2-core development CPU shared with one other job, as this suite's runs took
@@ -450,11 +456,8 @@ def write_table(c):
         got.setdefault(r["run"], {})[r["seed"]] = {**r["metrics"], "_wall_s": r["wall_s"], "_machine": r["machine"]}
     summary, sections = [], []
     for k in CLAIMS:
-        lines, verdicts = claim_section(k, got)
-        sections += lines
-        runs, minutes, where = finished_runs(k, got)
-        summary.append(f"| {k} | {CLAIMS[k]['title']} | {CLAIMS[k]['paper']} | **{reading(verdicts)}** | "
-                       f"`python claims.py --claim={k}` | {runs} | {minutes:.0f} | {where} |")
+        lines, row = claim_section(k, got)
+        sections, summary = sections + lines, summary + [row]
     head = ["# The paper's claims in miniature", "", HOW.format(episodes=c.episodes), "",
             "| claim | finding | paper | our reading | command | runs | wall min | machine |",
             "| ---: | --- | --- | --- | --- | ---: | ---: | --- |",
