@@ -301,13 +301,19 @@ class VAE:
     is 16 x 16 = 256 tokens of 4c channels; latents are scaled (and shifted) by the VAE's own factors."""
 
     def __init__(self, source, image_size=256, device="cpu"):
-        try:
+        try:   # diffusers wraps a failed import of its own dependencies in a RuntimeError: any error is one line
             from diffusers import AutoencoderKL
-        except ImportError:
-            raise SystemExit("the sdvae and flux encoders need the optional diffusers package: pip install diffusers")
+        except Exception as e:
+            raise SystemExit(f"the sdvae and flux encoders need the optional diffusers package, which did not import "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): pip install diffusers")
         weights_file(source, "diffusion_pytorch_model.safetensors")
         folder = os.path.dirname(weights_file(source, "config.json"))
-        self.vae, self.dtype = frozen(AutoencoderKL.from_pretrained(folder), device)
+        try:
+            vae = AutoencoderKL.from_pretrained(folder)
+        except Exception as e:
+            raise SystemExit(f"{folder}: not a diffusers AutoencoderKL ({type(e).__name__}); give the VAE's folder or "
+                             f"hub repository")
+        self.vae, self.dtype = frozen(vae, device)
         cfg = self.vae.config
         self.scale, self.shift = cfg.scaling_factor, cfg.shift_factor or 0.0
         self.device, self.size = device, image_size

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from kernels import RMSNormCPU, use_written_backward
+from cpu_rmsnorm import RMSNormCPU, use_written_backward
 from moe import MoEFFN, grouped_swiglu
 
 
@@ -164,7 +164,7 @@ def flex_attention(q, k, v, block_mask):
 # Building blocks.
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm; on the CPU, with its backward pass written out (kernels.py): PyTorch has no fused kernel there."""
+    """nn.RMSNorm; on the CPU, with its backward pass written out (cpu_rmsnorm.py): PyTorch has no fused kernel there."""
     def forward(self, x):
         return RMSNormCPU.apply(x, self.weight, self.eps) if use_written_backward(x) else super().forward(x)
 

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -256,6 +257,26 @@ def test_vae_latents_are_scaled_unshuffled_tokens(tmp_path):
         decoded = vae.decode(mean).sample
     want_pixels = ((decoded + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
     assert np.abs(enc.decode(z).astype(int) - want_pixels).max() <= 1
+
+
+def test_a_vae_that_cannot_load_stops_with_one_line(tmp_path, monkeypatch):
+    """diffusers failing inside its own imports (a RuntimeError, as when a module shadows one of its dependencies)
+    and a folder that holds no VAE both stop with the repo's one line, not a traceback."""
+    import types
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("Failed to import diffusers.models.autoencoders because of the following error")
+    monkeypatch.setitem(sys.modules, "diffusers", Broken("diffusers"))
+    (tmp_path / "vae").mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        (tmp_path / "vae" / name).write_text("{}")
+    with pytest.raises(SystemExit, match=r"need the optional diffusers package, which did not import \(RuntimeError"):
+        encoders.build_encoder("sdvae", 64, weights=str(tmp_path / "vae"))
+    monkeypatch.undo()
+    pytest.importorskip("diffusers")
+    with pytest.raises(SystemExit, match="not a diffusers AutoencoderKL"):
+        encoders.build_encoder("sdvae", 64, weights=str(tmp_path / "vae"))
 
 
 def test_any_image_becomes_square_rgb():

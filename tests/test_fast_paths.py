@@ -107,6 +107,25 @@ def test_rmsnorm_written_backward_equals_autograd():
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_rmsnorm_follows_nn_rmsnorm_in_float64_without_eps_or_weight():
+    """As nn.RMSNorm: float64 is computed in float64 (not cut to float32), eps=None is the type's epsilon, and a norm
+    without an affine weight works, forward and backward."""
+    from model import RMSNorm
+    torch.manual_seed(0)
+    for eps, affine in ((1e-6, True), (None, True), (None, False)):
+        norm = RMSNorm(8, eps=eps, elementwise_affine=affine).double()
+        x = (torch.randn(3, 5, 8, dtype=torch.float64) * 1e-3).requires_grad_()
+        y = norm(x)
+        assert y.dtype == torch.float64
+        ref_x = x.detach().clone().requires_grad_()
+        ref = F.rms_norm(ref_x, (8,), norm.weight, eps)
+        torch.testing.assert_close(y, ref, atol=1e-13, rtol=1e-12)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        ref.backward(dy)
+        torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-10, rtol=1e-10)
+
+
 def test_plain_causal_only_when_the_mask_is_causal_where_it_is_read():
     tok = Tokenizer()
     batch = text_rows(tok, [10, 20])

@@ -57,3 +57,28 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     graph = import_graph(str(tmp_path))
     assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
+
+
+def test_no_project_module_shadows_an_installed_package():
+    """A top-level module named like an installed package hides it from every library that imports it whenever the
+    repository's root is on sys.path (transformers 5 imports the PyPI package `kernels`)."""
+    import subprocess
+    import sys
+    names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py")))
+    probe = ("import importlib.util, sys\n"
+             "print(' '.join(n for n in sys.argv[1:] if importlib.util.find_spec(n) is not None))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", probe, *names], cwd="/", env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert found == [], f"these project modules share their name with an installed package: {found}"
+
+
+def test_reference_libraries_import_after_every_project_module():
+    """The libraries the encoders are checked against still import when every project module was imported first."""
+    import importlib
+    import pytest
+    for path in sorted(glob.glob(os.path.join(ROOT, "*.py"))):
+        importlib.import_module(os.path.basename(path)[:-3])
+    from transformers import Dinov2Model, SiglipVisionModel, ViTMAEForPreTraining   # noqa: F401
+    diffusers = pytest.importorskip("diffusers")
+    assert diffusers.AutoencoderKL is not None

@@ -15,19 +15,25 @@ def use_written_backward(x):
 
 
 class RMSNormCPU(torch.autograd.Function):
-    """y = x_hat * w, x_hat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), over the last dimension."""
+    """y = x_hat * w, x_hat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), over the last dimension. As nn.RMSNorm:
+    computed in x's type promoted to at least float32 (float64 stays float64), eps None means the type's machine
+    epsilon, and weight may be None (no affine scale)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-        x_hat = x.float() * rstd
+        work = torch.promote_types(x.dtype, torch.float32)
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        rstd = torch.rsqrt(x.to(work).pow(2).mean(-1, keepdim=True) + eps)
+        x_hat = x.to(work) * rstd
         ctx.save_for_backward(x_hat, weight, rstd)
-        return (x_hat * weight).type_as(x)
+        return (x_hat if weight is None else x_hat * weight).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         """With g = dy * w: dx = rstd * (g - x_hat * mean(g * x_hat)); dw = dy * x_hat summed over the rows."""
         x_hat, weight, rstd = ctx.saved_tensors
-        g = grad.float() * weight
+        dy = grad.to(x_hat.dtype)
+        g = dy if weight is None else dy * weight
         dx = torch.addcmul(g, x_hat, (g * x_hat).mean(-1, keepdim=True), value=-1) * rstd
-        return dx.type_as(grad), (grad.float() * x_hat).flatten(0, -2).sum(0).type_as(weight), None
+        dw = None if weight is None else (dy * x_hat).flatten(0, -2).sum(0).to(weight.dtype)
+        return dx.to(grad.dtype), dw, None
