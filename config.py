@@ -120,7 +120,8 @@ def _build(c, device):
     if c.dataset == "shards":
         data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
                          {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
-                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data, c.caption_clean_image)
+                         c.image_size, c.video_frames, c.cfg_dropout, c.val_data, c.caption_clean_image,
+                         getattr(c, "waypoint_spacing", {}))
     else:
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
                             c.video_frames, c.cfg_dropout, c.caption_clean_image, c.nav_view)

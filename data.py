@@ -128,19 +128,14 @@ def robot_frame_actions(position, yaw):
     return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], dyaw], 1)
 
 
-def navigation_example(tok, context, actions, targets=None):
-    """World modeling: context frames seen clean, then per step the action as text and the frame it leads to
-    (targets: frames, or None for a prompt). Only the last target is learned; earlier ones are seen clean, as a
-    rollout commits each imagined frame before the next."""
+def navigation_example(tok, context, action=None, target=None, prompt_only=False):
+    """World modeling (App. F.1): 4 context frames seen clean, one action as text, and the frame it leads to, which
+    carries the flow loss. Without an action: the context alone (a rollout appends each row's action itself)."""
     ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(context)
-    frames, cond = list(context), [True] * len(context)
-    for i, action in enumerate(actions):
-        ids += tok.encode(action) + [tok.boi, FRAME]
-        frames.append(None if targets is None else targets[i])
-        cond.append(i < len(actions) - 1)
-        if targets is not None or i < len(actions) - 1:
-            ids.append(tok.eoi)
-    return Example(ids + ([tok.eos] if targets is not None else []), frames, cond)
+    if action is None:
+        return Example(ids, list(context), [True] * len(context))
+    ids += tok.encode(action) + [tok.boi, FRAME]
+    return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [*context, target], [True] * len(context) + [False])
 
 # ----------------------------------------------------------------------------------------------------------------
 # Packing: examples into rows of seq_len positions, and rows into one batch of tensors.
@@ -239,7 +234,7 @@ class ToyWorldData:
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
         self.video_frames, self.cfg_dropout, self.nav_view = video_frames, cfg_dropout, nav_view
-        nav_len = navigation_example(tok, [None] * NAV_CONTEXT, [action_text(0, 0, 0)], [None]).length(tokens_per_frame)
+        nav_len = navigation_example(tok, [None] * NAV_CONTEXT, action_text(0, 0, 0)).length(tokens_per_frame)
         if "navigation" in self.names and nav_len > seq_len:
             raise ValueError(f"a navigation example needs {nav_len} positions but seq_len is {seq_len}: raise "
                              f"seq_len or drop navigation from the mixture")
@@ -271,7 +266,7 @@ class ToyWorldData:
         poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT,
                                        goal_directed=rng.random() < 0.5)
         frames = [toyworld.view(maze, p, self.image_size, self.nav_view) for p in poses]
-        return navigation_example(self.tok, frames[:NAV_CONTEXT], [action_text(*actions[-1])], frames[NAV_CONTEXT:])
+        return navigation_example(self.tok, frames[:NAV_CONTEXT], action_text(*actions[-1]), frames[NAV_CONTEXT])
 
     def batch(self, step, micro, batch_size, split="train"):
         """Rows for one micro-batch; `micro` is global (rank * accumulation + i): no dependence on the process count."""

@@ -196,7 +196,8 @@ class ShardData:
     (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state)."""
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
-                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False):
+                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False,
+                 waypoint_spacing=None):
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         for s in self.names:
             if not sources.get(s):
@@ -208,7 +209,7 @@ class ShardData:
                                                                                              latent_dim)
         self.weights, self.n_slots, self.seed = mixture, n_slots, seed
         self.image_size, self.video_frames, self.cfg_dropout = image_size, video_frames, cfg_dropout
-        self.caption_clean_image = caption_clean_image
+        self.caption_clean_image, self.waypoint_spacing = caption_clean_image, waypoint_spacing or {}
         self.stats, self.streams, self.saved, self.has_val = Counter(), {}, {}, bool(self.val_files)
 
     def skip(self, reason):
@@ -292,9 +293,20 @@ class ShardData:
             return [image_to_caption(self.tok, frames[0], caption, clean=self.caption_clean_image)]
         return [caption_to_image(self.tok, caption, frames[0], drop_caption=rng.random() < self.cfg_dropout)]
 
+    def waypoint_spacing_of(self, path):
+        """NWM divides a trajectory's translations by its dataset's metric waypoint spacing (App. F.1: a normalised
+        displacement; RECON 0.25 m), so that a unit, and the W key's 0.5, mean the same in every dataset. The
+        dataset is the spacing table's key that names a folder of the trajectory's path."""
+        found = [s for name, s in self.waypoint_spacing.items() if name in re.split(r"[\\/]", path)]
+        if not found:
+            raise ValueError(f"trajectory {path}: no folder of its path names a dataset of waypoint_spacing "
+                             f"{self.waypoint_spacing}: add its metric waypoint spacing in metres, e.g. "
+                             f"--waypoint_spacing='{{\"mydata\": 0.3}}'")
+        return found[0]
+
     def navigation_items(self, path, pos, part, key):
-        """Windows of an NWM trajectory: 4 context frames, then 1 to 4 target frames (drawn per window), each after
-        the action that leads to it, in the robot frame of the step's start (robot_frame_actions)."""
+        """Windows of an NWM trajectory: 4 context frames, then the action (in the robot frame of the step's start,
+        robot_frame_actions; translations in waypoint units) and the frame it leads to."""
         try:
             with open(os.path.join(path, "traj_data.pkl"), "rb") as f:
                 traj = pickle.load(f)         # NWM's format; unpickling runs code: read only trajectories you trust
@@ -302,6 +314,7 @@ class ShardData:
         except Exception as e:
             raise ValueError(f"cannot read trajectory {path}: {e!r} (want traj_data.pkl with position [T, 2] and "
                              f"yaw [T] next to 0.jpg ... T-1.jpg)")
+        actions[:, :2] /= self.waypoint_spacing_of(path)
 
         @functools.lru_cache(maxsize=8)       # windows overlap: each frame is decoded once
         def frame(i):
@@ -310,14 +323,13 @@ class ShardData:
         for t in range(pos, len(actions) + 1 - NAV_CONTEXT):
             if t % part[1] != part[0]:
                 continue
-            k = min(int(np.random.default_rng([*key, t]).integers(1, 5)), len(actions) + 1 - NAV_CONTEXT - t)
             try:
-                window = [frame(i) for i in range(t, t + NAV_CONTEXT + k)]
+                window = [frame(i) for i in range(t, t + NAV_CONTEXT + 1)]
             except Exception:                 # a missing or corrupt frame: skip the windows that need it
                 yield t, self.skip("bad_frame")
                 continue
-            steps = [action_text(*a) for a in actions[t + NAV_CONTEXT - 1:t + NAV_CONTEXT - 1 + k]]
-            yield t, [navigation_example(self.tok, window[:NAV_CONTEXT], steps, window[NAV_CONTEXT:])]
+            action = action_text(*actions[t + NAV_CONTEXT - 1])
+            yield t, [navigation_example(self.tok, window[:NAV_CONTEXT], action, window[NAV_CONTEXT])]
 
 
 class Prefetcher:

@@ -48,6 +48,8 @@ caption_to_image_data = ""    # webdataset tars: key.jpg (or key.latent.npy) + k
 image_to_caption_data = ""
 video_data = ""               # webdataset tars of numbered frames: key.000.jpg, key.001.jpg, ...
 navigation_data = ""          # NWM trajectory folders: 0.jpg ... T-1.jpg + traj_data.pkl
+waypoint_spacing = {"recon": 0.25, "scand": 0.38, "tartan_drive": 0.72, "go_stanford": 0.12,
+                    "sacson": 0.255}   # NWM's metres per action unit, by the dataset folder a trajectory lies in
 val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
 prefetch = 8                  # micro-batches the loader threads prepare ahead of training
 loader_threads = 4            # threads decoding this process's micro-batch slots (one slot stays on one thread)

@@ -129,18 +129,20 @@ def test_robot_frame_actions_against_hand_computed_poses():
 
 
 def test_navigation_example_layout():
+    """App. F.1's one layout: BOS, 4 clean context frames, one action as text, the target frame (flow loss), EOS."""
     from data import navigation_example
     tok = Tokenizer()
     img = np.zeros((8, 8, 3), np.uint8)
-    ex = navigation_example(tok, [img] * 4, ["w", "a"], [img, img])
-    assert ex.cond == [True] * 5 + [False] and len(ex.frames) == 6   # a chain learns its last frame, from clean ones
+    ex = navigation_example(tok, [img] * 4, "w", img)
+    assert ex.cond == [True] * 4 + [False] and len(ex.frames) == 5
     b = collate([[ex]], 64, N, tok.pad)
     t = b["tokens"][0]
-    # bos, 4 x (BOI frame EOI), 'w' BOI frame EOI, 'a' BOI frame EOI, eos
+    # bos, 4 x (BOI frame EOI), 'w' BOI frame EOI, eos
     assert t[0] == tok.bos and t[1 + 6 * 4] == ord("w") and t[1 + 6 * 4 + 1] == tok.boi
-    assert t[25 + 7 + 7] == tok.eos and t[25 + 7] == ord("a")
-    prompt = navigation_example(tok, [img] * 4, ["w"])
+    assert t[25 + 7] == tok.eos and list(b["cond"]) == [True] * 4 + [False]
+    prompt = navigation_example(tok, [img] * 4, "w", prompt_only=True)
     assert prompt.ids[-2:] == [tok.boi, FRAME] and prompt.frames[-1] is None
+    assert navigation_example(tok, [img] * 4).ids == ex.ids[:1 + 3 * 4]     # the context alone
 
 
 def replayed_scenes(config, steps, monkeypatch):

@@ -90,6 +90,18 @@ def tiny_model():
     return model.eval()
 
 
+def test_cem_scores_each_candidate_by_its_mean_over_repeated_rollouts():
+    """NWM's num_repeat_eval: a stochastic world model is rolled out `repeats` times per candidate and the candidates
+    are ranked by their mean score. Here the first rollout ranks candidate 0 best and the mean ranks candidate 1."""
+    draws = iter([np.array([0.0, 1.0]), np.array([3.0, 1.0])])
+    calls = []
+    predict = lambda a: calls.append(a.copy()) or a
+    plan_ = plan.cem(predict, lambda final: next(draws), np.random.default_rng(0), horizon=2, samples=2, elites=1,
+                     iterations=1, repeats=2)
+    assert len(calls) == 2 and np.array_equal(calls[0], calls[1])          # the same candidates, rolled out twice
+    assert np.allclose(plan_, calls[0][1])                                  # the mean's best, not the first draw's
+
+
 def test_model_planner_end_to_end_and_rows_do_not_see_each_other():
     model, tok, ep = tiny_model(), Tokenizer(), plan.episode(0, horizon=2)
     context = ENC.encode(ep["context"])
@@ -115,7 +127,7 @@ def test_imagined_frame_equals_the_sampler_without_cache():
     model, tok, ep = tiny_model(), Tokenizer(), plan.episode(1, horizon=1)
     context, text, steps = ENC.encode(ep["context"]), "dx=+0.50 dy=+0.00 dyaw=-0.25", 3
     cached = plan.imagine(model, tok, context, [[text]], steps, torch.Generator().manual_seed(2))[0, 0]
-    ex = navigation_example(tok, list(context), [text])
+    ex = navigation_example(tok, list(context), text, prompt_only=True)
     b = to_device(collate([[Example(ex.ids, [None] * 5, ex.cond)]], ex.length(16), 16, tok.pad), "cpu")
     z = torch.randn(1, 16, ENC.latent_dim, generator=torch.Generator().manual_seed(2))
     ts = shift_time(torch.linspace(0, 1, steps + 1), model.cfg.time_shift)

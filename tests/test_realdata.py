@@ -49,10 +49,10 @@ def pairs_tar(path, first, n):
                             ((f"{i:05d}.jpg", encoded(solid(i))), (f"{i:05d}.txt", f"caption {i}".encode()))])
 
 
-def make(mixture, seq_len=128, n_slots=1, **sources):
+def make(mixture, seq_len=128, n_slots=1, spacing=None, **sources):
     sources = {k.removesuffix("_data"): v for k, v in sources.items()}     # text_data=... -> {"text": ...}
     return ShardData(Tokenizer(), seq_len, N, C, mixture, sources, n_slots, seed=0, image_size=SIZE,
-                     video_frames=2, cfg_dropout=0.0)
+                     video_frames=2, cfg_dropout=0.0, waypoint_spacing=spacing or {"nwm": 1.0, "nwm2": 1.0})
 
 
 def take(source, data, slot=0, n=None):
@@ -268,6 +268,8 @@ def nwm_folder(root, name, T=9, bad=None):
 
 
 def test_navigation_windows_from_an_nwm_folder(tmp_path):
+    """App. F.1's layout from real trajectories: 4 context frames, one action, the frame it leads to; translations
+    in units of the dataset's waypoint spacing (NWM), yaw in radians."""
     folder, position, yaw = nwm_folder(tmp_path / "nwm", "traj0")
     d = make({"navigation": 1.0}, seq_len=400, navigation_data=str(tmp_path / "nwm/*"))
     tok = Tokenizer()
@@ -278,12 +280,14 @@ def test_navigation_windows_from_an_nwm_folder(tmp_path):
     assert action_text(*actions[4]) == "dx=+0.50 dy=+0.00 dyaw=+1.57"     # the quarter turn
     assert action_text(*actions[5]) == "dx=+0.50 dy=+0.00 dyaw=+0.00"     # forward again, in its new frame
     for t, ex in enumerate(exs):
-        values = [round(f.mean() / 10) for f in ex.frames]
-        k = len(values) - 4
-        assert 1 <= k <= 4 and values == list(range(t, t + 4 + k)) and ex.cond == [True] * (3 + k) + [False]
-        text = text_of(tok, ex)
-        assert text == "".join(action_text(*actions[t + 3 + j]) for j in range(k))
-    assert len({len(ex.frames) for ex in exs}) > 1     # 1 to 4 target frames, drawn per window
+        assert [round(f.mean() / 10) for f in ex.frames] == list(range(t, t + 5))
+        assert ex.cond == [True] * 4 + [False] and text_of(tok, ex) == action_text(*actions[t + 3])
+    recon = take("navigation", make({"navigation": 1.0}, seq_len=400, navigation_data=str(tmp_path / "nwm/*"),
+                                    spacing={"nwm": 0.25}))                 # RECON's 0.25 m per unit
+    assert text_of(tok, recon[1]) == "dx=+2.00 dy=+0.00 dyaw=+1.57"         # 0.5 m forward: 2 units; yaw as is
+    d = make({"navigation": 1.0}, seq_len=400, navigation_data=str(tmp_path / "nwm/*"), spacing={"recon": 0.25})
+    with pytest.raises(ValueError, match="traj0: no folder of its path names a dataset of waypoint_spacing"):
+        take("navigation", d)
 
     broken, _, _ = nwm_folder(tmp_path / "nwm2", "traj1", bad=6)
     d = make({"navigation": 1.0}, seq_len=400, navigation_data=str(broken))
@@ -310,9 +314,8 @@ def test_toy_world_trajectories_read_back_through_the_nwm_loader(tmp_path):
                                                      navigation_data=str(tmp_path / "nwm/*")))
     assert len(exs) == len(poses) - 4
     for t, ex in enumerate(exs):
-        k = len(ex.frames) - 4
-        assert text_of(tok, ex) == "".join(action_text(*a) for a in actions[t + 3:t + 3 + k])
-        assert np.abs(np.stack(ex.frames).astype(int) - frames[t:t + 4 + k]).mean() < 8
+        assert text_of(tok, ex) == action_text(*actions[t + 3])
+        assert np.abs(np.stack(ex.frames).astype(int) - frames[t:t + 5]).mean() < 8
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,7 +406,7 @@ def real_args(world, out_dir, *extra):
             "--gradient_accumulation_steps=2", "--tokenizer=bytes", "--device=cpu", "--compile=False",
             "--log_interval=1", "--warmup_iters=2", "--eval_iters=1", "--video_frames=2", "--prefetch=2",
             f"--out_dir={out_dir}", *[f"--{k}={v}" for k, v in world.items()],
-            f"--val_data={{'text': '{world['text_data']}'}}", *extra]
+            f"--val_data={{'text': '{world['text_data']}'}}", "--waypoint_spacing={'nwm': 1.0}", *extra]
 
 
 def real_run(world, out_dir, *extra):
