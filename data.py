@@ -135,7 +135,8 @@ def navigation_example(tok, context, action=None, target=None, prompt_only=False
     if action is None:
         return Example(ids, list(context), [True] * len(context))
     ids += tok.encode(action) + [tok.boi, FRAME]
-    return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [*context, target], [True] * len(context) + [False])
+    ids, cond = ids if prompt_only else ids + [tok.eoi, tok.eos], [True] * len(context) + [False]
+    return Example(ids, [*context, target], cond)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Packing: examples into rows of seq_len positions, and rows into one batch of tensors.

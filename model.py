@@ -164,7 +164,7 @@ def flex_attention(q, k, v, block_mask):
 # Building blocks.
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm; on the CPU, with its backward pass written out (cpu_rmsnorm.py): PyTorch has no fused kernel there."""
+    """nn.RMSNorm; on the CPU with its backward pass written out (cpu_rmsnorm.py): PyTorch has no fused kernel there."""
     def forward(self, x):
         return RMSNormCPU.apply(x, self.weight, self.eps) if use_written_backward(x) else super().forward(x)
 
@@ -279,7 +279,7 @@ class SharedFFN(nn.Module):
         super().__init__()
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
-    def forward(self, x, is_vision):
+    def forward(self, x, modality):
         return self.ffn(x), {}
 
     def active_params(self):
@@ -293,9 +293,9 @@ class ModalityFFN(nn.Module):
         super().__init__()
         self.text, self.vision = SwiGLU(cfg.d_model, cfg.ffn_hidden), SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
-    def forward(self, x, is_vision):
+    def forward(self, x, modality):
         shape = x.shape
-        x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
+        x, is_vision = x.reshape(-1, shape[-1]), modality.reshape(-1) > 0   # padding goes with text, read by nothing
         order = torch.argsort(is_vision.to(torch.uint8), stable=True)        # text tokens first, then vision
         n_vision = is_vision.sum()
         counts = torch.stack([is_vision.numel() - n_vision, n_vision])
@@ -309,7 +309,8 @@ class ModalityFFN(nn.Module):
 
 
 def make_ffn(cfg):
-    """The FFN seam: (x [B, S, d], is_vision [B, S]) -> ([B, S, d], training statistics), plus active_params().
+    """The FFN seam: (x [B, S, d], modality [B, S]: 1 vision, 0 text, -1 padding) -> ([B, S, d], training
+    statistics), plus active_params().
     The statistics ({} when dense; the MoE's balance loss and load) are returned, not stored: no side effects that
     would stop activation checkpointing from compiling."""
     ffns = {"shared": SharedFFN, "modality": ModalityFFN, "moe": MoEFFN}
@@ -324,9 +325,9 @@ class Block(nn.Module):
         self.attn_norm, self.attn = RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg, layer)
         self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
 
-    def forward(self, x, rot, mask, is_vision, cache=None, commit=True):
+    def forward(self, x, rot, mask, modality, cache=None, commit=True):
         x = x + self.attn(self.attn_norm(x), rot, mask, cache, commit)
-        y, stats = self.ffn(self.ffn_norm(x), is_vision)
+        y, stats = self.ffn(self.ffn_norm(x), modality)
         return x + y, stats
 
 
@@ -375,12 +376,12 @@ class UnifiedTransformer(nn.Module):
         mask = self.attention_mask(doc, frame, cache) if mask is None else mask
         pos = torch.arange(S, device=tokens.device) if pos is None else pos
         rot = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
-        is_vision, stats = frame >= 0, []
+        modality, stats = (frame >= 0).long().masked_fill(doc < 0, -1), []   # padding: routed, never counted
         for block in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():   # recompute in backward: less memory
-                x, s = torch.utils.checkpoint.checkpoint(block, x, rot, mask, is_vision, use_reentrant=False)
+                x, s = torch.utils.checkpoint.checkpoint(block, x, rot, mask, modality, use_reentrant=False)
             else:
-                x, s = block(x, rot, mask, is_vision, cache, commit)
+                x, s = block(x, rot, mask, modality, cache, commit)
             stats.append(s)
         self.ffn_stats = stats   # per layer, for the training step (moe.auxiliary_loss)
         if cache is not None and commit:

@@ -88,22 +88,27 @@ class MoEFFN(nn.Module):
             weights = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
         return top, weights, logits
 
-    def balance_losses(self, top, logits):
+    def balance_losses(self, top, logits, real):
         """Switch/OLMoE balance loss n * sum_i f_i P_i (f_i: share of routed assignments to expert i, P_i: mean
-        router probability of i), plus the router z-loss mean(logsumexp(logits)^2), and the load (counts)."""
+        router probability of i), plus the router z-loss mean(logsumexp(logits)^2), and the load (counts), over
+        the real tokens: padding would pile one embedding's choices onto a few experts. Weighted, not indexed:
+        no host sync."""
+        w, n = real.float(), real.sum().clamp(min=1)
         routed = top[:, -self.k_routed:].reshape(-1)
-        counts = expert_counts(routed, self.n_routed).float()
-        f = counts / routed.numel()
-        P = logits.softmax(-1).mean(0)
+        counts = expert_counts(routed, self.n_routed, w.repeat_interleave(self.k_routed))
+        f = counts / (n * self.k_routed)
+        P = (logits.softmax(-1) * w[:, None]).sum(0) / n
         aux = self.cfg.moe_aux_coef * self.n_routed * (f * P).sum() if self.cfg.moe_balance == "aux" else 0.0
-        return aux + self.cfg.moe_z_coef * torch.logsumexp(logits, -1).pow(2).mean(), counts.detach()
+        return aux + self.cfg.moe_z_coef * (torch.logsumexp(logits, -1).pow(2) * w).sum() / n, counts.detach()
 
     # -- dispatch -----------------------------------------------------------------------------------------------
-    def forward(self, x, is_vision):
+    def forward(self, x, modality):
+        """modality [B, S]: 1 vision, 0 text, -1 padding (model.make_ffn); a bool is_vision works too."""
         shape = x.shape
-        x, is_vision = x.reshape(-1, shape[-1]), is_vision.reshape(-1)
-        top, weights, logits = self.route(x, is_vision)
-        stats = dict(zip(("balance_loss", "load"), self.balance_losses(top, logits))) if self.training else {}
+        x, modality = x.reshape(-1, shape[-1]), modality.reshape(-1)
+        top, weights, logits = self.route(x, modality > 0)
+        stats = dict(zip(("balance_loss", "load"), self.balance_losses(top, logits, modality >= 0))) \
+            if self.training else {}
         flat = top.reshape(-1)
         order = torch.argsort(flat, stable=True)                    # assignments grouped by expert
         token = order // self.k
@@ -116,9 +121,11 @@ class MoEFFN(nn.Module):
         return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
 
 
-def expert_counts(ids, n):
-    """How many assignments each of n experts got (scatter_add, not bincount: no host sync on the GPU)."""
-    return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+def expert_counts(ids, n, weights=None):
+    """How many assignments each of n experts got, or their summed weights (scatter_add, not bincount: no host sync
+    on the GPU)."""
+    ones = torch.ones_like(ids) if weights is None else weights
+    return torch.zeros(n, dtype=ones.dtype, device=ids.device).scatter_add_(0, ids, ones)
 
 
 def auxiliary_loss(model):

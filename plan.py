@@ -89,7 +89,8 @@ def imagine(model, tok, context, texts, steps=10, generator=None):
         prefill(model, prompt, cache)
         pos, _ = append_tokens(model, cache, [tok.encode(t[h]) + [tok.boi] for t in texts], prompt["pos"][:, -1] + 1,
                                tok.pad)
-        z = draw_image(model, cache, None, torch.arange(B, device=dev), pos, NAV_CONTEXT, steps, 1.0, generator)
+        new_frame = len(prompt["latents"])   # an id after every frame of the batch, as generate numbers them
+        z = draw_image(model, cache, None, torch.arange(B, device=dev), pos, new_frame, steps, 1.0, generator)
         window, frames = torch.cat([window[:, 1:], z[:, None]], 1), frames + [z]
     return torch.stack(frames, 1)
 

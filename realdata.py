@@ -559,5 +559,5 @@ def main(argv):
         print(dict(done))
 
 
-if __name__ == "__main__":   # python realdata.py prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2 (docs/real-data.md)
+if __name__ == "__main__":   # python realdata.py prepare-text --inputs=docs/*.jsonl (docs/real-data.md)
     cli(main, sys.argv[1:])

@@ -56,11 +56,11 @@ def routing_counts(model, batches, bins=10):
 
     def hook(i):
         def record(module, args, out):
-            x, is_vision = args[0].reshape(-1, args[0].shape[-1]), args[1].reshape(-1)
-            top = module.route(x, is_vision)[0][:, -module.k_routed:]
-            s, vis = stats[i], is_vision.cpu().numpy()
-            chosen = top.cpu().numpy()
-            for name, rows in (("text", ~vis), ("vision", vis)):
+            x, modality = args[0].reshape(-1, args[0].shape[-1]), args[1].reshape(-1)   # 1 vision, 0 text, -1 pad
+            top = module.route(x, modality > 0)[0][:, -module.k_routed:]
+            s, mod = stats[i], modality.cpu().numpy()
+            chosen, vis = top.cpu().numpy(), mod == 1
+            for name, rows in (("text", mod == 0), ("vision", vis)):   # padding is neither
                 np.add.at(s[name], chosen[rows].reshape(-1), 1)
                 s["n_" + name] += int(rows.sum())
             noisy = labels["noisy"]   # timestep statistics count frames being generated, not clean inputs

@@ -140,10 +140,11 @@ def frontier(C, L, grid=200):
     return dict(A=best[0], alpha=best[1], E=best[2], log_mse=best[3])
 
 
-def data_ratio_exponent(a_text, a_vision):
-    """How the compute-optimal vision/language token ratio grows with model size: D_opt ~ N^((1-a)/a) for each
-    modality, so D_vision / D_text ~ N^((1 - a_v)/a_v - (1 - a_t)/a_t)."""
-    return (1 - a_vision) / a_vision - (1 - a_text) / a_text
+def data_ratio_exponent(a_text, b_text, a_vision, b_vision):
+    """How the compute-optimal vision/language token ratio grows with model size: eliminating C from N_opt ~ C^a
+    and D_opt ~ C^b gives D_opt ~ N_opt^(b/a) per modality (b fitted on its own, not 1 - a), so
+    D_vision / D_text ~ N^(b_v/a_v - b_t/a_t)."""
+    return b_vision / a_vision - b_text / a_text
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,9 +231,9 @@ def main(argv):
         for x in rows:
             flag = "" if x["fitted"] else "   (no minimum inside the sweep: best run, flagged)"
             print(f"   C={x['C']:.3g}  N_opt={x['N_opt']:.3g}  D_opt={x['D_opt']:.3g}{flag}")
-    a_text, a_vision = fits["text"][1], fits["vision"][1]
-    if 0 < a_text < 1 and 0 < a_vision < 1:
-        print(f"vision/language data ratio ~ N^{data_ratio_exponent(a_text, a_vision):.2f}")
+    (a_text, b_text), (a_vision, b_vision) = fits["text"][1:3], fits["vision"][1:3]
+    if a_text > 0 and a_vision > 0:
+        print(f"vision/language data ratio ~ N^{data_ratio_exponent(a_text, b_text, a_vision, b_vision):.2f}")
     for path in written + plot(results, fits, c.sweep_dir):
         print(f"wrote {path}")
 

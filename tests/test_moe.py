@@ -83,9 +83,36 @@ def test_balance_and_z_loss_by_hand():
     x = torch.eye(4)[[0, 0, 1, 2]]
     top, _, logits = m.route(x, torch.zeros(4, dtype=torch.bool))
     assert top[:, 0].tolist() == [0, 0, 1, 2]
-    loss, load = m.balance_losses(top, logits)
+    loss, load = m.balance_losses(top, logits, torch.ones(4, dtype=torch.bool))
     assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5
     assert load.tolist() == [2, 1, 1, 0]
+    # two padding positions, routed to expert 3, change neither the losses nor the load
+    x = torch.eye(4)[[0, 0, 1, 2, 3, 3]]
+    top, _, logits = m.route(x, torch.zeros(6, dtype=torch.bool))
+    loss, load = m.balance_losses(top, logits, torch.tensor([True] * 4 + [False] * 2))
+    assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5 and load.tolist() == [2, 1, 1, 0]
+
+
+def test_padding_is_neither_balanced_nor_counted_by_the_routing_analysis():
+    """Padding (doc -1) shares one embedding and routes as one: its choices must not enter the balance loss, the
+    bias method's load or routing.py's text counts (it used to count as text)."""
+    from data import ToyWorldData, Tokenizer
+    from encoders import PixelPatches
+    m, _ = layer(moe_balance="bias")
+    modality = torch.tensor([[0, 0, 1, 1, 0, 1] + [-1] * 6])
+    x = torch.randn(1, 12, 32)
+    _, stats = m(x, modality)
+    _, ref = m(x[:, :6], modality[:, :6])
+    assert torch.allclose(stats["balance_loss"], ref["balance_loss"]) and torch.equal(stats["load"], ref["load"])
+    torch.manual_seed(0)
+    model = UnifiedTransformer(ModelConfig(d_model=32, n_head=2, n_kv_head=1, n_layer=1, ffn="moe", moe_experts=6,
+                                           moe_granularity=2, latent_dim=48, tokens_per_frame=16, max_seq_len=128))
+    data = ToyWorldData(Tokenizer(), 128, 16, {"text": 0.5, "caption_to_image": 0.5}, image_size=16, max_shapes=1)
+    c = type("C", (), dict(batch_size=3))
+    batch = train.get_batch(data, PixelPatches(16, 4), 0, 0, c, "cpu", "val")
+    stats, _ = routing.routing_counts(model, [("text", batch)])
+    real, vision = int((batch["doc"] >= 0).sum()), int((batch["frame"] >= 0).sum())
+    assert (batch["doc"] < 0).any() and stats[0]["n_text"] == real - vision and stats[0]["n_vision"] == vision
 
 
 def test_per_modality_shared_experts_are_the_ones_used():

@@ -139,6 +139,23 @@ def test_imagined_frame_equals_the_sampler_without_cache():
 
 
 @torch.no_grad()
+def test_imagined_frames_get_an_id_no_row_already_uses(monkeypatch):
+    """The frame being drawn is numbered after every frame of the prompt batch: with several rows, context frame
+    ids run 0 .. 4B - 1, so a fixed id of 4 would be row 1's first context frame."""
+    import sample
+    model, tok, ep = tiny_model(), Tokenizer(), plan.episode(1, horizon=1)
+    seen, draw = [], sample.draw_image
+
+    def spy(model, cache, uncond, rows, pos, frame_id, *rest):
+        seen.append((frame_id, set(cache.frame.flatten().tolist())))
+        return draw(model, cache, uncond, rows, pos, frame_id, *rest)
+    monkeypatch.setattr(plan, "draw_image", spy)
+    plan.imagine(model, tok, ENC.encode(ep["context"]), [["w"], ["a"], ["d"]], 1, torch.Generator().manual_seed(0))
+    (frame_id, used), = seen
+    assert used >= set(range(12)) and frame_id not in used
+
+
+@torch.no_grad()
 def test_rollout_slides_the_four_frame_window():
     """Frame 2 of a rollout is what one step draws from the window [context 2..4, frame 1], as training's layout
     (4 frames, one action, one frame) shows it; the first frame is drawn from the true context alone."""

@@ -45,12 +45,25 @@ def test_d_opt_is_fitted_from_the_tokens_the_runs_trained_on():
 def test_paper_worked_example_vision_language_data_ratio():
     """Language a ~ 0.47, vision a ~ 0.37: the optimal vision/language data ratio grows as N^0.57, x14 from 1B to
     100B parameters (and ~x51 at 1T), here from exponents fitted to synthetic sweeps."""
-    _, a_text, _ = scaling.compute_optimal(chinchilla_sweep(0.47), "text")
-    _, a_vision, _ = scaling.compute_optimal(chinchilla_sweep(0.37, key="vision"), "vision")
-    k = scaling.data_ratio_exponent(a_text, a_vision)
+    _, a_text, b_text = scaling.compute_optimal(chinchilla_sweep(0.47), "text")
+    _, a_vision, b_vision = scaling.compute_optimal(chinchilla_sweep(0.37, key="vision"), "vision")
+    k = scaling.data_ratio_exponent(a_text, b_text, a_vision, b_vision)
     assert abs(k - 0.57) < 0.05
     assert 12 < (100e9 / 1e9) ** k < 16
-    assert abs(scaling.data_ratio_exponent(0.47, 0.37) - 0.57) < 0.01 and round(100 ** 0.57) == 14
+    assert abs(scaling.data_ratio_exponent(0.47, 0.53, 0.37, 0.63) - 0.57) < 0.01 and round(100 ** 0.57) == 14
+
+
+def test_data_ratio_uses_the_fitted_data_exponents():
+    """D_opt ~ N_opt^(b/a): when C is not 6 N D, b is not 1 - a, and the ratio's exponent follows the fitted b.
+    Text keeps b = 1 - a = 0.53 while vision's real tokens fall behind C / (6 N) as C^-0.2 (b = 0.43): the ratio then
+    grows as N^(0.43/0.37 - 0.53/0.47) = N^0.035, not the N^0.57 that 1 - a would claim."""
+    _, a_t, b_t = scaling.compute_optimal(chinchilla_sweep(0.47), "text")
+    vision = chinchilla_sweep(0.37, key="vision")
+    for r in vision:
+        r["D"] *= (r["C"] / 1e18) ** -0.2
+    _, a_v, b_v = scaling.compute_optimal(vision, "vision")
+    assert abs(b_v - 0.43) <= 0.02
+    assert abs(scaling.data_ratio_exponent(a_t, b_t, a_v, b_v) - (0.43 / 0.37 - 0.53 / 0.47)) < 0.08
 
 
 def test_a_non_convex_budget_is_flagged_not_fitted():
