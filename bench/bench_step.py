@@ -2,7 +2,7 @@
 change to the model shows what it costs.
 
     OMP_NUM_THREADS=1 python bench/bench_step.py configs/toy.py              # the toy world: text, images, video
-    # text only at nanoGPT's shakespeare size, on the plays that ../shared/bench/text_vs_nanogpt.sh prepares:
+    # text only at nanoGPT's shakespeare size, on the plays that bench/text_vs_nanogpt.py prepares:
     OMP_NUM_THREADS=1 python bench/bench_step.py --dataset=shards --mixture='{"text": 1.0}' \
         --text_data="$HOME/.cache/text_vs_nanogpt/ours_train/*.bin" --ffn=shared --n_kv_head=4
     ... --compile=True      # the same step through torch.compile (on the CPU it needs a C++ compiler)

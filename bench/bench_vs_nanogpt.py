@@ -1,9 +1,9 @@
 """This project's training step against nanoGPT's, interleaved in one process at the same size: a few steps of one,
 then a few of the other, for several rounds, so that other jobs on the machine slow both alike (the ratio holds
-under load; `../shared/bench/text_vs_nanogpt.sh` runs the two trainings one after the other and measures loss too).
+under load; `bench/text_vs_nanogpt.py` runs the two trainings one after the other and measures loss too).
 
     # CPU, nanoGPT's shakespeare size (4 layers, d_model 128, 4 heads, 256-token rows, batch 16), CPU time per step
-    OMP_NUM_THREADS=1 python bench/bench_vs_nanogpt.py --nanogpt=../shared/peers/nanoGPT
+    OMP_NUM_THREADS=1 python bench/bench_vs_nanogpt.py --nanogpt=<a checkout of karpathy/nanoGPT>
     ... --compile=True       # also this project's step compiled (on the CPU each block; needs a C++ compiler)
     # GPU: a ~300M model at 4,096 positions, bf16 autocast, both compiled; --rows=toy gives this project mixed rows
     # of text, images and video (the toy world) while nanoGPT reads as many text tokens
@@ -28,7 +28,7 @@ import train  # noqa: E402
 from data import collate, text_example, to_device  # noqa: E402
 from model import training_losses  # noqa: E402
 
-BENCH = dict(nanogpt="../shared/peers/nanoGPT", rounds=8, steps=3, rows="text", mixture={"text": 1.0},
+BENCH = dict(nanogpt="", rounds=8, steps=3, rows="text", mixture={"text": 1.0},
              tokenizer="bytes", n_layer=4, n_head=4, n_kv_head=4, d_model=128, ffn="shared", seq_len=256,
              batch_size=16, device="cpu")
 

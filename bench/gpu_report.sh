@@ -8,7 +8,7 @@
 #   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
 #   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
 #   NANOGPT=<checkout> bash bench/gpu_report.sh nanogpt   # against nanoGPT at ~300M, 4,096 positions   ~5 min
-#     (a checkout of karpathy/nanoGPT, e.g. ../shared/peers/nanoGPT carried into an ignored folder)
+#     (a checkout of karpathy/nanoGPT, carried into an ignored folder of the repository)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu}

