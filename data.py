@@ -62,6 +62,7 @@ class Example:
     ids: list
     frames: list = field(default_factory=list)   # one image (uint8 [H, W, 3]) per FRAME; None when generated later
     cond: list = field(default_factory=list)     # per frame: True = clean conditioning input without flow loss
+    learn_from: int = 0                          # text is learned from this index of ids on (a VQA answer)
 
     def length(self, tokens_per_frame):
         return len(self.ids) + (tokens_per_frame - 1) * len(self.frames)
@@ -83,6 +84,14 @@ def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
     loss (clean=False; Appendix B); clean=True (sampling, or caption_clean_image) shows it clean, without."""
     ids = [tok.bos, tok.boi, FRAME, tok.eoi]
     return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
+
+
+def vqa_example(tok, image, question, answer, prompt_only=False):
+    """Understanding as the paper scores it (VQA fine-tuning, §2, App. E.6): a clean image, a question, and the
+    short answer, the only text learned."""
+    ids = [tok.bos, tok.boi, FRAME, tok.eoi, *tok.encode(question)]
+    answer_ids = [] if prompt_only else tok.encode(" " + answer) + [tok.eos]
+    return Example(ids + answer_ids, [image], [True], learn_from=len(ids))
 
 
 def video_example(tok, frames):
@@ -167,8 +176,9 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
         for d, ex in enumerate(row):
             if p + ex.length(N) > S:
                 raise ValueError(f"example of {ex.length(N)} positions does not fit in seq_len {S}")
-            start, frames = p, iter(zip(ex.frames, ex.cond))
-            for tok in ex.ids:
+            start, frames, learned = p, iter(zip(ex.frames, ex.cond)), p
+            for i, tok in enumerate(ex.ids):
+                learned = p if i == ex.learn_from else learned   # where the learned text begins
                 if tok == FRAME:
                     image, c = next(frames)
                     frame[r, p:p + N] = len(images)
@@ -183,6 +193,7 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
             # a text position learns the next token when that token is text too (BOI is, EOI follows a frame)
             is_text = frame[r, start:p] < 0
             targets[r, start:p - 1] = np.where(is_text[:-1] & is_text[1:], tokens[r, start + 1:p], -1)
+            targets[r, start:max(learned - 1, start)] = -1   # a VQA question is read, not learned
     have_images = images and all(im is not None for im in images)
     if have_images and len({str(im.dtype).endswith("uint8") for im in images}) > 1:   # numpy or torch
         raise ValueError("a batch mixes images and pre-encoded latents: pre-encode every visual source or none")
@@ -207,9 +218,9 @@ def tensor_to_device(x, device):
 # The built-in source: the toy world (toyworld.py), a weighted mixture of text, caption->image, image->caption,
 # video and navigation examples, generated on the fly.
 
-SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation")
+SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation", "vqa")
 NAV_CONTEXT = 4     # App. F.1: 4 context frames, one action, one target frame
-SPLITS = {"train": 0, "val": 1, "eval_prompts": 2}
+SPLITS = {"train": 0, "val": 1, "unseen_scenes": 2, "held_out_bindings": 3}
 
 
 def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
@@ -242,7 +253,8 @@ class ToyWorldData:
         self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
 
     def rng(self, split, *key):
-        return np.random.default_rng([self.seed, SPLITS[split], *key])
+        """Training draws from the run's seed; held-out data does not depend on it, so every run is scored alike."""
+        return np.random.default_rng([self.seed if split == "train" else 0, SPLITS[split], *key])
 
     def scene(self, rng):
         return toyworld.random_scene(rng, self.max_shapes, self.image_size)
@@ -257,6 +269,8 @@ class ToyWorldData:
             return self.navigation(rng)
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
+        if source == "vqa":
+            return vqa_example(self.tok, image, *toyworld.random_question(rng, scene, self.image_size))
         if source == "image_to_caption":
             return image_to_caption(self.tok, image, text, clean=self.caption_clean_image)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
@@ -282,10 +296,12 @@ class ToyWorldData:
             rows = pack_rows(examples, self.seq_len, self.N)
         return collate(rows[:batch_size], self.seq_len, self.N, self.tok.pad)
 
-    def eval_prompts(self, n):
-        """Held-out scenes for the oracle's scores, each with a binding training never drew (toyworld.HELD_OUT)."""
-        rng = self.rng("eval_prompts")
-        return [toyworld.random_scene(rng, self.max_shapes, self.image_size, "eval") for _ in range(n)]
+    def held_out(self, split, n):
+        """n (scene, question, answer) of a held-out split (toyworld.SPLIT_NAMES), the same at every evaluation and
+        in every run; the first n of a longer list."""
+        scenes, questions = self.rng(split, 0), self.rng(split, 1)
+        drawn = [toyworld.random_scene(scenes, self.max_shapes, self.image_size, split) for _ in range(n)]
+        return [(s, *toyworld.random_question(questions, s, self.image_size, split)) for s in drawn]
 
     state = load_state = staticmethod(lambda _: None)   # a batch is a function of (seed, step, micro): no state
 

@@ -390,15 +390,40 @@ def save_gif(frames, path, scale=4, ms_per_frame=400):
     return path
 
 
-def save_eval_samples(out_dir, step, images, truth, captions, written):
-    """samples.png: up to 16 generated images, the true renders of the same captions beneath them; samples.txt: the
-    prompts and the model's captions of their true renders."""
-    n = min(16, len(images))
-    grid = np.concatenate([np.concatenate([images[i:i + 8], truth[i:i + 8]]) for i in range(0, n, 8)])
-    save_grid(grid, os.path.join(out_dir, "samples.png"))
-    with open(os.path.join(out_dir, "samples.txt"), "w") as f:
-        f.write(f"step {step}\n" + "".join(f"prompt: {p}\n  model's caption of its true render: {w}\n"
-                                            for p, w in zip(captions[:n], written[:n])))
+def save_annotated(rows, path, scale=4, text_width=300):
+    """A PNG table, one row per list of cells: images (uint8 [h, w, 3], enlarged `scale` times) or text (wrapped to
+    text_width pixels, in pillow's built-in font: nothing to download)."""
+    import textwrap
+    from PIL import Image, ImageDraw, ImageFont
+    try:
+        font = ImageFont.load_default(size=13)   # a scalable font (pillow >= 10.1 with FreeType)
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
+    pad = 2 * scale
+    n_cols = max(map(len, rows))
+    is_image = lambda cell: isinstance(cell, np.ndarray)
+    widths = [max(r[i].shape[1] * scale if is_image(r[i]) else text_width for r in rows if i < len(r))
+              for i in range(n_cols)]
+    wrap = max(8, int(text_width / font.getlength("x")))
+    line = font.getbbox("Ay")[3] + 3
+    cells = [[upscale(c, scale) if is_image(c) else textwrap.wrap(c, wrap) for c in r] for r in rows]   # str: lines
+    heights = [max(c.shape[0] if is_image(c) else len(c) * line for c in r) for r in cells]
+    sheet = Image.new("RGB", (sum(widths) + pad * (n_cols + 1), sum(heights) + pad * (len(rows) + 1)), "white")
+    draw, y = ImageDraw.Draw(sheet), pad
+    for r, h in zip(cells, heights):
+        x = pad
+        for cell, w in zip(r, widths):
+            if is_image(cell):
+                sheet.paste(Image.fromarray(np.ascontiguousarray(cell)), (x, y))
+            else:
+                for k, text in enumerate(cell):
+                    draw.text((x, y + k * line), text, fill="black", font=font)
+            x += w + pad
+        y += h + pad
+    tmp = path + ".tmp"
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
 
 
 def save_rollout(rows, folder):

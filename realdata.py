@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate,
-                  image_to_caption, navigation_example, robot_frame_actions, video_example, weighted_sources)
+                  image_to_caption, navigation_example, robot_frame_actions, video_example, vqa_example,
+                  weighted_sources)
 from encoders import build_encoder
 from files import cli, hub_file, load_image, part_file, print_help, refuse_overwrite
 
@@ -132,6 +133,20 @@ def caption_of(group):
     try:
         meta = {"caption": group["txt"].decode()} if "txt" in group else json.loads(group["json"])
         return (meta.get("caption") or meta.get("text")).strip() or None
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def question_answer(group):
+    """A VQA sample's (question, answer): its .json's "question" and "answer" fields, or the first human and gpt
+    turns of LLaVA's "conversations" (the <image> marker dropped); None when it has neither."""
+    try:
+        meta = json.loads(group["json"])
+        if "conversations" in meta:
+            turns = {t["from"]: t["value"] for t in reversed(meta["conversations"][:2])}
+            meta = dict(question=turns["human"].replace("<image>", ""), answer=turns["gpt"])
+        question, answer = meta["question"].strip(), meta["answer"].strip()
+        return (question, answer) if question and answer else None
     except (ValueError, AttributeError, KeyError, TypeError):
         return None
 
@@ -280,18 +295,21 @@ class ShardData:
         frames = frame_members(group)
         K = self.video_frames if source == "video" else 1
         frames = frames[:len(frames) // K * K]
-        caption = caption_of(group) if source != "video" else ""
-        if caption is None or not frames:
-            return self.skip("no_caption" if caption is None else "short_video" if K > 1 else "no_image")
+        text = "" if source == "video" else question_answer(group) if source == "vqa" else caption_of(group)
+        if text is None or not frames:
+            missing = "question" if source == "vqa" else "caption"
+            return self.skip(f"no_{missing}" if text is None else "short_video" if K > 1 else "no_image")
         try:
             frames = [decode_frame(e, group[e], self.image_size, self.latent_shape) for e in frames]
         except Exception:   # whatever a corrupt file makes the decoder raise: skip the sample, count it
             return self.skip("bad_frame")
         if source == "video":
             return [video_example(self.tok, frames[i:i + K]) for i in range(0, len(frames), K)]
+        if source == "vqa":
+            return [vqa_example(self.tok, frames[0], *text)]
         if source == "image_to_caption":
-            return [image_to_caption(self.tok, frames[0], caption, clean=self.caption_clean_image)]
-        return [caption_to_image(self.tok, caption, frames[0], drop_caption=rng.random() < self.cfg_dropout)]
+            return [image_to_caption(self.tok, frames[0], text, clean=self.caption_clean_image)]
+        return [caption_to_image(self.tok, text, frames[0], drop_caption=rng.random() < self.cfg_dropout)]
 
     def waypoint_spacing_of(self, path):
         """NWM divides a trajectory's translations by its dataset's metric waypoint spacing (App. F.1: a normalised
@@ -330,6 +348,18 @@ class ShardData:
                 continue
             action = action_text(*actions[t + NAV_CONTEXT - 1])
             yield t, [navigation_example(self.tok, window[:NAV_CONTEXT], action, window[NAV_CONTEXT])]
+
+
+def write_nwm_trajectory(folder, frames, position, yaw):
+    """NWM's on-disk layout: folder/{0..T-1}.jpg and traj_data.pkl = {"position": [T, 2], "yaw": [T]} (the toy maze's
+    walks written so, they read back like real data)."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(os.path.join(folder, f"{t}.jpg"), quality=95)
+    with open(os.path.join(folder, "traj_data.pkl"), "wb") as f:
+        pickle.dump({"position": np.asarray(position, np.float64), "yaw": np.asarray(yaw, np.float64)}, f)
+    return folder
 
 
 class Prefetcher:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from config import configure, load_for_inference, settings
-from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example
+from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example, vqa_example
 from files import cli, load_image, refuse_overwrite, save_gif, save_grid
 from model import KVCache, shift_time, velocity
 
@@ -212,9 +212,11 @@ def draw(model, tok, captions, steps=25, guidance=3.0, generator=None, progress=
     return torch.stack([o.frames[-1] for o in outs])
 
 
-def describe(model, tok, latents, max_tokens=96, temperature=0.0, top_k=0, generator=None):
-    """Image -> caption, for each image latent [N, C] of latents [B, N, C]."""
-    prompts = [image_to_caption(tok, z, "", prompt_only=True) for z in latents]
+def describe(model, tok, latents, max_tokens=96, temperature=0.0, top_k=0, generator=None, questions=None):
+    """Image -> caption, for each image latent [N, C] of latents [B, N, C]; given questions (one per image), the
+    answer to each instead (VQA)."""
+    prompts = [image_to_caption(tok, z, "", prompt_only=True) if questions is None else
+               vqa_example(tok, z, questions[i], "", prompt_only=True) for i, z in enumerate(latents)]
     outs = generate(model, tok, prompts, allow_images=False, max_tokens=max_tokens, temperature=temperature,
                     top_k=top_k, generator=generator)
     return [tok.decode(o.ids[len(p.ids):]) for o, p in zip(outs, prompts)]
@@ -243,6 +245,7 @@ out_dir = "out/toy"     # the run whose checkpoint to sample
 mode = "image"          # "image": caption -> image; "caption": image -> text; "video": continue frames; "text"
 prompt = "a small red circle at the top left"
 image = ""              # caption mode: an image file; empty: toy-world renders
+question = ""           # caption mode: ask each image this instead (a model fine-tuned on VQA answers it)
 num_samples = 8
 guidance = 3.0
 video_guidance = 1.0    # video mode: none (see continue_video)
@@ -300,7 +303,8 @@ def main(argv):
         else:
             pictures = np.stack([toyworld.render(toyworld.random_scene(rng, cfg.max_shapes, cfg.image_size),
                                                  cfg.image_size) for _ in range(c.num_samples)])
-        texts = describe(model, tok, enc.encode(pictures).to(dev), c.max_tokens, c.temperature, c.top_k, gen)
+        texts = describe(model, tok, enc.encode(pictures).to(dev), c.max_tokens, c.temperature, c.top_k, gen,
+                         [c.question] * c.num_samples if c.question else None)
         written.append(save_grid(pictures, os.path.join(folder, "caption_inputs.png")))
         for i, text in enumerate(texts):
             print(f"[{i}] {text}")

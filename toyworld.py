@@ -11,9 +11,8 @@ Everything is a pure function of the numpy Generator passed in; only numpy and t
 """
 from __future__ import annotations
 
-import os
-import pickle
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,11 +61,14 @@ def as_tuples(shapes: list[Shape], image_size: int = 32) -> list[tuple[str, str,
     return [(s.kind, s.color, s.size, s.cell(image_size)) for s in shapes]
 
 
-# The compositional split, as GenEval's: these colour-shape bindings are never drawn in training (scenes, captions,
-# sentences, videos), and every evaluation scene holds at least one. Each shape and each colour is still trained
-# with others, so evaluation measures whether the model composes a known colour with a known shape.
+# Two held-out splits. Compositional, as GenEval's: these colour-shape bindings are never drawn in training (scenes,
+# captions, sentences, videos), and every "held_out_bindings" scene shows at least one; each shape and colour is
+# still trained with others, so the split measures whether the model composes a known colour with a known shape.
+# Unseen scenes: one scene description in SCENE_HOLDOUT (a hash of its objects and cells) is never drawn in training
+# either; "unseen_scenes" draws only those, built from trained bindings: the world the model learned, new scenes.
 HELD_OUT = frozenset({("circle", "red"), ("square", "green"), ("triangle", "blue")})
-SPLIT_NAMES = ("train", "eval")
+SCENE_HOLDOUT = 20
+SPLIT_NAMES = ("train", "unseen_scenes", "held_out_bindings")
 
 
 def held_out(shapes) -> bool:
@@ -74,18 +76,23 @@ def held_out(shapes) -> bool:
     return any((s.kind, s.color) in HELD_OUT if isinstance(s, Shape) else tuple(s[:2]) in HELD_OUT for s in shapes)
 
 
+def unseen_scene(shapes, image_size: int = 32) -> bool:
+    """Whether a scene's description (its objects and their cells, not the jitter) is reserved for evaluation."""
+    return zlib.crc32(repr(sorted(as_tuples(shapes, image_size))).encode()) % SCENE_HOLDOUT == 0
+
+
 def random_look(rng: np.random.Generator, split: str = "train") -> tuple[str, str, str]:
-    """A uniformly random (kind, color, size); in training, never a held-out binding."""
+    """A uniformly random (kind, color, size); outside "held_out_bindings", never a held-out binding."""
     while True:
         look = tuple(str(rng.choice(words)) for words in (SHAPES, list(COLORS), SIZES))
-        if split != "train" or look[:2] not in HELD_OUT:
+        if split == "held_out_bindings" or look[:2] not in HELD_OUT:
             return look
 
 
 def random_scene(rng: np.random.Generator, max_shapes: int = 3, image_size: int = 32,
                  split: str = "train") -> list[Shape]:
-    """1..max_shapes random shapes, one per cell, sorted by cell so that the caption is canonical. A "train" scene
-    has no held-out binding; an "eval" scene has at least one (drawn uniformly among such scenes)."""
+    """1..max_shapes random shapes, one per cell, sorted by cell so that the caption is canonical, drawn uniformly
+    among the scenes of the split (SPLIT_NAMES)."""
     if split not in SPLIT_NAMES:
         raise ValueError(f"split {split!r}: use one of {SPLIT_NAMES}")
     while True:
@@ -98,7 +105,9 @@ def random_scene(rng: np.random.Generator, max_shapes: int = 3, image_size: int 
             look = random_look(rng, split)
             dx, dy = rng.uniform(-JITTER, JITTER, size=2) * cell
             shapes.append(Shape(*look, float((col + 0.5) * cell + dx), float((row + 0.5) * cell + dy)))
-        if split == "train" or held_out(shapes):
+        in_split = held_out(shapes) if split == "held_out_bindings" else \
+            unseen_scene(shapes, image_size) == (split == "unseen_scenes")
+        if in_split:
             return shapes
 
 
@@ -292,6 +301,25 @@ def score_caption(text: str, image_or_shapes, image_size: int = 32) -> float:
         return 0.0  # text outside the grammar describes nothing
 
 
+# ---- Questions: the toy world's VQA, short answers the oracle checks by string ----
+
+def random_question(rng: np.random.Generator, shapes: list[Shape], image_size: int = 32,
+                    split: str = "train") -> tuple[str, str]:
+    """(question, answer) about an object of a scene: its colour, shape or size, where it is, whether it (or a look
+    not in the scene) is there, how many objects there are. In "held_out_bindings", about a held-out object."""
+    objects = as_tuples(shapes, image_size)
+    asked = [o for o in objects if split != "held_out_bindings" or tuple(o[:2]) in HELD_OUT]
+    kind, color, size, cell = asked[int(rng.integers(len(asked)))]
+    where, looks = POSITIONS[cell], {(k, c) for k, c, *_ in objects}
+    probe = (kind, color) if rng.random() < 0.5 else random_look(rng, split)[:2]
+    questions = [(f"what color is the shape at the {where}?", color), (f"what shape is at the {where}?", kind),
+                 (f"what size is the shape at the {where}?", size), ("how many shapes are there?",
+                 NUMBER_WORDS[len(objects)]), (f"is there a {probe[1]} {probe[0]}?", "yes" if probe in looks else "no")]
+    if sum((k, c) == (kind, color) for k, c, *_ in objects) == 1:   # "where" only when the answer is one cell
+        questions.append((f"where is the {color} {kind}?", where))
+    return questions[int(rng.integers(len(questions)))]
+
+
 # ---- Video: the same shapes in motion ----
 
 
@@ -303,19 +331,19 @@ def bounce(position: np.ndarray, limit: float) -> np.ndarray:
 
 def random_video(rng: np.random.Generator, n_frames: int = 4, image_size: int = 32,
                  max_shapes: int = 2) -> np.ndarray:
-    """uint8 [T, H, W, 3]: 1..max_shapes shapes gliding at constant velocity, centres bouncing off the borders."""
-    n = int(rng.integers(1, max_shapes + 1))
-    looks = [random_look(rng) for _ in range(n)]
-    start = rng.uniform(0, image_size, size=(n, 2))
-    speed = rng.uniform(1.5, 3.0, size=n)  # px per frame
-    angle = rng.uniform(0, 2 * np.pi, size=n)
-    velocity = speed[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    frames = []
-    for t in range(n_frames):
-        xy = bounce(start + t * velocity, image_size)
-        shapes = [Shape(*look, float(x), float(y)) for look, (x, y) in zip(looks, xy)]
-        frames.append(render(shapes, image_size))
-    return np.stack(frames)
+    """uint8 [T, H, W, 3]: 1..max_shapes shapes gliding at constant velocity, centres bouncing off the borders; no
+    frame shows an evaluation scene (unseen_scene)."""
+    while True:
+        n = int(rng.integers(1, max_shapes + 1))
+        looks = [random_look(rng) for _ in range(n)]
+        start = rng.uniform(0, image_size, size=(n, 2))
+        speed = rng.uniform(1.5, 3.0, size=n)  # px per frame
+        angle = rng.uniform(0, 2 * np.pi, size=n)
+        velocity = speed[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+        scenes = [[Shape(*look, float(x), float(y)) for look, (x, y) in zip(looks, bounce(start + t * velocity,
+                  image_size))] for t in range(n_frames)]
+        if not any(unseen_scene(shapes, image_size) for shapes in scenes):
+            return np.stack([render(shapes, image_size) for shapes in scenes])
 
 
 # ---- Text-only data: talking about the world without pictures ----
@@ -539,14 +567,3 @@ def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed
         actions.append(np.clip(np.round(a, 2), ACTION_LOW, ACTION_HIGH))
         poses.append(move(maze, poses[-1], actions[-1]))
     return np.stack(poses), np.stack(actions)
-
-
-def write_nwm_trajectory(folder: str, frames: np.ndarray, position: np.ndarray, yaw: np.ndarray) -> str:
-    """NWM's on-disk layout: folder/{0..T-1}.jpg and traj_data.pkl = {"position": [T, 2], "yaw": [T]}."""
-    from PIL import Image
-    os.makedirs(folder, exist_ok=True)
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(os.path.join(folder, f"{t}.jpg"), quality=95)
-    with open(os.path.join(folder, "traj_data.pkl"), "wb") as f:
-        pickle.dump({"position": np.asarray(position, np.float64), "yaw": np.asarray(yaw, np.float64)}, f)
-    return folder

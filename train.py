@@ -19,16 +19,18 @@ import numpy as np
 import torch
 
 from config import build, compile_model, configure, gpu_peak_flops, resolve_device, settings
+from toyscores import oracle_scores, summary
 from files import (append_log, check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous,
-                   save_checkpoint, save_eval_samples, set_log_aside, trim_log)
+                   save_checkpoint, set_log_aside, trim_log)
 
 # ---- I/O
 out_dir = "out/toy"
 eval_interval = 250           # steps between evaluations (and checkpoints); the last step always evaluates
 log_interval = 10
 eval_iters = 8                # held-out batches for the validation losses
-eval_samples = 32             # held-out captions/images scored by the toy world's oracle at each evaluation
+eval_samples = 256            # toy world: held-out items per split its oracle scores at the end (<= 64 before)
 resume = False                # continue the run in out_dir from its checkpoint
+init_from = ""                # a run's out_dir: start from its weights, as a new run (fine-tuning, e.g. on VQA)
 # ---- data
 dataset = "toyworld"           # or "shards": real data from the *_data sources below (data.py, README "Real data")
 mixture = {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}
@@ -48,6 +50,7 @@ caption_to_image_data = ""    # webdataset tars: key.jpg (or key.latent.npy) + k
 image_to_caption_data = ""
 video_data = ""               # webdataset tars of numbered frames: key.000.jpg, key.001.jpg, ...
 navigation_data = ""          # NWM trajectory folders: 0.jpg ... T-1.jpg + traj_data.pkl
+vqa_data = ""                 # webdataset tars: key.jpg + key.json {"question", "answer"} (or LLaVA conversations)
 waypoint_spacing = {"recon": 0.25, "scand": 0.38, "tartan_drive": 0.72, "go_stanford": 0.12,
                     "sacson": 0.255}   # NWM's metres per action unit, by the dataset folder a trajectory lies in
 val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
@@ -190,30 +193,17 @@ def held_out_losses(model, data, enc, c, device, batches, generator):
 
 
 def evaluate(model, tok, enc, data, c, device, step, write=True):
-    import toyworld
-    from sample import describe, draw
+    """Held-out losses; on the toy world also its oracle's scores of what the model draws, writes and answers on
+    unseen scenes and held-out bindings (toyscores.py), with the same noise in every run."""
     model.eval()
-    gen = torch.Generator(device).manual_seed(c.seed)
-    scores = {}
+    gen = torch.Generator(device).manual_seed(0)
     text, flow = held_out_losses(model, data, enc, c, device, c.eval_iters if getattr(data, "has_val", True) else 0,
                                  gen)
-    if text is not None:
-        scores = dict(val_text_loss=text, val_ppl=float(math.exp(text)), **losses(val_flow_loss=flow))
-    if not hasattr(data, "eval_prompts"):     # real data: no oracle to score generations with
-        model.train()
-        return scores
-    scenes = data.eval_prompts(c.eval_samples)
-    captions = [toyworld.caption(s, c.image_size) for s in scenes]
-    truth = np.stack([toyworld.render(s, c.image_size) for s in scenes])
-    images = enc.decode(draw(model, tok, captions, c.sample_steps, c.guidance, gen))
-    gen_acc = float(np.mean([toyworld.score_image(im, cap) for im, cap in zip(images, captions)]))
-    written = describe(model, tok, enc.encode(truth).to(device), generator=gen)
-    und_acc = float(np.mean([toyworld.score_caption(w, s, c.image_size) for w, s in zip(written, scenes)]))
+    scores = {} if text is None else dict(val_text_loss=text, val_ppl=math.exp(text), **losses(val_flow_loss=flow))
+    if hasattr(data, "held_out"):     # real data has no oracle to score generations with
+        n = c.eval_samples if step == c.max_iters else min(c.eval_samples, 64)
+        scores.update(oracle_scores(model, tok, enc, data, c, n, gen, write and os.path.join(c.out_dir, "samples.png")))
     model.train()
-    scores.update(gen_accuracy=gen_acc, und_accuracy=und_acc)
-    if not write:
-        return scores
-    save_eval_samples(c.out_dir, step, images, truth, captions, written)
     return scores
 
 
@@ -268,6 +258,10 @@ def resume_or_start(run, c, model, data):
         raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
     elif run.master and os.path.exists(run.log_path):
         set_log_aside(run.log_path)
+    if c.init_from and not c.resume:   # a new run from another run's weights: step 0, a fresh optimizer and schedule
+        start = load_checkpoint(os.path.join(c.init_from, "ckpt.pt"))
+        check_same_model(start["model_args"], vars(model.cfg), os.path.join(c.init_from, "ckpt.pt"))
+        model.load_state_dict(start["model"])
     if run.master:
         os.makedirs(c.out_dir, exist_ok=True)
     run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
@@ -418,7 +412,7 @@ def main(argv):
             if run.master:
                 append_log(run.log_path, dict(step=run.step, text_loss=s["text_loss"],
                                               **losses(flow_loss=s["flow_loss"]), tokens=run.seen, **scores))
-                pbar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                pbar.write(f"step {run.step}: {summary(scores)}")
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()
     pbar.close()

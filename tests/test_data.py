@@ -152,20 +152,26 @@ def replayed_scenes(config, steps, monkeypatch):
     import train
     c = train.configure(train.DEFAULTS, [config])
     drawn, real_render = [], toyworld.render
-    monkeypatch.setattr(toyworld, "render", lambda shapes, size=32: drawn.extend(shapes) or real_render(shapes, size))
+    monkeypatch.setattr(toyworld, "render", lambda shapes, size=32: drawn.append(shapes) or real_render(shapes, size))
     tok = Tokenizer(c.tokenizer)
     data = ToyWorldData(tok, c.seq_len, (c.image_size // c.patch_size) ** 2, c.mixture, c.seed, c.image_size,
                         c.max_shapes, c.video_frames, c.cfg_dropout)
     text = [tok.decode(row) for s in range(steps) for row in data.batch(s, 0, c.batch_size)["tokens"].tolist()]
     pattern = "|".join(f"{color} {kind}" for kind, color in toyworld.HELD_OUT)
-    return {(s.kind, s.color) for s in drawn}, [m for t in text for m in re.findall(pattern, t)], data
+    return drawn, [m for t in text for m in re.findall(pattern, t)], data
 
 
 @pytest.mark.parametrize("config", sorted(__import__("glob").glob("configs/toy*.py")))
 def test_no_evaluation_scene_is_ever_trained_on(config, monkeypatch):
-    """Replay training batches of every toy config: no held-out binding is drawn (scenes and videos) or written
-    (captions and sentences), while every evaluation scene shows one."""
+    """Replay training batches of every toy config (VQA fine-tuning's included): no held-out binding is drawn
+    (scenes, videos, VQA images) or written (captions, sentences, questions), and no picture shows an unseen scene,
+    while every evaluation item belongs to its split: unseen scenes of trained bindings, or held-out bindings."""
     import toyworld
-    looks, mentions, data = replayed_scenes(config, 150, monkeypatch)
+    drawn, mentions, data = replayed_scenes(config, 150, monkeypatch)
+    looks = {(s.kind, s.color) for scene in drawn for s in scene}
     assert len(looks) == 18 - len(toyworld.HELD_OUT) and not looks & toyworld.HELD_OUT and not mentions
-    assert all(toyworld.held_out(scene) for scene in data.eval_prompts(32))
+    assert not any(toyworld.unseen_scene(scene, data.image_size) for scene in drawn)
+    unseen, bindings = data.held_out("unseen_scenes", 64), data.held_out("held_out_bindings", 64)
+    assert all(toyworld.unseen_scene(s, data.image_size) and not toyworld.held_out(s) for s, _, _ in unseen)
+    assert all(toyworld.held_out(s) for s, _, _ in bindings)
+    assert len({toyworld.caption(s) for s, _, _ in unseen}) > 40       # many different scenes, not a few

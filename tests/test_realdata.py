@@ -247,6 +247,23 @@ def test_pre_encoded_latents_skip_the_encoder(tmp_path):
                        Example([Tokenizer().boi, data.FRAME], [solid(1)], [False])]], 40, N, 0)
 
 
+def test_vqa_samples_from_question_answer_and_llava_json(tmp_path):
+    """Fine-tuning data for the understanding protocol: key.jpg + key.json with "question" and "answer", or LLaVA's
+    "conversations" (first human turn, first gpt turn, <image> dropped); the image clean, only the answer learned;
+    a sample without a question is skipped and counted."""
+    llava = {"conversations": [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "a cat"}]}
+    path = write_tar(tmp_path / "vqa.tar", [
+        ("0.jpg", encoded(solid(10))), ("0.json", json.dumps({"question": "what color?", "answer": "grey"}).encode()),
+        ("1.jpg", encoded(solid(20))), ("1.json", json.dumps(llava).encode()),
+        ("2.jpg", encoded(solid(30))), ("2.json", json.dumps({"caption": "no question"}).encode())])
+    d = make({"vqa": 1.0}, vqa_data=path)
+    tok, exs = Tokenizer(), take("vqa", d)
+    assert [text_of(tok, ex) for ex in exs] == ["what color? grey", "what is it? a cat"]
+    assert all(ex.cond == [True] for ex in exs) and d.stats["no_question"] == 1
+    batch = realdata.collate([[exs[0]]], 64, N, tok.pad)
+    assert tok.decode([t for t in batch["targets"][0] if t >= 0]) == " grey"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Navigation (NWM layout)
 
@@ -300,7 +317,7 @@ def test_navigation_windows_from_an_nwm_folder(tmp_path):
 
 
 def test_toy_world_trajectories_read_back_through_the_nwm_loader(tmp_path):
-    """The same loader serves real NWM data and the toy maze: a walk written by toyworld.write_nwm_trajectory comes
+    """The same loader serves real NWM data and the toy maze: a walk written by realdata.write_nwm_trajectory comes
     back as windows whose action texts are the moves it made (a step into a wall slides: the move, not the
     command, is what the poses record) and whose frames are its renders (JPEG-compressed)."""
     import toyworld as tw
@@ -309,7 +326,7 @@ def test_toy_world_trajectories_read_back_through_the_nwm_loader(tmp_path):
     poses, _ = tw.walk(rng, maze, tw.random_pose(rng, maze), 7)
     actions = robot_frame_actions(poses[:, :2], poses[:, 2])
     frames = np.stack([tw.render_view(maze, p, SIZE) for p in poses])
-    tw.write_nwm_trajectory(str(tmp_path / "nwm/walk0"), frames, poses[:, :2], poses[:, 2])
+    realdata.write_nwm_trajectory(str(tmp_path / "nwm/walk0"), frames, poses[:, :2], poses[:, 2])
     tok, exs = Tokenizer(), take("navigation", make({"navigation": 1.0}, seq_len=400,
                                                      navigation_data=str(tmp_path / "nwm/*")))
     assert len(exs) == len(poses) - 4

@@ -286,12 +286,13 @@ def test_walks_and_views_are_deterministic_and_motion_is_visible():
 def test_nwm_layout_round_trips_the_executed_actions(tmp_path):
     import pickle
 
+    import realdata
     from data import robot_frame_actions
     rng = np.random.default_rng(0)
     maze = open_room(30)                                     # 12 steps from the middle never reach a wall
     poses, actions = tw.walk(rng, maze, (15.0, 15.0, 0.3), 12)
     frames = np.stack([tw.render_view(maze, p) for p in poses])
-    folder = tw.write_nwm_trajectory(str(tmp_path / "traj0"), frames, poses[:, :2], poses[:, 2])
+    folder = realdata.write_nwm_trajectory(str(tmp_path / "traj0"), frames, poses[:, :2], poses[:, 2])
     assert sorted(os.listdir(folder)) == sorted([f"{t}.jpg" for t in range(13)] + ["traj_data.pkl"])
     data = pickle.load(open(os.path.join(folder, "traj_data.pkl"), "rb"))
     assert data["position"].shape == (13, 2) and data["yaw"].shape == (13,)
@@ -312,3 +313,37 @@ def test_topdown_view_turns_and_moves_with_the_robot():
     assert np.array_equal(tw.view(room, (4.5, 4.5, 0.0)), tw.render_view(room, (4.5, 4.5, 0.0)))   # "ray"
     with pytest.raises(ValueError, match="unknown navigation view"):
         tw.view(room, (4.5, 4.5, 0.0), kind="sonar")
+
+
+# ---- questions (VQA) ----
+
+
+def test_every_question_is_answered_by_the_scene():
+    """The oracle's answers follow from the scene itself, for every kind of question; in "held_out_bindings" the
+    question is about a held-out object."""
+    import re
+    counts = {}
+    for split in tw.SPLIT_NAMES:
+        rng = np.random.default_rng(1)
+        for _ in range(300):
+            scene = tw.random_scene(rng, 3, 32, split)
+            objects = tw.as_tuples(scene)
+            q, a = tw.random_question(rng, scene, 32, split)
+            at = {tw.POSITIONS[cell]: (kind, color, size) for kind, color, size, cell in objects}
+            if m := re.fullmatch(r"what (color|shape|size) is (?:the shape )?at the (.+)\?", q):
+                kind, color, size = at[m[2]]
+                assert a == {"color": color, "shape": kind, "size": size}[m[1]]
+                asked = (kind, color)
+            elif m := re.fullmatch(r"where is the (\w+) (\w+)\?", q):
+                assert [tw.POSITIONS[c] for k, col, _, c in objects if (col, k) == (m[1], m[2])] == [a]
+                asked = (m[2], m[1])
+            elif m := re.fullmatch(r"is there a (\w+) (\w+)\?", q):
+                assert a == ("yes" if (m[2], m[1]) in {(k, c) for k, c, *_ in objects} else "no")
+                asked = None
+            else:
+                assert q == "how many shapes are there?" and a == tw.NUMBER_WORDS[len(objects)]
+                asked = None
+            if split == "held_out_bindings" and asked:
+                assert asked in tw.HELD_OUT
+            counts[q.split()[0] + q.split()[1]] = counts.get(q.split()[0] + q.split()[1], 0) + 1
+    assert len(counts) == 6 and min(counts.values()) > 40      # every kind of question is asked

@@ -65,7 +65,10 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
     assert sum(f for _, f in last) < 0.5 * sum(f for _, f in first)       # flow loss falls
     evals = [r for r in full if "val_text_loss" in r]
     assert [r["step"] for r in evals] == [8, 16]
-    assert all(0 <= r["gen_accuracy"] <= 1 and 0 <= r["und_accuracy"] <= 1 for r in evals)
+    for split in ("unseen_scenes", "held_out_bindings"):   # both held-out splits, each score with its interval
+        for task in ("gen", "caption"):
+            lo, hi = evals[-1][f"{task}_{split}_ci"]
+            assert all(0 <= r[f"{task}_{split}"] <= 1 for r in evals) and lo <= evals[-1][f"{task}_{split}"] <= hi
     assert os.path.exists(tmp_path / "a" / "samples.png")
 
     # the same run, hit by a NaN at step 11: it stops with a clear message, the step-8 checkpoint survives
@@ -134,6 +137,46 @@ def test_refuses_to_overwrite_or_load_a_foreign_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="trained with d_model=32 but the config asks for 64"):
         run(tmp_path, "--max_iters=4", "--d_model=64", "--resume")
 
+
+
+def test_vqa_fine_tuning_starts_from_the_checkpoint_keeps_the_encoder_frozen_and_sees_clean_images(tmp_path,
+                                                                                                  monkeypatch):
+    """The understanding protocol's stage (App. E.6): --init_from loads a trained run's weights into a new run (step
+    0, its own schedule), the frozen encoder's weights never move, every frame is clean (no flow loss), and only
+    the answers are learned, never the questions."""
+    import numpy as np
+    import encoders
+    tower = encoders.SiglipVision(width=16, depth=1, heads=2, hidden=32, patch=8, image_size=16)
+    enc = encoders.SemanticEncoder(tower, None, encoders.HALF)
+    frozen = {k: v.clone() for k, v in tower.state_dict().items()}
+    monkeypatch.setattr(config, "build_encoder", lambda *a, **k: enc)
+    run(tmp_path / "pre", "--max_iters=2", "--eval_interval=2", "--mixture={'image_to_caption': 1.0}")
+    pretrained = train.load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
+    seen, real_step = [], train.train_step
+
+    def spy(run_, c, model, raw_model, *rest):
+        if run_.step == 0:   # before the first update: the pretrained weights, exactly
+            assert all(torch.equal(v, pretrained[k]) for k, v in raw_model.state_dict().items())
+        return real_step(run_, c, model, raw_model, *rest)
+    real_batch = train.get_batch
+    monkeypatch.setattr(train, "train_step", spy)
+    monkeypatch.setattr(train, "get_batch", lambda *a, **k: seen.append(real_batch(*a, **k)) or seen[-1])
+    lines = run(tmp_path / "vqa", f"--init_from={tmp_path / 'pre'}", "--mixture={'vqa': 1.0}", "--max_iters=3",
+                "--eval_interval=3", "--learning_rate=1e-3")
+    assert [r["step"] for r in lines if "lr" in r] == [1, 2, 3] and all("flow_loss" not in r for r in lines)
+    assert all(torch.equal(v, frozen[k]) for k, v in tower.state_dict().items())
+    assert not any(p.requires_grad for p in tower.parameters())
+    tok = train.build(train.configure(train.DEFAULTS, TINY), "cpu")[0]
+    for batch in seen:
+        assert batch["cond"].all()                                       # every image clean
+        for row in batch["targets"].tolist():                             # learned: " answer" EOS, per example
+            learned = tok.decode([t for t in row if t >= 0])
+            assert "?" not in learned and learned.strip()
+    assert {"vqa_unseen_scenes", "vqa_held_out_bindings_ci"} <= set(lines[-1])
+    with pytest.raises(SystemExit, match="no checkpoint at .*nowhere/ckpt.pt"):
+        run(tmp_path / "vqa2", f"--init_from={tmp_path / 'nowhere'}", "--mixture={'vqa': 1.0}", "--max_iters=1")
+    with pytest.raises(SystemExit, match="was trained with d_model=32 but the config asks for 64"):
+        run(tmp_path / "vqa3", f"--init_from={tmp_path / 'pre'}", "--mixture={'vqa': 1.0}", "--d_model=64")
 
 
 def launch(tmp_path, name, *extra, procs=1):
