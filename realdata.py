@@ -27,7 +27,8 @@ import torch
 from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, weighted_sources)
 from encoders import build_encoder
-from files import cli, hub_file, load_image, part_file, print_help, refuse_overwrite
+from files import cli, load_image, part_file, print_help, refuse_overwrite
+from remote import hub_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -423,13 +424,14 @@ def prepare_text(inputs,                 # .txt / .jsonl files: comma-separated 
 def download_fineweb(out_dir="data/fineweb",   # where the shards are linked
                      shards=1,                 # train shards of 100M tokens (the val shard always comes)
                      repo="karpathy/fineweb-edu-100B-gpt2-token-shards",   # the hub dataset
-                     endpoint=None):           # another hub endpoint (a mirror)
+                     endpoint=None):           # another hub endpoint (a mirror; HF_ENDPOINT works too)
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
-    downloaded once into the hub cache (resumable, files.hub_file) and linked into out_dir."""
+    downloaded once into the Hugging Face cache (remote.hub_file) and linked into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in ["edu_fineweb_val_000000.bin"] + [f"edu_fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]:
-        cached, paths = hub_file("datasets/" + repo, name, endpoint=endpoint), paths + [os.path.join(out_dir, name)]
+        cached = hub_file(repo, name, repo_type="dataset", endpoint=endpoint)
+        paths.append(os.path.join(out_dir, name))
         if not os.path.exists(paths[-1]):
             if os.path.lexists(paths[-1]):   # a link into a cache that was cleared
                 os.remove(paths[-1])
@@ -504,7 +506,7 @@ def preencode_command(shards,                # image(-text) tar shards: comma-se
                       out,                   # the folder for the latent shards (a shard already there is kept)
                       encoder="siglip2",     # the frozen encoder (train with the same one)
                       image_size=224,
-                      encoder_weights="",    # hub repository or local folder; "" = the published default
+                      encoder_weights="",    # owner/name[@revision] on the hub, or a folder; "" = the default, pinned
                       batch=64,              # images per encoder pass
                       device="auto"):
     """Image shards -> latent shards (key.latent.npy in place of each image), so training skips the encoder."""

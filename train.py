@@ -54,7 +54,7 @@ loader_threads = 4            # threads decoding this process's micro-batch slot
 # ---- visual encoder
 encoder = "pixels"             # "pixels", "siglip2" (the paper's), "dinov2", "webssl", "sdvae" or "flux"
 patch_size = 4                 # pixels only: the patch side
-encoder_weights = ""           # hub repository or local folder; "" = the published default; "random" = real shapes
+encoder_weights = ""           # owner/name[@revision] or a folder; "" = the default, pinned; "random" = real shapes
 decoder_weights = ""           # the RAE decoder's, likewise ("" = the default, if the encoder has one)
 # ---- model
 n_layer = 4

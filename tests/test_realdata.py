@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_encoders import Hub, hub  # noqa: F401  (the local HTTP server on 127.0.0.1, and its fixture)
+from local_hub import Hub, cdn_path, hub  # noqa: F401  (the local hub and shard server on 127.0.0.1; its fixture)
 
 import data
 import realdata
@@ -124,20 +124,21 @@ def test_shard_versions_and_bad_shards(tmp_path):
         take("text", d)
 
 
-def test_download_fineweb_resumes_and_links_shards(hub, tmp_path):  # noqa: F811
+def test_download_fineweb_links_shards_from_the_hugging_face_cache(hub, tmp_path):  # noqa: F811
     shards = {}
     for name in ("edu_fineweb_val_000000.bin", "edu_fineweb_train_000001.bin"):
-        write_shard(str(tmp_path / name), np.arange(200_000) % 50_000, 50_262)   # big enough to be cut mid-way
+        write_shard(str(tmp_path / name), np.arange(200_000) % 50_000, 50_262)
         shards[name] = (tmp_path / name).read_bytes()
-        Hub.files[f"/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/{name}"] = shards[name]
-    Hub.cut.add("/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/edu_fineweb_train_000001.bin")
-    with pytest.raises(SystemExit, match="run again to resume"):
-        realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
-    paths = realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
-    assert Hub.ranges[-1] > 0                       # the second attempt asked only for the rest
+    Hub.repos["datasets/karpathy/fineweb-edu-100B-gpt2-token-shards"] = shards
+    Hub.cut[cdn_path(shards["edu_fineweb_train_000001.bin"])] = 1   # a dropped connection: asked again
+    paths = realdata.download_fineweb(str(tmp_path / "fw"), shards=1)
     assert [os.path.basename(p) for p in paths] == list(shards)
     for p in paths:
         assert open(p, "rb").read() == shards[os.path.basename(p)] and len(read_shard(p)) == 200_000
+        assert os.path.realpath(p).startswith(str(tmp_path / "hf" / "hub"))   # a link into huggingface_hub's cache
+    asked = len(Hub.requests)
+    assert realdata.download_fineweb(str(tmp_path / "fw"), shards=1) == paths
+    assert not [r for r in Hub.requests[asked:] if r[0] == "GET"]           # nothing downloaded twice
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,3 +440,4 @@ def test_train_smoke_run_on_real_data_resumes_exactly(world, tmp_path):
     with pytest.raises(SystemExit, match="data: cannot open shard .*junk.tar"):
         real_run(world, tmp_path / "d", f"--caption_to_image_data={tmp_path / 'junk.tar'}", "--max_iters=2",
                  "--mixture={'caption_to_image': 1.0}")
+
