@@ -28,7 +28,7 @@ from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, weighted_sources)
 from encoders import build_encoder
 from files import cli, load_image, part_file, print_help, refuse_overwrite
-from remote import hub_file
+from remote import RemoteShard, hub_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,18 +78,17 @@ def expand(spec):
     return files
 
 
-def tar_samples(path, stats):
+def tar_samples(path, stats, stream=None):
     """(key, {extension: bytes}) for each sample of a webdataset tar, read as a stream. A shard that cannot be
-    opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted."""
-    import requests
-    remote, f = path.startswith(("http://", "https://")), None
+    opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted. A URL is read
+    through a RemoteShard (`stream`: its retries and max_wait), which retries and resumes a failed connection and
+    raises only when its retries run out."""
+    f = None
     try:
-        f = requests.get(path, stream=True, timeout=60) if remote else open(path, "rb")
-        if remote:
-            f.raise_for_status()
-        tar = tarfile.open(fileobj=f.raw if remote else f, mode="r|*")   # never stored: read as it arrives
-    except (OSError, tarfile.TarError, requests.RequestException) as e:
-        if f is not None:                     # (a failed response is falsy: test for None)
+        f = RemoteShard(path, **(stream or {})) if path.startswith(("http://", "https://")) else open(path, "rb")
+        tar = tarfile.open(fileobj=f, mode="r|*")   # never stored: read as it arrives
+    except (OSError, tarfile.TarError) as e:
+        if f is not None:
             f.close()
         raise ValueError(f"cannot open shard {path}: {e}")
     key, group = None, {}
@@ -106,7 +105,7 @@ def tar_samples(path, stats):
             raise EOFError
         if group:
             yield key, group
-    except (OSError, EOFError, tarfile.TarError, requests.RequestException):
+    except (OSError, EOFError, tarfile.TarError):
         stats["truncated_shards"] += 1
     finally:
         f.close()
@@ -194,10 +193,12 @@ class Stream:
 class ShardData:
     """The mixture over real sources. Each micro-batch slot g (the global micro-batch index, as for the toy world)
     owns one Stream per source and draws its examples' sources from (seed, step, g): a batch is a function of
-    (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state)."""
+    (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state). `stream`: the
+    retries and max_wait of shards read over HTTP (RemoteShard's; train.py's stream_retries, stream_max_wait)."""
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
-                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False):
+                 image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False,
+                 stream=None):
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         for s in self.names:
             if not sources.get(s):
@@ -209,7 +210,7 @@ class ShardData:
                                                                                              latent_dim)
         self.weights, self.n_slots, self.seed = mixture, n_slots, seed
         self.image_size, self.video_frames, self.cfg_dropout = image_size, video_frames, cfg_dropout
-        self.caption_clean_image = caption_clean_image
+        self.caption_clean_image, self.stream = caption_clean_image, stream or {}
         self.stats, self.streams, self.saved, self.has_val = Counter(), {}, {}, bool(self.val_files)
 
     def skip(self, reason):
@@ -255,7 +256,8 @@ class ShardData:
         if source == "navigation":
             return self.navigation_items(path, pos, part, key)
         return ((i, self.tar_examples(source, group, np.random.default_rng([*key, i])))
-                for i, (_, group) in enumerate(tar_samples(path, self.stats)) if i >= pos and i % part[1] == part[0])
+                for i, (_, group) in enumerate(tar_samples(path, self.stats, self.stream))
+                if i >= pos and i % part[1] == part[0])
 
     def text_items(self, path, pos, part):
         """Documents (split at tok.eot) of a token shard; one longer than a row is cut into row-sized pieces, BOS

@@ -51,6 +51,8 @@ navigation_data = ""          # NWM trajectory folders: 0.jpg ... T-1.jpg + traj
 val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
 prefetch = 8                  # micro-batches the loader threads prepare ahead of training
 loader_threads = 4            # threads decoding this process's micro-batch slots (one slot stays on one thread)
+stream_retries = 10           # http(s) shards: retries in a row of a failed open or lost connection, then the run stops
+stream_max_wait = 60.0        # seconds: the longest wait between two of those retries (waits double from 1 s)
 # ---- visual encoder
 encoder = "pixels"             # "pixels", "siglip2" (the paper's), "dinov2", "webssl", "sdvae" or "flux"
 patch_size = 4                 # pixels only: the patch side

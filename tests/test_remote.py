@@ -1,5 +1,5 @@
 """remote.py against the local hub (tests/local_hub.py): downloads through huggingface_hub's cache, revisions and
-pins, tokens, one-line errors, eight processes downloading one file once."""
+pins, tokens, one-line errors, eight processes downloading one file once; shards streamed through a flaky server."""
 import os
 import subprocess
 import sys
@@ -105,3 +105,15 @@ def test_eight_ranks_download_a_file_once_and_all_get_it_whole(hub, tmp_path):
     assert len(paths) == 1 and open(paths.pop(), "rb").read() == data
     assert gets(cdn_path(data)) == [None]   # one download for the node
 
+
+def test_a_gated_dataset_streams_with_the_hub_token(hub, monkeypatch):
+    data = os.urandom(50_000)
+    Hub.repos["datasets/org/gated"] = {"p.tar": data}
+    Hub.gated["datasets/org/gated"] = "hf_right"
+    url = f"{hub}/datasets/org/gated/resolve/main/p.tar"
+    with pytest.raises(ValueError, match=f"^cannot open shard {url}: 401"):   # final at once: no retries
+        remote.RemoteShard(url, retries=3, max_wait=0.01)
+    assert [p for _, p, _ in Hub.requests] == [url.removeprefix(hub)]
+    monkeypatch.setenv("HF_TOKEN", "hf_right")
+    assert remote.RemoteShard(url).read() == data
+    assert remote.hub_token(Hub.cdn + cdn_path(data)) == {} and remote.hub_token(url)   # only the hub sees it
