@@ -117,11 +117,12 @@ def _build(c, device):
     enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
     if c.dataset not in ("toyworld", "shards"):
         raise SystemExit(f"unknown dataset '{c.dataset}': available: toyworld, shards")
-    if c.dataset == "shards":
+    if c.dataset == "shards":   # (a checkpoint's config from before a setting has none of it: its default)
+        stream = {k: getattr(c, f"stream_{k}") for k in ("retries", "max_wait") if hasattr(c, f"stream_{k}")}
         data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
-                         {s: getattr(c, f"{s}_data") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
+                         {s: getattr(c, f"{s}_data", "") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
                          c.image_size, c.video_frames, c.cfg_dropout, c.val_data, c.caption_clean_image,
-                         getattr(c, "waypoint_spacing", {}))
+                         getattr(c, "waypoint_spacing", {}), stream)
     else:
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
                             c.video_frames, c.cfg_dropout, c.caption_clean_image, c.nav_view)

@@ -6,9 +6,8 @@ encoder, flow matching runs in that latent space, and a frozen decoder maps gene
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
 plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
 semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
-pixels; VAEs; build_encoder. Downloads and weight files are files.py's; pre-encoding image shards is realdata.py's.
+pixels; VAEs; build_encoder. Downloads are remote.py's, weight files files.py's, pre-encoding shards realdata.py's.
 """
-import os
 import re
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from files import read_weights, weights_file
+from files import read_weights, weights_folder
 
 
 class PixelPatches:
@@ -306,8 +305,7 @@ class VAE:
         except Exception as e:
             raise SystemExit(f"the sdvae and flux encoders need the optional diffusers package, which did not import "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): pip install diffusers")
-        weights_file(source, "diffusion_pytorch_model.safetensors")
-        folder = os.path.dirname(weights_file(source, "config.json"))
+        folder = weights_folder(source, ["config.json", "diffusion_pytorch_model.safetensors"])
         try:
             vae = AutoencoderKL.from_pretrained(folder)
         except Exception as e:
@@ -334,8 +332,8 @@ class VAE:
 
 
 def build_encoder(name="pixels", image_size=32, patch_size=4, device="cpu", weights="", decoder_weights=""):
-    """The frozen encoder for a config. weights/decoder_weights: a hub repository or a local folder ('' = the
-    published default); weights='random' builds the real shapes with random weights (benchmarks, smoke tests)."""
+    """The frozen encoder for a config. weights/decoder_weights: a hub repository, owner/name[@revision], or a local
+    folder ('' = the published default at its pinned commit); 'random': the real shapes, random weights (benchmarks)."""
     if name == "pixels":
         return PixelPatches(image_size, patch_size)
     if name in VAES:

@@ -28,7 +28,8 @@ from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, vqa_example,
                   weighted_sources)
 from encoders import build_encoder
-from files import cli, hub_file, load_image, part_file, print_help, refuse_overwrite
+from files import cli, load_image, part_file, print_help, refuse_overwrite
+from remote import RemoteShard, hub_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,18 +79,17 @@ def expand(spec):
     return files
 
 
-def tar_samples(path, stats):
+def tar_samples(path, stats, stream=None):
     """(key, {extension: bytes}) for each sample of a webdataset tar, read as a stream. A shard that cannot be
-    opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted."""
-    import requests
-    remote, f = path.startswith(("http://", "https://")), None
+    opened stops the run (a wrong path is a mistake to fix); one cut short ends early and is counted. A URL is read
+    through a RemoteShard (`stream`: its retries and max_wait), which retries and resumes a failed connection and
+    raises only when its retries run out."""
+    f = None
     try:
-        f = requests.get(path, stream=True, timeout=60) if remote else open(path, "rb")
-        if remote:
-            f.raise_for_status()
-        tar = tarfile.open(fileobj=f.raw if remote else f, mode="r|*")   # never stored: read as it arrives
-    except (OSError, tarfile.TarError, requests.RequestException) as e:
-        if f is not None:                     # (a failed response is falsy: test for None)
+        f = RemoteShard(path, **(stream or {})) if path.startswith(("http://", "https://")) else open(path, "rb")
+        tar = tarfile.open(fileobj=f, mode="r|*")   # never stored: read as it arrives
+    except (OSError, tarfile.TarError) as e:
+        if f is not None:
             f.close()
         raise ValueError(f"cannot open shard {path}: {e}")
     key, group = None, {}
@@ -106,7 +106,7 @@ def tar_samples(path, stats):
             raise EOFError
         if group:
             yield key, group
-    except (OSError, EOFError, tarfile.TarError, requests.RequestException):
+    except (OSError, EOFError, tarfile.TarError):
         stats["truncated_shards"] += 1
     finally:
         f.close()
@@ -208,11 +208,12 @@ class Stream:
 class ShardData:
     """The mixture over real sources. Each micro-batch slot g (the global micro-batch index, as for the toy world)
     owns one Stream per source and draws its examples' sources from (seed, step, g): a batch is a function of
-    (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state)."""
+    (seed, step, slot, stream states), and the states are what checkpoints save (state, load_state). `stream`: the
+    retries and max_wait of shards read over HTTP (RemoteShard's; train.py's stream_retries, stream_max_wait)."""
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
                  image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False,
-                 waypoint_spacing=None):
+                 waypoint_spacing=None, stream=None):
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         for s in self.names:
             if not sources.get(s):
@@ -225,6 +226,7 @@ class ShardData:
         self.weights, self.n_slots, self.seed = mixture, n_slots, seed
         self.image_size, self.video_frames, self.cfg_dropout = image_size, video_frames, cfg_dropout
         self.caption_clean_image, self.waypoint_spacing = caption_clean_image, waypoint_spacing or {}
+        self.stream = stream or {}
         self.stats, self.streams, self.saved, self.has_val = Counter(), {}, {}, bool(self.val_files)
 
     def skip(self, reason):
@@ -270,7 +272,8 @@ class ShardData:
         if source == "navigation":
             return self.navigation_items(path, pos, part, key)
         return ((i, self.tar_examples(source, group, np.random.default_rng([*key, i])))
-                for i, (_, group) in enumerate(tar_samples(path, self.stats)) if i >= pos and i % part[1] == part[0])
+                for i, (_, group) in enumerate(tar_samples(path, self.stats, self.stream))
+                if i >= pos and i % part[1] == part[0])
 
     def text_items(self, path, pos, part):
         """Documents (split at tok.eot) of a token shard; one longer than a row is cut into row-sized pieces, BOS
@@ -465,13 +468,14 @@ def prepare_text(inputs,                 # .txt / .jsonl files: comma-separated 
 def download_fineweb(out_dir="data/fineweb",   # where the shards are linked
                      shards=1,                 # train shards of 100M tokens (the val shard always comes)
                      repo="karpathy/fineweb-edu-100B-gpt2-token-shards",   # the hub dataset
-                     endpoint=None):           # another hub endpoint (a mirror)
+                     endpoint=None):           # another hub endpoint (a mirror; HF_ENDPOINT works too)
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
-    downloaded once into the hub cache (resumable, files.hub_file) and linked into out_dir."""
+    downloaded once into the Hugging Face cache (remote.hub_file) and linked into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in ["edu_fineweb_val_000000.bin"] + [f"edu_fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]:
-        cached, paths = hub_file("datasets/" + repo, name, endpoint=endpoint), paths + [os.path.join(out_dir, name)]
+        cached = hub_file(repo, name, repo_type="dataset", endpoint=endpoint)
+        paths.append(os.path.join(out_dir, name))
         if not os.path.exists(paths[-1]):
             if os.path.lexists(paths[-1]):   # a link into a cache that was cleared
                 os.remove(paths[-1])
@@ -546,7 +550,7 @@ def preencode_command(shards,                # image(-text) tar shards: comma-se
                       out,                   # the folder for the latent shards (a shard already there is kept)
                       encoder="siglip2",     # the frozen encoder (train with the same one)
                       image_size=224,
-                      encoder_weights="",    # hub repository or local folder; "" = the published default
+                      encoder_weights="",    # owner/name[@revision] on the hub, or a folder; "" = the default, pinned
                       batch=64,              # images per encoder pass
                       device="auto"):
     """Image shards -> latent shards (key.latent.npy in place of each image), so training skips the encoder."""

@@ -56,10 +56,12 @@ waypoint_spacing = {"recon": 0.25, "scand": 0.38, "tartan_drive": 0.72, "go_stan
 val_data = {}                 # held-out sources for the validation losses, e.g. {"text": "data/fineweb/*val*.bin"}
 prefetch = 8                  # micro-batches the loader threads prepare ahead of training
 loader_threads = 4            # threads decoding this process's micro-batch slots (one slot stays on one thread)
+stream_retries = 10           # http(s) shards: retries in a row of a failed open or lost connection, then the run stops
+stream_max_wait = 60.0        # seconds: the longest wait between two of those retries (waits double from 1 s)
 # ---- visual encoder
 encoder = "pixels"             # "pixels", "siglip2" (the paper's), "dinov2", "webssl", "sdvae" or "flux"
 patch_size = 4                 # pixels only: the patch side
-encoder_weights = ""           # hub repository or local folder; "" = the published default; "random" = real shapes
+encoder_weights = ""           # owner/name[@revision] or a folder; "" = the default, pinned; "random" = real shapes
 decoder_weights = ""           # the RAE decoder's, likewise ("" = the default, if the encoder has one)
 # ---- model
 n_layer = 4

@@ -1,14 +1,13 @@
-"""encoders.py: pixel patches round-trip, and the hub downloader against a local HTTP server on 127.0.0.1."""
-import hashlib
+"""encoders.py: pixel patches round-trip, the towers and decoders against transformers/diffusers, and loading them
+from local folders and from the local hub (tests/local_hub.py)."""
 import json
 import os
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from local_hub import Hub, commit_of, hub  # noqa: F401  (the fixture)
 
 import encoders
 import files
@@ -25,81 +24,6 @@ def test_pixel_patches_round_trip():
     assert torch.equal(z[0, 1], torch.as_tensor(images[0, :8, 8:16]).float().div(127.5).sub(1).reshape(-1))
     with pytest.raises(ValueError, match="expected images of shape"):
         enc.encode(images[:, :16])
-
-
-class Hub(BaseHTTPRequestHandler):
-    files, cut, ranges = {}, set(), []
-
-    def do_GET(self):
-        if self.path.startswith("/gated/"):
-            return self.send_error(401)
-        data = self.files.get(self.path)
-        if data is None:
-            return self.send_error(404)
-        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if "Range" in self.headers else 0
-        self.ranges.append(start)
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.path in self.cut:   # the connection drops half-way through, once
-            self.cut.discard(self.path)
-            body = body[:len(body) // 2]
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("BLM_OFFLINE", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Hub.files.clear(), Hub.cut.clear(), Hub.ranges.clear()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-def cached(tmp_path):
-    return sorted(os.path.relpath(os.path.join(d, f), tmp_path / "cache") for d, _, fs in os.walk(tmp_path / "cache")
-                  for f in fs)
-
-
-def test_download_resumes_after_a_cut_connection(hub, tmp_path):
-    data = os.urandom(300_000)
-    Hub.files["/org/model/resolve/main/model.pt"] = data
-    Hub.cut.add("/org/model/resolve/main/model.pt")
-    with pytest.raises(SystemExit, match="run again to resume from [1-9][0-9]* bytes"):
-        files.hub_file("org/model", "model.pt", endpoint=hub)
-    assert cached(tmp_path) == ["org/model/main/model.pt.part"]
-    kept = os.path.getsize(tmp_path / "cache/org/model/main/model.pt.part")
-    path = files.hub_file("org/model", "model.pt", endpoint=hub, sha256=hashlib.sha256(data).hexdigest())
-    assert Hub.ranges == [0, kept] and 0 < kept <= 150_000 and open(path, "rb").read() == data
-    assert cached(tmp_path) == ["org/model/main/model.pt"]
-    assert files.hub_file("org/model", "model.pt", endpoint=hub) == path and len(Hub.ranges) == 2  # cached
-
-
-def test_size_and_checksum_mismatches_leave_nothing(hub, tmp_path):
-    Hub.files["/org/m/resolve/main/a.bin"] = b"x" * 1000
-    with pytest.raises(SystemExit, match="got 1000 bytes, expected 999"):
-        files.hub_file("org/m", "a.bin", size=999, endpoint=hub)
-    with pytest.raises(SystemExit, match="sha256 mismatch"):
-        files.hub_file("org/m", "a.bin", sha256="0" * 64, endpoint=hub)
-    assert cached(tmp_path) == []
-
-
-def test_404_401_and_offline_errors(hub, tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match=r"not found \(404\); check the repository and file names"):
-        files.hub_file("org/nothing", "model.pt", endpoint=hub)
-    with pytest.raises(SystemExit, match=r"access denied \(401\).*set HF_TOKEN"):
-        files.hub_file("gated/model", "model.pt", endpoint=hub)
-    assert cached(tmp_path) == []
-    monkeypatch.setenv("BLM_OFFLINE", "1")
-    with pytest.raises(SystemExit, match="offline and .*org/m/main/a.bin is not in the cache"):
-        files.hub_file("org/m", "a.bin", endpoint=hub)
-    assert Hub.ranges == []
 
 
 def test_siglip_vision_tower_matches_transformers(tmp_path):
@@ -257,6 +181,41 @@ def test_vae_latents_are_scaled_unshuffled_tokens(tmp_path):
         decoded = vae.decode(mean).sample
     want_pixels = ((decoded + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
     assert np.abs(enc.decode(z).astype(int) - want_pixels).max() <= 1
+
+
+def publish(repo, folder, prefix=""):
+    """A folder's files as a repository of the local hub."""
+    Hub.repos[repo] = {prefix + name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_the_default_encoders_come_from_the_hub_at_their_pinned_commits(hub, tmp_path, monkeypatch):
+    """With weights="" the published defaults are downloaded (through remote.py) at the commit remote.PINNED names
+    (here the local hub's), the RAE decoder at main; a VAE's files arrive in one folder that diffusers reads."""
+    transformers, diffusers = pytest.importorskip("transformers"), pytest.importorskip("diffusers")
+    import remote
+    torch.manual_seed(0)
+    config = transformers.SiglipVisionConfig(hidden_size=40, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=4)
+    transformers.SiglipVisionModel(config).save_pretrained(tmp_path / "tower")
+    vit_mae_decoder(tmp_path)
+    diffusers.AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                            layers_per_block=1).save_pretrained(tmp_path / "vae")
+    tower, rae = encoders.SEMANTIC["siglip2"][1:3]
+    flux = encoders.VAES["flux"].removesuffix("/vae")
+    publish(tower, tmp_path / "tower"), publish(rae, tmp_path / "rae"), publish(flux, tmp_path / "vae", "vae/")
+    for repo in (tower, flux):
+        monkeypatch.setitem(remote.PINNED, repo, commit_of(repo))
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    enc = encoders.build_encoder("siglip2", 32)
+    local = encoders.build_encoder("siglip2", 32, weights=str(tmp_path / "tower"),
+                                   decoder_weights=str(tmp_path / "rae"))
+    torch.testing.assert_close(enc.decoder(enc.encode(images)), local.decoder(local.encode(images)), rtol=0, atol=0)
+    vae, local = encoders.build_encoder("flux", 32), encoders.build_encoder("flux", 32, weights=str(tmp_path / "vae"))
+    torch.testing.assert_close(vae.encode(images), local.encode(images), rtol=0, atol=0)
+    asked = {p for method, p, _ in Hub.requests if method == "HEAD"}
+    assert {f"/{tower}/resolve/{commit_of(tower)}/model.safetensors", f"/{rae}/resolve/main/model.pt",
+            f"/{flux}/resolve/{commit_of(flux)}/vae/diffusion_pytorch_model.safetensors"} <= asked
 
 
 def test_a_vae_that_cannot_load_stops_with_one_line(tmp_path, monkeypatch):

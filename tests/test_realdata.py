@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_encoders import Hub, hub  # noqa: F401  (the local HTTP server on 127.0.0.1, and its fixture)
+from local_hub import Hub, cdn_path, hub  # noqa: F401  (the local hub and shard server on 127.0.0.1; its fixture)
 
 import data
 import realdata
@@ -49,10 +49,11 @@ def pairs_tar(path, first, n):
                             ((f"{i:05d}.jpg", encoded(solid(i))), (f"{i:05d}.txt", f"caption {i}".encode()))])
 
 
-def make(mixture, seq_len=128, n_slots=1, spacing=None, **sources):
+def make(mixture, seq_len=128, n_slots=1, spacing=None, stream=None, **sources):
     sources = {k.removesuffix("_data"): v for k, v in sources.items()}     # text_data=... -> {"text": ...}
     return ShardData(Tokenizer(), seq_len, N, C, mixture, sources, n_slots, seed=0, image_size=SIZE,
-                     video_frames=2, cfg_dropout=0.0, waypoint_spacing=spacing or {"nwm": 1.0, "nwm2": 1.0})
+                     video_frames=2, cfg_dropout=0.0, waypoint_spacing=spacing or {"nwm": 1.0, "nwm2": 1.0},
+                     stream=stream)
 
 
 def take(source, data, slot=0, n=None):
@@ -124,20 +125,21 @@ def test_shard_versions_and_bad_shards(tmp_path):
         take("text", d)
 
 
-def test_download_fineweb_resumes_and_links_shards(hub, tmp_path):  # noqa: F811
+def test_download_fineweb_links_shards_from_the_hugging_face_cache(hub, tmp_path):  # noqa: F811
     shards = {}
     for name in ("edu_fineweb_val_000000.bin", "edu_fineweb_train_000001.bin"):
-        write_shard(str(tmp_path / name), np.arange(200_000) % 50_000, 50_262)   # big enough to be cut mid-way
+        write_shard(str(tmp_path / name), np.arange(200_000) % 50_000, 50_262)
         shards[name] = (tmp_path / name).read_bytes()
-        Hub.files[f"/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/{name}"] = shards[name]
-    Hub.cut.add("/datasets/karpathy/fineweb-edu-100B-gpt2-token-shards/resolve/main/edu_fineweb_train_000001.bin")
-    with pytest.raises(SystemExit, match="run again to resume"):
-        realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
-    paths = realdata.download_fineweb(str(tmp_path / "fw"), shards=1, endpoint=hub)
-    assert Hub.ranges[-1] > 0                       # the second attempt asked only for the rest
+    Hub.repos["datasets/karpathy/fineweb-edu-100B-gpt2-token-shards"] = shards
+    Hub.cut[cdn_path(shards["edu_fineweb_train_000001.bin"])] = 1   # a dropped connection: asked again
+    paths = realdata.download_fineweb(str(tmp_path / "fw"), shards=1)
     assert [os.path.basename(p) for p in paths] == list(shards)
     for p in paths:
         assert open(p, "rb").read() == shards[os.path.basename(p)] and len(read_shard(p)) == 200_000
+        assert os.path.realpath(p).startswith(str(tmp_path / "hf" / "hub"))   # a link into huggingface_hub's cache
+    asked = len(Hub.requests)
+    assert realdata.download_fineweb(str(tmp_path / "fw"), shards=1) == paths
+    assert not [r for r in Hub.requests[asked:] if r[0] == "GET"]           # nothing downloaded twice
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,6 +208,46 @@ def test_tars_stream_over_http_and_bad_shards_stop_with_their_name(hub, tmp_path
     empty = write_tar(tmp_path / "empty.tar", [("a.jpg", b"broken"), ("a.txt", b"x")])
     with pytest.raises(ValueError, match="no usable caption_to_image example in .*empty.tar"):
         make({"caption_to_image": 1.0}, caption_to_image_data=empty).batch(0, 0, 1)
+
+
+QUICK = {"retries": 2, "max_wait": 0.01}   # RemoteShard's (train.py's stream_retries, stream_max_wait): short waits
+
+
+def test_a_flaky_server_gives_the_batches_of_a_good_one(hub, tmp_path):  # noqa: F811
+    """Shards from a server that fails opens (503, 502), drops connections mid-shard, and for one shard ignores
+    Range requests give exactly the batches of the same shards from a good server, epoch after epoch."""
+    for k in range(2):
+        Hub.files[f"/p{k}"] = open(pairs_tar(tmp_path / f"p{k}.tar", 100 * k, 30), "rb").read()
+        Hub.files[f"/good/p{k}.tar"] = Hub.files[f"/flaky/p{k}.tar"] = Hub.files[f"/p{k}"]
+    Hub.fail["/flaky/p0.tar"] = [503, 502]
+    Hub.cut["/flaky/p0.tar"] = 2                      # resumed with a Range request from the byte it reached
+    Hub.cut["/flaky/p1.tar"] = 1
+    Hub.no_ranges.add("/flaky/p1.tar")                # sent whole again: the bytes already read are skipped
+    good, flaky = (make({"caption_to_image": 1.0}, n_slots=2, stream=QUICK,
+                        caption_to_image_data=f"{hub}/{server}/p{{0..1}}.tar") for server in ("good", "flaky"))
+    for (t1, i1), (t2, i2) in zip(batches(good, range(8), (0, 1)), batches(flaky, range(8), (0, 1))):
+        assert np.array_equal(t1, t2) and np.array_equal(i1, i2)
+    assert good.state(0)["caption_to_image"][0] >= 2 and good.state(0) == flaky.state(0)   # over two epochs
+    asked = [r for _, p, r in Hub.requests if p == "/flaky/p0.tar"]   # the Range header of each request
+    resumed = [int(r[6:-1]) for r in asked if r]
+    assert asked[:3] == [None] * 3 and len(resumed) == 2 and 0 < resumed[0] < resumed[1] < len(Hub.files["/p0"])
+    assert [r is not None for _, p, r in Hub.requests if p == "/flaky/p1.tar"][:2] == [False, True]
+    assert not good.stats and not flaky.stats
+
+
+def test_a_stream_stops_naming_its_shard_only_when_the_retries_run_out(hub, tmp_path):  # noqa: F811
+    data = open(pairs_tar(tmp_path / "p.tar", 0, 30), "rb").read()
+    Hub.files["/down.tar"] = Hub.files["/lost.tar"] = data
+    Hub.files["/short.tar"] = data[:len(data) // 2]  # served whole, but the tar itself is cut short: counted
+    Hub.fail["/down.tar"] = [503] * 3
+    Hub.fail["/lost.tar"] = [None, 503, 503, 503]    # the connection drops half-way, then the server is down
+    Hub.cut["/lost.tar"] = 1
+    with pytest.raises(ValueError, match=rf"^cannot open shard {hub}/down.tar after 2 retries \(HTTPError: 503"):
+        take("caption_to_image", make({"caption_to_image": 1.0}, stream=QUICK, caption_to_image_data=f"{hub}/down.tar"))
+    with pytest.raises(ValueError, match=rf"^lost shard {hub}/lost.tar at byte [1-9]\d* after 2 retries"):
+        take("caption_to_image", make({"caption_to_image": 1.0}, stream=QUICK, caption_to_image_data=f"{hub}/lost.tar"))
+    short = make({"caption_to_image": 1.0}, stream=QUICK, caption_to_image_data=f"{hub}/short.tar")
+    assert 0 < len(take("caption_to_image", short)) < 30 and short.stats["truncated_shards"] == 1
 
 
 def test_video_clips_in_frame_order(tmp_path):
@@ -459,3 +501,18 @@ def test_train_smoke_run_on_real_data_resumes_exactly(world, tmp_path):
     with pytest.raises(SystemExit, match="data: cannot open shard .*junk.tar"):
         real_run(world, tmp_path / "d", f"--caption_to_image_data={tmp_path / 'junk.tar'}", "--max_iters=2",
                  "--mixture={'caption_to_image': 1.0}")
+
+
+def test_training_on_a_flaky_server_matches_training_on_a_good_one(world, hub, tmp_path):  # noqa: F811
+    """The image-text shards streamed: from a server that fails opens and drops connections, the run logs exactly
+    the losses of the run on a good server."""
+    for name in ("pairs_0.tar", "pairs_1.tar"):
+        data = open(os.path.join(os.path.dirname(world["caption_to_image_data"]), name), "rb").read()
+        Hub.files[f"/good/{name}"] = Hub.files[f"/flaky/{name}"] = data
+        Hub.fail[f"/flaky/{name}"], Hub.cut[f"/flaky/{name}"] = [503], 2
+    logs = [real_run(world, tmp_path / server, "--max_iters=3", "--eval_interval=3", "--stream_max_wait=0.01",
+                     f"--caption_to_image_data={hub}/{server}/pairs_0.tar",
+                     f"--image_to_caption_data={hub}/{server}/pairs_{{0..1}}.tar") for server in ("good", "flaky")]
+    losses = [[(r["step"], r["text_loss"], r["flow_loss"]) for r in log] for log in logs]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    assert {p for _, p, r in Hub.requests if r} == {"/flaky/pairs_0.tar", "/flaky/pairs_1.tar"}   # both resumed
