@@ -117,32 +117,49 @@ def clip_score(images, captions, model, batch=64):
 # ----------------------------------------------------------------------------------------------------------------
 # Held-out images and the images the run draws from their captions.
 
-def held_out_tars(spec, n, size, fits):
+def shard_paths(spec):
+    """The held-out tars' paths: comma-separated paths, globs, brace ranges or URLs, as training's *_data."""
+    from realdata import expand
+    try:
+        return expand(spec)
+    except ValueError as e:
+        raise SystemExit(f"--images: {e}")
+
+
+def held_out_tars(paths, n, size, fits):
     """Up to n (image, caption) pairs from webdataset tars (realdata's layout: key.jpg + key.txt or key.json), the
     images at `size` as training reads them; samples without an image or a caption, or whose caption does not
     fit the model (fits(caption) False), are skipped and counted."""
     from collections import Counter
-    from realdata import IMAGE_EXTS, caption_of, expand, tar_samples
-    stats, images, captions = Counter(), [], []
-    for path in expand(spec):
-        for _, group in tar_samples(path, stats):
-            frame = next((e for e in sorted(group) if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-            caption = caption_of(group)
-            if frame is None or caption is None or not fits(caption):
-                stats["no_image" if frame is None else "no_caption" if caption is None else "long_caption"] += 1
-                continue
-            try:
-                images.append(load_image(group[frame], size))
-            except Exception:   # whatever a corrupt file makes the decoder raise
-                stats["bad_image"] += 1
-                continue
-            captions.append(caption)
-            if len(images) == n:
-                return np.stack(images), captions, dict(stats)
-    if not images:
-        raise SystemExit(f"no usable image-caption pair in {spec} ({dict(stats)}): give webdataset tars of "
+    from realdata import tar_samples
+    stats, pairs = Counter(), []
+    try:
+        for path in paths:
+            for _, group in tar_samples(path, stats):
+                pairs += filter(None, [usable_pair(group, size, fits, stats)])
+                if len(pairs) == n:
+                    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs], dict(stats)
+    except ValueError as e:   # a shard that cannot be opened
+        raise SystemExit(f"--images: {e}")
+    if not pairs:
+        raise SystemExit(f"no usable image-caption pair in {', '.join(paths)} ({dict(stats)}): give webdataset tars of "
                          f"key.jpg + key.txt (or key.json)")
-    return np.stack(images), captions, dict(stats)
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs], dict(stats)
+
+
+def usable_pair(group, size, fits, stats):
+    """A webdataset sample's (image, caption), or None with the reason counted."""
+    from realdata import IMAGE_EXTS, caption_of
+    frame = next((e for e in sorted(group) if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
+    caption = caption_of(group)
+    if frame is None or caption is None or not fits(caption):
+        stats["no_image" if frame is None else "no_caption" if caption is None else "long_caption"] += 1
+        return None
+    try:
+        return load_image(group[frame], size), caption
+    except Exception:   # whatever a corrupt file makes the decoder raise
+        stats["bad_image"] += 1
+        return None
 
 
 def held_out_toy(n, cfg, seed):
@@ -240,7 +257,7 @@ def score(model, tok, enc, cfg, c, extract, space):
         real, captions = held_out_toy(c.num_images, cfg, c.seed)
         stats = {}
     else:
-        real, captions, stats = held_out_tars(c.images, c.num_images, cfg.image_size,
+        real, captions, stats = held_out_tars(shard_paths(c.images), c.num_images, cfg.image_size,
                                               lambda t: len(tok.encode(t)) <= limit)
     fake = draw_images(model, tok, enc, captions, c)
     feats = [image_features(extract, x, c.pool) for x in (real, fake)]
@@ -272,6 +289,8 @@ def main(argv, extract=None):
     written = [folder] if c.mode == "geneval" else [os.path.join(folder, n) for n in ("image_metrics.json",
                                                                                     "image_metrics.png")]
     refuse_overwrite(written, c.overwrite)
+    if c.mode == "score" and c.images != "toyworld":
+        shard_paths(c.images)   # a wrong path stops before the model loads
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     if c.mode == "geneval":
         print(f"wrote {geneval_folders(model, tok, enc, c, folder)} images to {folder}: score them with GenEval's "

@@ -115,7 +115,7 @@ def test_the_command_scores_a_checkpoint_against_a_held_out_tar(run_dir, tmp_pat
     model, tok, enc, cfg = im.load_for_inference(str(run_dir), "cpu")
     c = im.configure(im.settings(vars(im)), args)
     _, real, fake = im.score(model, tok, enc, cfg, c, tower.encode, "given")
-    assert np.array_equal(real, im.held_out_tars(tar, 5, 16, lambda t: True)[0])
+    assert np.array_equal(real, im.held_out_tars([tar], 5, 16, lambda t: True)[0])
     feats = [im.image_features(tower.encode, x, "mean") for x in (real, fake)]
     assert feats[0].shape == (5, 32) and im.fd_with_interval(*feats, 0)[0] == pytest.approx(out["fd"], rel=1e-9)
     assert im.fd_with_interval(feats[0], feats[0], 0)[0] == pytest.approx(0, abs=1e-6)
@@ -177,8 +177,9 @@ def tiny_clip(folder):
     transformers.CLIPProcessor(pixels, tokenizer).save_pretrained(folder)
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
-    ids = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=0)
-    config = transformers.CLIPConfig(text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, **ids, **small),
+    text = dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"], pad_token_id=0)
+    config = transformers.CLIPConfig(text_config=dict(**text, **small),
                                      vision_config=dict(image_size=16, patch_size=8, **small), projection_dim=8)
     transformers.CLIPModel(config).save_pretrained(folder)
     return transformers.CLIPModel.from_pretrained(folder), transformers.CLIPProcessor.from_pretrained(folder)
