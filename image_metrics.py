@@ -31,12 +31,17 @@ from tracking import need, report_to_run
 # The Frechet distance between Gaussians fitted to two sets of features, and its bootstrap interval.
 
 
-def moments(x, weights=None):
-    """Mean and (unbiased) covariance of the rows of x [n, d], float64; weights: how often each row was drawn."""
+def centred(x, weights=None):
+    """(mean, A) of the rows of x [n, d], float64; weights: how often each row was drawn. A's rows are the centred
+    rows, scaled so that A^T A is the (unbiased) covariance."""
     w = torch.ones(len(x), dtype=x.dtype) if weights is None else weights
     mean = w @ x / w.sum()
-    centred = x - mean
-    return mean, (centred.T * w) @ centred / (w.sum() - 1)
+    return mean, (x - mean) * (w / (w.sum() - 1)).sqrt()[:, None]
+
+
+def moments(x, weights=None):
+    mean, a = centred(x, weights)
+    return mean, a.T @ a
 
 
 def frechet_distance(mean1, cov1, mean2, cov2):
@@ -48,16 +53,26 @@ def frechet_distance(mean1, cov1, mean2, cov2):
     return float((mean1 - mean2).square().sum() + cov1.trace() + cov2.trace() - 2 * cross)
 
 
+def sample_fd(x1, x2, w1=None, w2=None):
+    """The Frechet distance of Gaussians fitted to two sets of rows. With more dimensions than rows it is computed
+    in the rows' space, never forming a d x d matrix: C1 = A^T A and C2 = B^T B, so tr C1 = |A|^2, and the
+    eigenvalues of C1 C2 are (besides zeros) those of (A B^T)(A B^T)^T: tr (C1 C2)^(1/2) = A B^T's singular values."""
+    (m1, a), (m2, b) = centred(x1, w1), centred(x2, w2)
+    if a.shape[1] <= min(len(a), len(b)):
+        return frechet_distance(m1, a.T @ a, m2, b.T @ b)
+    cross = torch.linalg.svdvals(a @ b.T).sum()
+    return float((m1 - m2).square().sum() + a.square().sum() + b.square().sum() - 2 * cross)
+
+
 def fd_with_interval(real, fake, resamples=200, seed=0):
     """(FD, 2.5th and 97.5th percentiles of FD over resamples that redraw both sets with replacement): how far the
     number would move with other held-out and other drawn images of the same sizes."""
     real, fake = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
     rng = np.random.default_rng(seed)
     redraw = lambda n: torch.from_numpy(np.bincount(rng.integers(0, n, n), minlength=n)).double()
-    draws = [frechet_distance(*moments(real, redraw(len(real))), *moments(fake, redraw(len(fake))))
-             for _ in range(resamples)]
+    draws = [sample_fd(real, fake, redraw(len(real)), redraw(len(fake))) for _ in range(resamples)]
     low, high = np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"),) * 2
-    return frechet_distance(*moments(real), *moments(fake)), float(low), float(high)
+    return sample_fd(real, fake), float(low), float(high)
 
 
 def image_features(extract, images, pool, batch=64):
@@ -67,7 +82,7 @@ def image_features(extract, images, pool, batch=64):
     for i in range(0, len(images), batch):
         z = extract(images[i:i + batch]).double().cpu()
         out.append(z if z.dim() == 2 else z.mean(1) if pool == "mean" else z.flatten(1))
-        if out[0].shape[1] > 16384:   # a covariance of more would not fit in memory, nor mean anything at these n
+        if out[0].shape[1] > 65536:   # features alone of 10,000 images would take 5 GB
             raise SystemExit(f"pool={pool} gives {out[0].shape[1]} dimensions per image: use pool=mean")
     return torch.cat(out)
 

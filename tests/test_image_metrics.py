@@ -33,6 +33,14 @@ def test_frechet_distance_matches_the_closed_form_of_commuting_gaussians():
     assert im.frechet_distance(m1, torch.diag(a), m1, torch.diag(a)) == pytest.approx(0, abs=1e-9)
 
 
+def test_with_more_dimensions_than_samples_the_samples_space_gives_the_same_distance():
+    rng = np.random.default_rng(2)
+    x1, x2 = torch.from_numpy(rng.normal(size=(12, 40))), torch.from_numpy(rng.normal(0.3, 2, size=(9, 40)))
+    w1, w2 = torch.arange(12.0).double() % 3, torch.ones(9).double()
+    assert im.sample_fd(x1, x2, w1, w2) == pytest.approx(im.frechet_distance(*im.moments(x1, w1),
+                                                                             *im.moments(x2, w2)), rel=1e-6)
+
+
 def test_frechet_distance_of_samples_matches_torchmetrics():
     """Non-commuting sample covariances: the same number as torchmetrics' FID with the features fed as they are."""
     fid = pytest.importorskip("torchmetrics.image.fid")
