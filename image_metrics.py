@@ -65,14 +65,17 @@ def sample_fd(x1, x2, w1=None, w2=None):
 
 
 def fd_with_interval(real, fake, resamples=200, seed=0):
-    """(FD, 2.5th and 97.5th percentiles of FD over resamples that redraw both sets with replacement): how far the
-    number would move with other held-out and other drawn images of the same sizes."""
+    """(FD, FD -+ 1.96 standard deviations of FD over resamples that redraw both sets with replacement): how far the
+    number would move with other held-out and other drawn images of the same sizes. Not the resamples' percentiles:
+    a resample repeats images, and FD's upward bias grows as distinct images get fewer, so the percentiles sit
+    above the estimate (with more dimensions than images, wholly above it)."""
     real, fake = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
     rng = np.random.default_rng(seed)
     redraw = lambda n: torch.from_numpy(np.bincount(rng.integers(0, n, n), minlength=n)).double()
-    draws = [sample_fd(real, fake, redraw(len(real)), redraw(len(fake))) for _ in range(resamples)]
-    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"),) * 2
-    return sample_fd(real, fake), float(low), float(high)
+    spread = np.std([sample_fd(real, fake, redraw(len(real)), redraw(len(fake))) for _ in range(resamples)],
+                    ddof=1) if resamples > 1 else float("nan")
+    fd = sample_fd(real, fake)
+    return fd, fd - 1.96 * spread, fd + 1.96 * spread
 
 
 def image_features(extract, images, pool, batch=64):
@@ -248,7 +251,7 @@ images = "toyworld"           # held-out webdataset tars (paths, globs, URLs; ke
 num_images = 500              # held-out pairs to score (FID is usually reported at 10k-50k)
 features = ""                 # fd's space: "" the run's own encoder; or pixels, siglip2, dinov2, webssl (downloads)
 pool = "mean"                 # an image's feature: its tokens' "mean", or "flat" (all of them; small latents only)
-resamples = 200               # bootstrap resamples for fd's 95% interval
+resamples = 200               # bootstrap resamples for fd's 95% interval (their standard deviation)
 fid = False                   # also FID (torchmetrics + torch-fidelity; Inception weights downloaded once)
 inception_weights = ""        # a local pt_inception-2015-12-05-6726825d.pth for FID; "": download it
 clip_score_model = ""         # also CLIP score with this CLIP (hub name, e.g. openai/clip-vit-large-patch14, or folder)

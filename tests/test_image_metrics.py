@@ -61,7 +61,7 @@ def test_frechet_distance_of_samples_matches_torchmetrics():
 
 
 def test_the_bootstrap_interval_matches_the_spread_of_fresh_samples():
-    """FD of fresh draws of both sets varies about as much as the bootstrap says; the interval holds the estimate."""
+    """FD of fresh draws of both sets varies about as much as the bootstrap says."""
     rng = np.random.default_rng(1)
     mean2, cov2 = np.full(3, 0.5), np.diag([1.0, 2.0, 0.5])
     fresh = [im.frechet_distance(*im.moments(gaussians(rng, 300, np.zeros(3), np.eye(3))),
