@@ -75,7 +75,7 @@ def fd_with_interval(real, fake, resamples=200, seed=0):
     spread = np.std([sample_fd(real, fake, redraw(len(real)), redraw(len(fake))) for _ in range(resamples)],
                     ddof=1) if resamples > 1 else float("nan")
     fd = sample_fd(real, fake)
-    return fd, fd - 1.96 * spread, fd + 1.96 * spread
+    return fd, float(fd - 1.96 * spread), float(fd + 1.96 * spread)
 
 
 def image_features(extract, images, pool, batch=64):
