@@ -148,10 +148,11 @@ def compile_model(model, device_type):
 
 def load_for_inference(out_dir, device="auto"):
     """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir. The checkpoint holds the
-    run's whole configuration (every training setting), so nothing here depends on train.py's defaults."""
+    run's whole configuration (every training setting), so nothing here depends on train.py's defaults; the config
+    also carries the checkpoint's step and tracking run id, for commands that report back to the run's tracker."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**ckpt["config"])
+    c = SimpleNamespace(**ckpt["config"], checkpoint_step=ckpt["step"], tracking_id=ckpt.get("tracking_id", ""))
     device = resolve_device(device)
     tok, enc, _, model = build(c, device)
     check_same_model(ckpt["model_args"], vars(model.cfg), path)

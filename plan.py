@@ -23,6 +23,7 @@ from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from files import cli, refuse_overwrite, save_rollout, write_lines
 from model import KVCache
 from sample import append_tokens, draw_image, prefill, prompt_batch
+from tracking import report_to_run
 
 # ----------------------------------------------------------------------------------------------------------------
 # Episodes: a goal-directed walk in a held-out maze. Its first 4 frames are the context, the next `horizon` steps
@@ -341,10 +342,10 @@ def main(argv):
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     c.dev, c.image_size, c.view = str(next(model.parameters()).device), cfg.image_size, getattr(cfg, "nav_view", "ray")
     os.makedirs(folder, exist_ok=True)
-    if c.mode == "rollout":
-        for path in rollout(model, tok, enc, c, folder):
-            print(f"wrote {path}")
-        return
+    if c.mode == "rollout":   # the pictures also go to the run's wandb / TensorBoard, where it had them
+        paths = rollout(model, tok, enc, c, folder)
+        print("\n".join(f"wrote {p}" for p in paths))
+        return report_to_run(cfg, c.out_dir, pictures={"rollout": paths[1]})
     t0 = time.time()
     if c.mode == "predict":
         lines = prediction_table(*predict_quality(model, tok, enc, c), c)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from config import build, compile_model, configure, gpu_peak_flops, resolve_device, settings
+from files import (check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous, save_checkpoint,
+                   set_log_aside, trim_log)
 from toyscores import oracle_scores, summary
-from files import (append_log, check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous,
-                   save_checkpoint, set_log_aside, trim_log)
+from tracking import Tracker, log_progress
 
 # ---- I/O
 out_dir = "out/toy"
@@ -31,6 +32,11 @@ eval_iters = 8                # held-out batches for the validation losses
 eval_samples = 256            # toy world: held-out items per split its oracle scores at the end (<= 64 before)
 resume = False                # continue the run in out_dir from its checkpoint
 init_from = ""                # a run's out_dir: start from its weights, as a new run (fine-tuning, e.g. on VQA)
+wandb_log = False             # mirror metrics.jsonl and the sample grids to Weights & Biases (tracking.py)
+wandb_project = "beyond-lm"
+wandb_run_name = ""           # "": out_dir's name
+wandb_mode = ""               # "": wandb's default (WANDB_MODE); "offline": only written, to out_dir/wandb
+tensorboard_log = False       # the same to TensorBoard, in out_dir/tensorboard
 # ---- data
 dataset = "toyworld"           # or "shards": real data from the *_data sources below (data.py, README "Real data")
 mixture = {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}
@@ -350,29 +356,6 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
 
 
-def log_progress(run, c, s, loader, data, pbar):
-    """A line of metrics.jsonl and the progress bar: losses, speed in real tokens, padding, data wait, MFU."""
-    dt, run.t0 = time.time() - run.t0, time.time()
-    steps_done = c.log_interval if run.step % c.log_interval == 0 else run.step % c.log_interval
-    new = run.seen - run.seen_at_log   # real tokens: padding positions are computed but teach nothing
-    tok_s, pad_share = new / dt, 1 - new / (c.batch_size * c.seq_len * c.gradient_accumulation_steps * steps_done)
-    data_wait, run.waited, run.seen_at_log = loader.wait - run.waited, loader.wait, run.seen
-    text_l, flow_l = s["text_loss"], s["flow_loss"]
-    record = dict(step=run.step, text_loss=text_l, **losses(flow_loss=flow_l), loss=c.lambda_lm * text_l +
-                  c.lambda_flow * (flow_l or 0.0), lr=s["lr"], grad_norm=s["grad_norm"], tokens=run.seen,
-                  tokens_per_s=tok_s, pad_share=pad_share, data_wait_s=data_wait / steps_done,
-                  data_share=data_wait / dt, **({"balance_loss": s["balance_loss"]} if c.ffn == "moe" else {}),
-                  **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
-    if run.peak:
-        record["mfu"] = run.flops_per_step * steps_done / dt / run.peak
-    if run.device_type == "cuda":
-        record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.dev) / 2 ** 30
-    append_log(run.log_path, record)
-    pbar.set_postfix_str(f"text {text_l:.3f} flow {flow_l or 0:.4f} {tok_s:,.0f} tok/s pad {pad_share:.0%} "
-                         f"data {data_wait / dt:.0%}" + (f" mfu {100 * record['mfu']:.1f}%" if run.peak else "")
-                         + (f" mem {record['peak_memory_gib']:.1f} GiB" if run.device_type == "cuda" else ""))
-
-
 def checkpoint(run, c, raw_model, optimizer):
     """Weights, optimizer state, step, loss center, tokens seen and every slot's reading position, by process 0."""
     weights, opt_state = full_state(raw_model, optimizer, run.fsdp)   # collective under FSDP: every rank calls
@@ -385,7 +368,7 @@ def checkpoint(run, c, raw_model, optimizer):
                           slots={k: v for s in slots for k, v in s.items()})
         save_checkpoint(run.ckpt_path, dict(model=weights, optimizer=opt_state, step=run.step, config=vars(c),
                                             model_args=vars(raw_model.cfg), loss_center=run.center,
-                                            tokens=run.seen, data_state=data_state))
+                                            tokens=run.seen, data_state=data_state, tracking_id=run.tracker.run_id))
 
 
 def main(argv):
@@ -396,6 +379,7 @@ def main(argv):
     tok, enc, data, model = build(c, run.dev)
     model.activation_checkpointing = c.activation_checkpointing
     ckpt = resume_or_start(run, c, model, data)
+    run.tracker = Tracker(c, run.log_path, (ckpt or {}).get("tracking_id", ""), run.step) if run.master else None
     raw_model = model
     model, optimizer = wrap(run, c, model, ckpt)
     announce(run, c, raw_model)
@@ -412,13 +396,15 @@ def main(argv):
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
                 scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
             if run.master:
-                append_log(run.log_path, dict(step=run.step, text_loss=s["text_loss"],
-                                              **losses(flow_loss=s["flow_loss"]), tokens=run.seen, **scores))
+                run.tracker.log(dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
+                                     tokens=run.seen, **scores), {"samples": os.path.join(c.out_dir, "samples.png")})
                 pbar.write(f"step {run.step}: {summary(scores)}")
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()
     pbar.close()
     loader.close()
+    if run.master:
+        run.tracker.close()
     if run.ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
         del model
         torch.distributed.destroy_process_group()

@@ -134,6 +134,15 @@ CASES = [
     ("scaling", "fit --sweep_dir={w}/nosweep", 1, r"no plan.jsonl in {w}/nosweep", False),
     ("scaling", "plan {w}/zero.py", 1, r"config file {w}/zero.py, line 1: ZeroDivisionError", False),
     ("routing", "--out_dir={w}/cut", 1, NOT_CKPT.replace("{d}", "cut"), False),
+    # image_metrics.py
+    ("image_metrics", "--out_dir={w}/run --mode=fid", 1, r"unknown mode 'fid': use score or geneval", False),
+    ("image_metrics", "--out_dir={w}/run --pool=max", 1, r"pool='max': use mean or flat", False),
+    ("image_metrics", "--out_dir={w}/run --mode=geneval", 1, r"geneval mode needs --prompts=", False),
+    ("image_metrics", "--out_dir={w}/run --mode=geneval --prompts={w}/good.txt --out={w}/g", 1,
+     r"--prompts='{w}/good.txt': not GenEval's evaluation_metadata.jsonl \(JSONDecodeError", False),
+    ("image_metrics", "--out_dir={w}/run --images={w}/nope.tar --out={w}/m", 1, r"no file matches '{w}/nope.tar'",
+     False),
+    ("image_metrics", "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt", False),
 ]
 
 
@@ -169,6 +178,7 @@ def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name
     ("realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
     ("realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
     ("routing", "--help", ["--batches=8"]),
+    ("image_metrics", "--help", ["--resamples=200", "bootstrap resamples"]),
 ])
 def test_every_command_answers_help(capsys, name, args, expect):
     assert run_command(name, args.split())[0] == 0
