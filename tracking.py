@@ -87,6 +87,14 @@ class TensorBoardSink:
         self.writer.close()
 
 
+def scalars(record):
+    """A record as charts take it: numbers, an interval [lo, hi] as two (name_lo, name_hi)."""
+    out = {}
+    for k, v in record.items():
+        out.update({f"{k}_lo": v[0], f"{k}_hi": v[1]} if isinstance(v, (list, tuple)) else {k: v})
+    return out
+
+
 def open_sinks(c, out_dir, run_id, step, training):
     """The sinks a run's settings ask for; `step`: the checkpoint's (0 for a new run)."""
     if c.wandb_mode not in ("", "online", "offline", "disabled"):
@@ -107,6 +115,7 @@ class Tracker:
             self.mirror(record)
 
     def mirror(self, record, pictures=None):
+        record = scalars(record)
         for sink in self.sinks:
             if record["step"] > sink.holds:
                 sink.log(record, pictures)
@@ -132,7 +141,7 @@ def report_to_run(cfg, out_dir, record=None, pictures=None):
     c = SimpleNamespace(**{**OFF, **vars(cfg)})
     sinks = open_sinks(c, out_dir, c.tracking_id, c.checkpoint_step, training=False)
     for sink in sinks:
-        sink.log({"step": c.checkpoint_step, **(record or {})}, pictures)
+        sink.log(scalars({"step": c.checkpoint_step, **(record or {})}), pictures)
         sink.close()
 
 
