@@ -35,3 +35,4 @@ min_lr_ratio = 0.05
 eval_interval = 1000
 eval_iters = 20
 compile = True
+activation_checkpointing = True   # 8 x 4096 tokens per GPU keep ~1.3M saved activations per token without it (memplan.py)

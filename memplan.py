@@ -1,0 +1,254 @@
+"""
+Memory and time of a training run before it starts: for a config and a number of GPUs, the bytes per GPU of the
+parameters, gradients, optimizer state and activations, whether they fit, the largest micro-batch that does, and
+the run's wall time and GPU-hours at an assumed MFU.
+
+    python memplan.py configs/paper_moe.py --gpus=64                       # the paper's MoE on 8 nodes of 8
+    python memplan.py configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3 --moe_experts=1008
+    python memplan.py configs/real.py --gpus=8 --gpu_memory_gib=80 --batch_size=16
+
+Parameters are counted on the meta device (nothing allocated). Under FSDP2 (parallel="fsdp") every GPU holds
+1/gpus of the float32 master weights, gradients (kept sharded while micro-batches accumulate) and AdamW's m and v,
+plus the bf16 weights FSDP2 gathers for the root module and two blocks at a time (MixedPrecisionPolicy: bf16
+compute, float32 reduction); under DDP each GPU holds all of it, and DDP's gradient buckets. Activations are
+measured, not modelled: the training loss runs on the CPU at small widths in the step's precision, and saved-tensor
+hooks (torch.autograd.graph.saved_tensors_hooks) add up what autograd keeps for the backward pass (each storage
+once, weights not counted). Measured at three widths and two batch sizes, once and twice as deep, they split into
+bytes per token and per micro-batch, per layer and outside the layers, which scale to the config's width (affine
+per token, quadratic per micro-batch: weight copies) and micro-batch. The measurement is eager PyTorch with
+SDPA's flash kernel standing in for FlexAttention (both keep q, k, v, the output and the log-sum-exp); compiled
+steps may keep less. With activation checkpointing a block keeps only its input, and one block's activations live
+again while its backward pass runs. tests/test_memplan.py checks the prediction against a measurement at another
+width, length, depth and batch.
+"""
+import dataclasses
+import sys
+
+import numpy as np
+import torch
+
+import chunked_ce
+import train
+from config import configure, settings
+from data import FRAME, SPECIAL_TOKENS, Example, Tokenizer, collate, to_device
+from files import cli
+from model import ModelConfig, UnifiedTransformer, training_losses
+
+# ---- the plan
+gpus = 8                      # GPUs the run shards its state over (FSDP2) or replicates it on (DDP)
+gpu_memory_gib = 80.0         # memory of one GPU
+headroom = 0.1                # share of it kept free: CUDA context, NCCL buffers, the allocator's fragmentation
+vocab = 0                     # vocabulary size; 0: the config's tokenizer's; 128256: LLaMA-3's, the paper's
+tokens = 0.0                  # the run's tokens, for its time; 0: max_iters steps of the config's batch
+mfu = 0.4                     # the model-FLOPs utilisation to assume (train.py's mfu: recomputation not counted)
+
+# n_vocab of tiktoken's encodings (largest id + 1), so no BPE file is needed to size a model
+TIKTOKEN_VOCAB = {"gpt2": 50257, "r50k_base": 50257, "p50k_base": 50281, "cl100k_base": 100277,
+                  "o200k_base": 200019}
+# latent channels per token of the named encoders at the paper's 256 tokens per frame (Table 4)
+ENCODER_CHANNELS = {"siglip2": 1152, "dinov2": 1024, "webssl": 1024, "sdvae": 16, "flux": 64}
+LOSS_CHUNK_BYTES = 16         # per logit of the loss's chunk in its backward: bf16, float32, log-softmax, gradient
+GIB = 2 ** 30
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model of a config, without downloading its tokenizer or encoder.
+
+def model_config(c, vocab=0):
+    if vocab:
+        V = vocab
+    elif c.tokenizer in TIKTOKEN_VOCAB:
+        V = TIKTOKEN_VOCAB[c.tokenizer] + len(SPECIAL_TOKENS)
+    else:
+        try:
+            V = Tokenizer(c.tokenizer).vocab_size
+        except ValueError as e:
+            raise SystemExit(f"{e}; or give the vocabulary's size: --vocab=N")
+    if c.encoder == "pixels":
+        N, C = (c.image_size // c.patch_size) ** 2, 3 * c.patch_size ** 2
+    elif c.encoder in ENCODER_CHANNELS:
+        N, C = 256, ENCODER_CHANNELS[c.encoder]
+    else:
+        raise SystemExit(f"unknown encoder {c.encoder!r}: available: pixels, {', '.join(ENCODER_CHANNELS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        return ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=V,
+                           max_seq_len=c.seq_len, latent_dim=C, tokens_per_frame=N)
+    except ValueError as e:
+        raise SystemExit(f"bad configuration: {e}")
+
+
+def on_meta(cfg):
+    with torch.device("meta"):
+        return UnifiedTransformer(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activations, measured.
+
+def measurement_batch(rows, seq_len, vocab, channels):
+    """rows identical rows of seq_len positions, half text and half two frames of seq_len / 4 tokens."""
+    N = seq_len // 4
+    text = seq_len - 2 * (N + 2) - 2
+    ids = [1] + [i % vocab for i in range(text)] + [2, FRAME, 3] * 2 + [4]
+    b = to_device(collate([[Example(ids, [None, None], [False, False])]] * rows, seq_len, N, 0), "cpu")
+    b["latents"] = torch.randn(2 * rows, N, channels, generator=torch.Generator().manual_seed(0))
+    return b
+
+
+def narrowed(cfg, width, n_layer, seq_len):
+    """The config at another width (every width in proportion, the heads kept) and depth, a 16-token vocabulary
+    (the text loss's part is added by its formula: chunked, it keeps only the final hidden states)."""
+    return dataclasses.replace(cfg, d_model=width, n_layer=n_layer, ffn_hidden=round(cfg.ffn_hidden * width /
+                               cfg.d_model), vocab_size=16, max_seq_len=seq_len, tokens_per_frame=seq_len // 4,
+                               attention="sdpa")
+
+
+def saved_bytes(cfg, rows, seq_len, precision):
+    """Bytes autograd keeps between the forward and backward pass of the training loss, on the CPU: "bf16" as
+    FSDP2 computes (bf16 weights under bf16 autocast), "autocast" as DDP (float32 weights), "float32"."""
+    torch.manual_seed(0)
+    model = UnifiedTransformer(cfg)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    model.attention_mask = lambda doc, frame, cache=None: "causal"   # FlexAttention keeps no [S, S] mask either
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+    b = measurement_batch(rows, seq_len, cfg.vocab_size, cfg.latent_dim)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", torch.bfloat16, enabled=precision != "float32"):
+        training_losses(model, b, torch.Generator().manual_seed(0))
+    return sum(kept.values())
+
+
+def measure_activations(cfg, precision, seq_len=128):
+    """{per_token_layer, per_token_other}: affine functions of the width; {per_batch_layer, per_batch_other}:
+    quadratic ones (np.poly1d), from measurements at widths of 2, 4 and 6 per head."""
+    widths = [cfg.n_head * k for k in (2, 4, 6)]
+    parts = {k: [] for k in ("per_token_layer", "per_token_other", "per_batch_layer", "per_batch_other")}
+    for w in widths:
+        m = {(L, B): saved_bytes(narrowed(cfg, w, L, seq_len), B, seq_len, precision) for L in (1, 2) for B in (1, 2)}
+        per_token = {L: (m[L, 2] - m[L, 1]) / seq_len for L in (1, 2)}
+        per_batch = {L: m[L, 1] - seq_len * per_token[L] for L in (1, 2)}
+        for name, by_depth in (("per_token", per_token), ("per_batch", per_batch)):
+            parts[f"{name}_layer"].append(by_depth[2] - by_depth[1])
+            parts[f"{name}_other"].append(2 * by_depth[1] - by_depth[2])
+    return {k: np.poly1d(np.polyfit(widths, v, 1 if k.startswith("per_token") else 2)) for k, v in parts.items()}
+
+
+def precision_of(c):
+    bf16 = c.dtype in ("auto", "bfloat16")
+    return ("bf16" if c.parallel == "fsdp" else "autocast") if bf16 else "float32"
+
+
+def kept_bytes(fit, width, n_layer, n_tokens):
+    """What the fit predicts autograd keeps for a micro-batch of n_tokens at this width and depth."""
+    per_token = n_layer * fit["per_token_layer"](width) + fit["per_token_other"](width)
+    return n_tokens * per_token + n_layer * fit["per_batch_layer"](width) + fit["per_batch_other"](width)
+
+
+def activation_bytes(cfg, fit, rows, seq_len, checkpointing, precision):
+    """Bytes of activations of one micro-batch: kept between the passes, plus the largest transient (one block
+    recomputed under activation checkpointing; the text loss's chunk in its backward pass)."""
+    T, d, L = rows * seq_len, cfg.d_model, cfg.n_layer
+    stream = 2 if precision == "bf16" else 4                          # bytes of a residual-stream entry
+    logits = T * cfg.vocab_size
+    loss = 4 * logits if logits <= chunked_ce.MAX_LOGITS else T * d * stream   # one chunk: its log-softmax
+    transient = LOSS_CHUNK_BYTES * min(logits, chunked_ce.MAX_LOGITS)
+    if not checkpointing:
+        return kept_bytes(fit, d, L, T) + loss + transient
+    # each block keeps its input; its own activations come back while its backward pass runs
+    layer = kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T)
+    return kept_bytes(fit, d, 0, T) + loss + L * T * d * stream + max(layer, transient)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan.
+
+def state_bytes(model, n_gpus, parallel, precision):
+    """Parameters, gradients, optimizer state and the working copies of weights and gradients, per GPU."""
+    P = sum(p.numel() for p in model.parameters())
+    block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    root = P - sum(p.numel() for b in model.blocks for p in b.parameters())
+    low = 4 if precision == "float32" else 2
+    if parallel == "fsdp":   # two blocks gathered (one computing, one prefetched), one block's gradients reduced
+        return dict(parameters=4 * P / n_gpus, gradients=4 * P / n_gpus, optimizer=8 * P / n_gpus,
+                    working=2 * low * root + 2 * low * block + (low + 4) * block)
+    return dict(parameters=4 * P, gradients=4 * P, optimizer=8 * P, working=4 * P)   # DDP's gradient buckets
+
+
+def plan(c, model, fit, rows, checkpointing):
+    state = state_bytes(model, c.gpus, c.parallel, precision_of(c))
+    act = activation_bytes(model.cfg, fit, rows, c.seq_len, checkpointing, precision_of(c))
+    return dict(state, activations=act, total=sum(state.values()) + act)
+
+
+def largest_micro_batch(c, model, fit, checkpointing, usable):
+    """Rows of seq_len per micro-batch that fit in the usable bytes (0 if not even one)."""
+    rows = 0
+    while rows < 4096 and plan(c, model, fit, rows + 1, checkpointing)["total"] <= usable:
+        rows += 1
+    return rows
+
+
+def run_time(c, model):
+    """(tokens, FLOPs per token, wall seconds, GPU-hours) at the assumed MFU of the peak."""
+    per_step = c.batch_size * c.seq_len * c.gradient_accumulation_steps
+    n_tokens = c.tokens or c.max_iters * per_step
+    per_token = model.flops_per_token(c.seq_len)
+    seconds = n_tokens * per_token / (c.gpus * (c.peak_flops or 989e12) * c.mfu)
+    return n_tokens, per_token, seconds, seconds * c.gpus / 3600
+
+
+def report(c, argv):
+    cfg = model_config(c, c.vocab)
+    model, precision = on_meta(cfg), precision_of(c)
+    fit = measure_activations(cfg, precision)
+    total, active = model.num_params()
+    usable = (1 - c.headroom) * c.gpu_memory_gib * GIB
+    name = " ".join(a for a in argv if not a.startswith("--")) or "train.py's defaults"
+    how = {"fsdp": "FSDP2 (float32 master weights, gradients and AdamW state sharded; bf16 compute)",
+           "ddp": "DDP (everything replicated; bf16 autocast)"}[c.parallel]
+    if precision == "float32":
+        how = how.replace("bf16", "float32")
+    lines = [f"{name}: {total / 1e9:.2f}B parameters, {active / 1e9:.2f}B active per token (vocabulary "
+             f"{cfg.vocab_size:,}, {cfg.tokens_per_frame} x {cfg.latent_dim} latents per frame)",
+             f"{how} over {c.gpus} GPU(s); micro-batch {c.batch_size} x {c.seq_len:,} tokens per GPU",
+             f"activations measured on the CPU: {fit['per_token_layer'](cfg.d_model) / 1024:.1f} KiB per token per "
+             f"layer, {fit['per_token_other'](cfg.d_model) / 1024:.1f} KiB per token outside the layers, "
+             f"{fit['per_batch_layer'](cfg.d_model) / GIB:.2f} GiB per micro-batch per layer (weight copies)",
+             "", f"{'GiB per GPU':<40}{'checkpointing off':>18}{'on':>10}"]
+    plans = [plan(c, model, fit, c.batch_size, ac) for ac in (False, True)]
+    labels = dict(parameters="parameters (float32)", gradients="gradients (float32)",
+                  optimizer="optimizer (AdamW m, v: float32)",
+                  working="gathered weights, gradients in flight" if c.parallel == "fsdp" else "DDP gradient buckets",
+                  activations="activations", total="total")
+    for key, label in labels.items():
+        lines.append(f"{label:<40}{plans[0][key] / GIB:>18.2f}{plans[1][key] / GIB:>10.2f}")
+    fits = ["yes" if p["total"] <= usable else "no" for p in plans]
+    largest = [largest_micro_batch(c, model, fit, ac, usable) for ac in (False, True)]
+    lines += [f"{f'fits {c.gpu_memory_gib:g} GiB ({usable / GIB:.0f} usable)':<40}{fits[0]:>18}{fits[1]:>10}",
+              f"{'largest micro-batch that fits (rows)':<40}{largest[0]:>18}{largest[1]:>10}", ""]
+    n_tokens, per_token, seconds, gpu_hours = run_time(c, model)
+    lines.append(f"time: {n_tokens / 1e9:,.1f}B tokens x {per_token / 1e9:.2f} GFLOP per token on {c.gpus} GPU(s) "
+                 f"at {c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {seconds / 3600:,.1f} h "
+                 f"wall, {gpu_hours:,.0f} GPU-hours")
+    return "\n".join(lines), plans, largest
+
+
+def main(argv):
+    c = configure({**settings(globals()), **train.DEFAULTS}, argv, [__file__, train.__file__],
+                  "usage: python memplan.py CONFIG [--gpus=8 --gpu_memory_gib=80 --tokens=57e9 --mfu=0.4 ...]")
+    if c.gpus < 1 or not 0 < c.mfu <= 1 or c.parallel not in ("ddp", "fsdp"):
+        raise SystemExit("gpus must be >= 1, mfu in (0, 1] and parallel 'ddp' or 'fsdp'")
+    print(report(c, argv)[0])
+
+
+if __name__ == "__main__":
+    cli(main, sys.argv[1:])
