@@ -22,7 +22,9 @@ again while its backward pass runs. tests/test_memplan.py checks the prediction 
 width, length, depth and batch.
 """
 import dataclasses
+import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,7 +33,8 @@ import chunked_ce
 import train
 from config import configure, settings
 from data import FRAME, SPECIAL_TOKENS, Example, Tokenizer, collate, to_device
-from files import cli
+from encoders import SEMANTIC, build_encoder
+from files import cli, read_log
 from model import ModelConfig, UnifiedTransformer, training_losses
 
 # ---- the plan
@@ -41,12 +44,13 @@ headroom = 0.1                # share of it kept free: CUDA context, NCCL buffer
 vocab = 0                     # vocabulary size; 0: the config's tokenizer's; 128256: LLaMA-3's, the paper's
 tokens = 0.0                  # the run's tokens, for its time; 0: max_iters steps of the config's batch
 mfu = 0.4                     # the model-FLOPs utilisation to assume (train.py's mfu: recomputation not counted)
+metrics = ""                  # a run's metrics.jsonl: its peak memory, tokens/s and MFU beside the prediction
 
 # n_vocab of tiktoken's encodings (largest id + 1), so no BPE file is needed to size a model
 TIKTOKEN_VOCAB = {"gpt2": 50257, "r50k_base": 50257, "p50k_base": 50281, "cl100k_base": 100277,
                   "o200k_base": 200019}
-# latent channels per token of the named encoders at the paper's 256 tokens per frame (Table 4)
-ENCODER_CHANNELS = {"siglip2": 1152, "dinov2": 1024, "webssl": 1024, "sdvae": 16, "flux": 64}
+# the VAEs (diffusers, weights needed to build): (latent channels per token after PixelUnshuffle(2), parameters)
+VAE_SHAPES = {"sdvae": (16, 83.7e6), "flux": (64, 83.8e6)}
 LOSS_CHUNK_BYTES = 16         # per logit of the loss's chunk in its backward: bf16, float32, log-softmax, gradient
 GIB = 2 ** 30
 
@@ -64,18 +68,28 @@ def model_config(c, vocab=0):
             V = Tokenizer(c.tokenizer).vocab_size
         except ValueError as e:
             raise SystemExit(f"{e}; or give the vocabulary's size: --vocab=N")
-    if c.encoder == "pixels":
-        N, C = (c.image_size // c.patch_size) ** 2, 3 * c.patch_size ** 2
-    elif c.encoder in ENCODER_CHANNELS:
-        N, C = 256, ENCODER_CHANNELS[c.encoder]
-    else:
-        raise SystemExit(f"unknown encoder {c.encoder!r}: available: pixels, {', '.join(ENCODER_CHANNELS)}")
+    N, C, _ = frozen_encoder(c)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     try:
         return ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=V,
                            max_seq_len=c.seq_len, latent_dim=C, tokens_per_frame=N)
     except ValueError as e:
         raise SystemExit(f"bad configuration: {e}")
+
+
+def frozen_encoder(c):
+    """(tokens per frame, latent channels, parameters of the frozen encoder and its decoder, which every GPU
+    holds in bf16), built on the meta device with random weights (nothing downloaded)."""
+    if c.encoder == "pixels":
+        return (c.image_size // c.patch_size) ** 2, 3 * c.patch_size ** 2, 0
+    if c.encoder in VAE_SHAPES:
+        return (c.image_size // 16) ** 2, *VAE_SHAPES[c.encoder]
+    if c.encoder not in SEMANTIC:
+        raise SystemExit(f"unknown encoder {c.encoder!r}: available: pixels, {', '.join([*SEMANTIC, *VAE_SHAPES])}")
+    with torch.device("meta"):
+        enc = build_encoder(c.encoder, c.image_size, c.patch_size, "meta", "random", c.decoder_weights)
+    modules = [enc.tower] + ([enc.decoder] if enc.decoder is not None else [])
+    return enc.tokens_per_frame, enc.latent_dim, sum(p.numel() for m in modules for p in m.parameters())
 
 
 def on_meta(cfg):
@@ -154,22 +168,31 @@ def kept_bytes(fit, width, n_layer, n_tokens):
 
 
 def activation_bytes(cfg, fit, rows, seq_len, checkpointing, precision):
-    """Bytes of activations of one micro-batch: kept between the passes, plus the largest transient (one block
-    recomputed under activation checkpointing; the text loss's chunk in its backward pass)."""
+    """Bytes of activations of one micro-batch at the backward pass's peak: what is kept between the passes, plus
+    the largest transient, a layer's backward pass (its gradients, taken to be as large as its activations) or the
+    text loss's chunk. Under activation checkpointing a block keeps its input, and its activations come back while
+    its backward pass runs."""
     T, d, L = rows * seq_len, cfg.d_model, cfg.n_layer
     stream = 2 if precision == "bf16" else 4                          # bytes of a residual-stream entry
     logits = T * cfg.vocab_size
     loss = 4 * logits if logits <= chunked_ce.MAX_LOGITS else T * d * stream   # one chunk: its log-softmax
-    transient = LOSS_CHUNK_BYTES * min(logits, chunked_ce.MAX_LOGITS)
+    transient = max(kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T), LOSS_CHUNK_BYTES * min(logits,
+                                                                                                chunked_ce.MAX_LOGITS))
     if not checkpointing:
         return kept_bytes(fit, d, L, T) + loss + transient
-    # each block keeps its input; its own activations come back while its backward pass runs
-    layer = kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T)
-    return kept_bytes(fit, d, 0, T) + loss + L * T * d * stream + max(layer, transient)
+    return kept_bytes(fit, d, 1, T) + loss + L * T * d * stream + transient
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The plan.
+
+def sizes_of(c):
+    """What a plan needs of a config: its model on the meta device, its frozen encoder's parameters, and the
+    activation fit in the step's precision."""
+    cfg = model_config(c, c.vocab)
+    return SimpleNamespace(model=on_meta(cfg), encoder=frozen_encoder(c)[2],
+                           fit=measure_activations(cfg, precision_of(c)))
+
 
 def state_bytes(model, n_gpus, parallel, precision):
     """Parameters, gradients, optimizer state and the working copies of weights and gradients, per GPU."""
@@ -183,16 +206,18 @@ def state_bytes(model, n_gpus, parallel, precision):
     return dict(parameters=4 * P, gradients=4 * P, optimizer=8 * P, working=4 * P)   # DDP's gradient buckets
 
 
-def plan(c, model, fit, rows, checkpointing):
-    state = state_bytes(model, c.gpus, c.parallel, precision_of(c))
-    act = activation_bytes(model.cfg, fit, rows, c.seq_len, checkpointing, precision_of(c))
-    return dict(state, activations=act, total=sum(state.values()) + act)
+def plan(c, sizes, rows, checkpointing):
+    """Bytes per GPU of each part, and their total, at micro-batches of `rows` rows."""
+    state = state_bytes(sizes.model, c.gpus, c.parallel, precision_of(c))
+    act = activation_bytes(sizes.model.cfg, sizes.fit, rows, c.seq_len, checkpointing, precision_of(c))
+    parts = dict(state, encoder=2 * sizes.encoder, activations=act)   # the frozen encoder: bf16, on every GPU
+    return dict(parts, total=sum(parts.values()))
 
 
-def largest_micro_batch(c, model, fit, checkpointing, usable):
+def largest_micro_batch(c, sizes, checkpointing, usable):
     """Rows of seq_len per micro-batch that fit in the usable bytes (0 if not even one)."""
     rows = 0
-    while rows < 4096 and plan(c, model, fit, rows + 1, checkpointing)["total"] <= usable:
+    while rows < 4096 and plan(c, sizes, rows + 1, checkpointing)["total"] <= usable:
         rows += 1
     return rows
 
@@ -206,10 +231,26 @@ def run_time(c, model):
     return n_tokens, per_token, seconds, seconds * c.gpus / 3600
 
 
+def measured(path, predicted):
+    """A run's peak memory (allocated), tokens/s and MFU from its metrics.jsonl, beside the prediction. The first
+    logged interval (compilation, warm-up) is left out of the speed."""
+    steps = [r for _, r in read_log(path) if "tokens_per_s" in r]
+    if not steps:
+        return f"{path}: no training steps logged"
+    speed = steps[1:] or steps
+    line = (f"measured ({path}, steps {speed[0]['step']}-{steps[-1]['step']}): "
+            f"{np.median([r['tokens_per_s'] for r in speed]):,.0f} tokens/s")
+    if "mfu" in steps[-1]:
+        line += f", MFU {np.median([r['mfu'] for r in speed]):.1%}"
+    if "peak_memory_gib" not in steps[-1]:
+        return line + "; no peak memory in the log (not a GPU run)"
+    peak = max(r["peak_memory_gib"] for r in steps)
+    return line + f"; peak memory {peak:.2f} GiB allocated, predicted {predicted / GIB:.2f} ({peak * GIB / predicted:.2f}x)"
+
+
 def report(c, argv):
-    cfg = model_config(c, c.vocab)
-    model, precision = on_meta(cfg), precision_of(c)
-    fit = measure_activations(cfg, precision)
+    sizes, precision = sizes_of(c), precision_of(c)
+    model, fit, d = sizes.model, sizes.fit, sizes.model.cfg.d_model
     total, active = model.num_params()
     usable = (1 - c.headroom) * c.gpu_memory_gib * GIB
     name = " ".join(a for a in argv if not a.startswith("--")) or "train.py's defaults"
@@ -218,28 +259,30 @@ def report(c, argv):
     if precision == "float32":
         how = how.replace("bf16", "float32")
     lines = [f"{name}: {total / 1e9:.2f}B parameters, {active / 1e9:.2f}B active per token (vocabulary "
-             f"{cfg.vocab_size:,}, {cfg.tokens_per_frame} x {cfg.latent_dim} latents per frame)",
+             f"{model.cfg.vocab_size:,}, {model.cfg.tokens_per_frame} x {model.cfg.latent_dim} latents per frame)",
              f"{how} over {c.gpus} GPU(s); micro-batch {c.batch_size} x {c.seq_len:,} tokens per GPU",
-             f"activations measured on the CPU: {fit['per_token_layer'](cfg.d_model) / 1024:.1f} KiB per token per "
-             f"layer, {fit['per_token_other'](cfg.d_model) / 1024:.1f} KiB per token outside the layers, "
-             f"{fit['per_batch_layer'](cfg.d_model) / GIB:.2f} GiB per micro-batch per layer (weight copies)",
+             f"activations measured on the CPU: {fit['per_token_layer'](d) / 1024:.1f} KiB per token per layer, "
+             f"{fit['per_token_other'](d) / 1024:.1f} KiB per token outside the layers, "
+             f"{fit['per_batch_layer'](d) / GIB:.2f} GiB per micro-batch per layer (weight copies)",
              "", f"{'GiB per GPU':<40}{'checkpointing off':>18}{'on':>10}"]
-    plans = [plan(c, model, fit, c.batch_size, ac) for ac in (False, True)]
+    plans = [plan(c, sizes, c.batch_size, ac) for ac in (False, True)]
     labels = dict(parameters="parameters (float32)", gradients="gradients (float32)",
                   optimizer="optimizer (AdamW m, v: float32)",
                   working="gathered weights, gradients in flight" if c.parallel == "fsdp" else "DDP gradient buckets",
-                  activations="activations", total="total")
+                  encoder="frozen encoder and decoder (bf16)", activations="activations", total="total")
     for key, label in labels.items():
         lines.append(f"{label:<40}{plans[0][key] / GIB:>18.2f}{plans[1][key] / GIB:>10.2f}")
     fits = ["yes" if p["total"] <= usable else "no" for p in plans]
-    largest = [largest_micro_batch(c, model, fit, ac, usable) for ac in (False, True)]
+    largest = [largest_micro_batch(c, sizes, ac, usable) for ac in (False, True)]
     lines += [f"{f'fits {c.gpu_memory_gib:g} GiB ({usable / GIB:.0f} usable)':<40}{fits[0]:>18}{fits[1]:>10}",
               f"{'largest micro-batch that fits (rows)':<40}{largest[0]:>18}{largest[1]:>10}", ""]
     n_tokens, per_token, seconds, gpu_hours = run_time(c, model)
     lines.append(f"time: {n_tokens / 1e9:,.1f}B tokens x {per_token / 1e9:.2f} GFLOP per token on {c.gpus} GPU(s) "
                  f"at {c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {seconds / 3600:,.1f} h "
                  f"wall, {gpu_hours:,.0f} GPU-hours")
-    return "\n".join(lines), plans, largest
+    if c.metrics:
+        lines.append(measured(c.metrics, plans[c.activation_checkpointing]["total"]))
+    return "\n".join(lines)
 
 
 def main(argv):
@@ -247,7 +290,9 @@ def main(argv):
                   "usage: python memplan.py CONFIG [--gpus=8 --gpu_memory_gib=80 --tokens=57e9 --mfu=0.4 ...]")
     if c.gpus < 1 or not 0 < c.mfu <= 1 or c.parallel not in ("ddp", "fsdp"):
         raise SystemExit("gpus must be >= 1, mfu in (0, 1] and parallel 'ddp' or 'fsdp'")
-    print(report(c, argv)[0])
+    if c.metrics and not os.path.isfile(c.metrics):
+        raise SystemExit(f"metrics={c.metrics!r}: no such file (give a run's metrics.jsonl)")
+    print(report(c, argv))
 
 
 if __name__ == "__main__":

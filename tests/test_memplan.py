@@ -62,24 +62,29 @@ def test_predicted_activations_equal_a_measurement_at_another_size(argv, precisi
 
 def test_fsdp_shards_the_state_and_checkpointing_saves_activations():
     c = config("configs/paper_dense.py")
-    model, fit = memplan.on_meta(memplan.model_config(c)), memplan.measure_activations(memplan.model_config(c), "bf16")
-    P = sum(p.numel() for p in model.parameters())
-    eight, sixty_four = (memplan.plan(config("configs/paper_dense.py", f"--gpus={n}"), model, fit, 4, False)
+    sizes = memplan.sizes_of(c)
+    P = sum(p.numel() for p in sizes.model.parameters())
+    eight, sixty_four = (memplan.plan(config("configs/paper_dense.py", f"--gpus={n}"), sizes, 4, False)
                          for n in (8, 64))
     assert (eight["parameters"], eight["optimizer"], sixty_four["gradients"]) == (4 * P / 8, 8 * P / 8, 4 * P / 64)
-    assert eight["activations"] == sixty_four["activations"]
-    assert memplan.plan(c, model, fit, 4, True)["activations"] < eight["activations"] / 4
+    assert eight["activations"] == sixty_four["activations"] and eight["encoder"] == 2 * sizes.encoder > 1e9
+    assert memplan.plan(c, sizes, 4, True)["activations"] < eight["activations"] / 4
     usable = 0.9 * 80 * 2 ** 30
-    rows = memplan.largest_micro_batch(c, model, fit, False, usable)
-    assert memplan.plan(c, model, fit, rows, False)["total"] <= usable < memplan.plan(c, model, fit, rows + 1,
-                                                                                        False)["total"]
+    rows = memplan.largest_micro_batch(c, sizes, False, usable)
+    assert memplan.plan(c, sizes, rows, False)["total"] <= usable < memplan.plan(c, sizes, rows + 1, False)["total"]
 
 
-def test_the_command_prints_memory_fit_and_time(capsys):
-    memplan.main(["configs/toy.py", "--gpus=2", "--parallel=fsdp", "--tokens=1e9", "--mfu=0.5"])
+def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(f'{{"step": {s}, "tokens_per_s": {t}, "mfu": 0.3, "peak_memory_gib": {m}}}\n'
+                           for s, t, m in ((5, 10.0, 1.0), (10, 100.0, 2.0), (15, 300.0, 2.0), (20, 200.0, 2.0))))
+    memplan.main(["configs/toy.py", "--gpus=2", "--parallel=fsdp", "--tokens=1e9", "--mfu=0.5", f"--metrics={log}"])
     out = capsys.readouterr().out
     for want in ("FSDP2", "over 2 GPU(s)", "activations measured on the CPU", "fits 80 GiB",
-                 "largest micro-batch that fits", "1.0B tokens", "GPU-hours"):
+                 "largest micro-batch that fits", "1.0B tokens", "GPU-hours", "steps 10-20): 200 tokens/s, MFU 30.0%",
+                 "peak memory 2.00 GiB allocated, predicted"):
         assert want in out
     with pytest.raises(SystemExit, match="mfu in"):
         memplan.main(["configs/toy.py", "--mfu=2"])
+    with pytest.raises(SystemExit, match="no such file"):
+        memplan.main(["configs/toy.py", f"--metrics={tmp_path / 'none.jsonl'}"])
