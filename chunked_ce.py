@@ -6,7 +6,7 @@ At the paper's scale a micro-batch of 4 x 4,096 positions over a 128k vocabulary
 float32, and as much again for what cross-entropy keeps for its backward pass. Here the vocabulary head and the
 loss run on chunks of at most MAX_LOGITS logits, each recomputed in the backward pass (activation checkpointing of
 the head): what stays between the passes is the final hidden states, [positions, d_model]. The recomputation costs
-one more head matrix multiply (2 d_model V FLOPs per position, ~3% of a training step at 300M). A micro-batch
+one more head matrix multiply (2 d_model V FLOPs per position, ~3.5% of configs/real.py's step). A micro-batch
 that fits in one chunk (the toy configs') runs as one plain cross-entropy, as before.
 """
 import torch

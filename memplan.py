@@ -157,7 +157,7 @@ def measure_activations(cfg, precision, seq_len=128):
 
 
 def precision_of(c):
-    bf16 = c.dtype in ("auto", "bfloat16")
+    bf16 = c.dtype in ("auto", "bfloat16", "float16")   # float16 keeps as many bytes as bf16
     return ("bf16" if c.parallel == "fsdp" else "autocast") if bf16 else "float32"
 
 
@@ -176,8 +176,8 @@ def activation_bytes(cfg, fit, rows, seq_len, checkpointing, precision):
     stream = 2 if precision == "bf16" else 4                          # bytes of a residual-stream entry
     logits = T * cfg.vocab_size
     loss = 4 * logits if logits <= chunked_ce.MAX_LOGITS else T * d * stream   # one chunk: its log-softmax
-    transient = max(kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T), LOSS_CHUNK_BYTES * min(logits,
-                                                                                                chunked_ce.MAX_LOGITS))
+    layer = kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T)
+    transient = max(layer, LOSS_CHUNK_BYTES * min(logits, chunked_ce.MAX_LOGITS))
     if not checkpointing:
         return kept_bytes(fit, d, L, T) + loss + transient
     return kept_bytes(fit, d, 1, T) + loss + L * T * d * stream + transient
