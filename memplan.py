@@ -258,7 +258,8 @@ def report(c, argv):
            "ddp": "DDP (everything replicated; bf16 autocast)"}[c.parallel]
     if precision == "float32":
         how = how.replace("bf16", "float32")
-    lines = [f"{name}: {total / 1e9:.2f}B parameters, {active / 1e9:.2f}B active per token (vocabulary "
+    count = lambda n: f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+    lines = [f"{name}: {count(total)} parameters, {count(active)} active per token (vocabulary "
              f"{model.cfg.vocab_size:,}, {model.cfg.tokens_per_frame} x {model.cfg.latent_dim} latents per frame)",
              f"{how} over {c.gpus} GPU(s); micro-batch {c.batch_size} x {c.seq_len:,} tokens per GPU",
              f"activations measured on the CPU: {fit['per_token_layer'](d) / 1024:.1f} KiB per token per layer, "
@@ -273,13 +274,15 @@ def report(c, argv):
     for key, label in labels.items():
         lines.append(f"{label:<40}{plans[0][key] / GIB:>18.2f}{plans[1][key] / GIB:>10.2f}")
     fits = ["yes" if p["total"] <= usable else "no" for p in plans]
-    largest = [largest_micro_batch(c, sizes, ac, usable) for ac in (False, True)]
+    largest = [(lambda r: f"{r}+" if r == 4096 else str(r))(largest_micro_batch(c, sizes, ac, usable))
+               for ac in (False, True)]
     lines += [f"{f'fits {c.gpu_memory_gib:g} GiB ({usable / GIB:.0f} usable)':<40}{fits[0]:>18}{fits[1]:>10}",
               f"{'largest micro-batch that fits (rows)':<40}{largest[0]:>18}{largest[1]:>10}", ""]
     n_tokens, per_token, seconds, gpu_hours = run_time(c, model)
-    lines.append(f"time: {n_tokens / 1e9:,.1f}B tokens x {per_token / 1e9:.2f} GFLOP per token on {c.gpus} GPU(s) "
-                 f"at {c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {seconds / 3600:,.1f} h "
-                 f"wall, {gpu_hours:,.0f} GPU-hours")
+    wall = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    lines.append(f"time: {count(n_tokens)} tokens x {per_token / 1e9:.2f} GFLOP per token on {c.gpus} GPU(s) at "
+                 f"{c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {wall} wall, {gpu_hours:,.1f} "
+                 f"GPU-hours")
     if c.metrics:
         lines.append(measured(c.metrics, plans[c.activation_checkpointing]["total"]))
     return "\n".join(lines)

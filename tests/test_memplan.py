@@ -81,7 +81,7 @@ def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path)
     memplan.main(["configs/toy.py", "--gpus=2", "--parallel=fsdp", "--tokens=1e9", "--mfu=0.5", f"--metrics={log}"])
     out = capsys.readouterr().out
     for want in ("FSDP2", "over 2 GPU(s)", "activations measured on the CPU", "fits 80 GiB",
-                 "largest micro-batch that fits", "1.0B tokens", "GPU-hours", "steps 10-20): 200 tokens/s, MFU 30.0%",
+                 "largest micro-batch that fits", "1.00B tokens", "GPU-hours", "steps 10-20): 200 tokens/s, MFU 30.0%",
                  "peak memory 2.00 GiB allocated, predicted"):
         assert want in out
     with pytest.raises(SystemExit, match="mfu in"):
