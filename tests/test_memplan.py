@@ -6,7 +6,7 @@ import memplan
 import train
 
 PLAN_DEFAULTS = {**train.DEFAULTS, **memplan.settings(vars(memplan))}
-LLAMA3_VOCAB = 128_256   # the paper's tokenizer (section 2.1: LLaMA-3's BPE)
+LLAMA3_VOCAB = 128_256   # the paper's tokenizer (section 2.2: LLaMA-3's BPE)
 
 
 def config(*argv):
