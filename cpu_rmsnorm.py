@@ -8,6 +8,7 @@ same (tests/test_fast_paths.py checks the output and both gradients against auto
 fewer times. On a GPU, and under torch.compile, the model uses PyTorch's own (the compiler fuses it there).
 """
 import torch
+import torch.nn as nn
 
 
 def use_written_backward(x):
@@ -37,3 +38,9 @@ class RMSNormCPU(torch.autograd.Function):
         dx = torch.addcmul(g, x_hat, (g * x_hat).mean(-1, keepdim=True), value=-1) * rstd
         dw = None if weight is None else (dy * x_hat).flatten(0, -2).sum(0).to(weight.dtype)
         return dx.to(grad.dtype), dw, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm; on the CPU, with its backward pass written out (RMSNormCPU): PyTorch has no fused kernel there."""
+    def forward(self, x):
+        return RMSNormCPU.apply(x, self.weight, self.eps) if use_written_backward(x) else super().forward(x)

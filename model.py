@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from cpu_rmsnorm import RMSNormCPU, use_written_backward
+from chunked_ce import summed_cross_entropy
+from cpu_rmsnorm import RMSNorm
 from moe import MoEFFN, grouped_swiglu
 
 
@@ -162,12 +163,6 @@ def flex_attention(q, k, v, block_mask):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks.
-
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm; on the CPU with its backward pass written out (cpu_rmsnorm.py): PyTorch has no fused kernel there."""
-    def forward(self, x):
-        return RMSNormCPU.apply(x, self.weight, self.eps) if use_written_backward(x) else super().forward(x)
-
 
 def rope_angles(pos, head_dim, theta):
     """Rotary cos and sin [..., S, 1, D/2, 2] for positions [B, S] or [S], once per forward for all layers. On the
@@ -363,11 +358,12 @@ class UnifiedTransformer(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True, mask=None):
+    def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True, mask=None, targets=None):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
         Generation adds pos [B, S] (rotary positions) and a KVCache; mask: attention_mask(doc, frame), if prebuilt.
-        Returns next-token logits [B, S, V] and the flow head's prediction (x or v) for every frame [F, N, C]."""
+        Returns next-token logits [B, S, V], or given targets [B, S] their summed cross-entropy (a chunk of positions
+        at a time: chunked_ce.py), and the flow head's prediction (x or v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
         v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]
@@ -388,7 +384,8 @@ class UnifiedTransformer(nn.Module):
             cache.doc, cache.frame = cache.ids_with(doc, frame)
         h = self.norm(x)
         flow = self.flow_head(h.reshape(B * S, -1)[vis_idx]).view(-1, self.cfg.tokens_per_frame, self.cfg.latent_dim)
-        return self.lm_head(h), flow.float()
+        text = self.lm_head(h) if targets is None else summed_cross_entropy(h, self.lm_head.weight, targets)
+        return text, flow.float()
 
     def attention_mask(self, doc, frame, cache=None):
         if cache is not None:  # generation: new positions against cached + new ones, shapes vary: the dense path
@@ -427,9 +424,8 @@ def training_losses(model, batch, generator=None):
     eps = torch.randn(z0.shape, device=z0.device, generator=generator)
     zt = add_noise(z0, eps, t)
     mask = core.attention_mask(batch["doc"], batch["frame"])       # once per batch, for every layer, not compiled
-    logits, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t, mask=mask)
-    logits, targets = logits.float(), batch["targets"]
-    ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1, reduction="sum")
+    targets = batch["targets"]
+    ce, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t, mask=mask, targets=targets)
     text_loss = ce / (targets >= 0).sum().clamp(min=1)
 
     v_hat = velocity(pred, zt, t, cfg.prediction)

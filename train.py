@@ -75,6 +75,7 @@ n_head = 4
 n_kv_head = 4
 d_model = 128
 ffn = "modality"              # "shared", "modality" or "moe"
+ffn_hidden = 0                # hidden units of the shared and modality FFNs; 0: 8/3 d_model rounded up to 32 (SwiGLU)
 moe_experts = 16              # total experts, shared ones included
 moe_granularity = 4           # G = 4 d_model / d_expert (the paper's): experts are 4 * d_model / G wide
 moe_top_k = 0                 # active experts per token; 0: G, i.e. 4 * d_model hidden units as in the paper

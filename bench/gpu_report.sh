@@ -5,6 +5,10 @@
 #   bash bench/gpu_report.sh            # = tests speed: the GPU-only tests, then every speed figure     ~8 min
 #   bash bench/gpu_report.sh tests      # the GPU-only tests (tests/test_gpu.py)                          ~2 min
 #   bash bench/gpu_report.sh speed      # training steps, attention and MoE layers, sampling              ~6 min
+#   bash bench/gpu_report.sh tests scale   # issue 25's check: the GPU tests, then 20 eager steps under torchrun
+#     at configs/real.py's shapes with DDP and with FSDP2, peak memory against memplan.py's prediction,
+#     tokens/s, MFU (scale.log; each run's metrics.jsonl under $OUT/scale_*)                 ~2 + ~4 min
+#   EXTRA="--device=cpu --compile=False ..." bash bench/gpu_report.sh scale   # a CPU dry run (docs/scale.md)
 #   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
 #   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
 #   NANOGPT=<checkout> bash bench/gpu_report.sh nanogpt   # against nanoGPT at ~300M, 4,096 positions   ~5 min
@@ -15,6 +19,7 @@ out=${OUT:-out/gpu}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 real="configs/real.py --dataset=toyworld --tokenizer=bytes --encoder_weights=random --decoder_weights=random"
+extra=${EXTRA:-}               # appended to the scale part's commands: a CPU dry run shrinks the model there
 run() { echo "== $*"; "$@" 2>&1 | grep -v Warning; }   # each part goes on after a failure: the rest still measures
 
 part_tests() {
@@ -29,6 +34,24 @@ part_speed() {
   run python bench/bench_train.py $real --device=cuda --ffn=moe --moe_experts=16 --moe_granularity=4
   run python bench/bench_train.py $real --device=cuda --what=attention --block_sizes=64,128,256
   run python bench/bench_sample.py configs/toy.py --device=cuda
+}
+
+part_scale() {
+  # 20 optimizer steps of 2 micro-batches of 8 x 4096 tokens (real.py's rows, a smaller global batch), activation
+  # checkpointing as the config has it, eager (the planner measures eager activations; two compilations would not
+  # fit 8 minutes: compiled speed is the speed part's); the last step's evaluation is cut to one batch and two
+  # 2-step samples. Each run's checkpoint is deleted after (8.6 GB of weights and AdamW state).
+  local steps="--max_iters=20 --gradient_accumulation_steps=2 --log_interval=5 --eval_interval=20 --eval_iters=1"
+  steps="$steps --eval_samples=2 --sample_steps=2 --compile=False"
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  for parallel in ddp fsdp; do
+    rm -rf "$out/scale_$parallel"
+    run torchrun --standalone --nproc_per_node=1 train.py $real $steps --parallel=$parallel \
+        --out_dir="$out/scale_$parallel" $extra
+    run python memplan.py $real $steps --parallel=$parallel --gpus=1 --metrics="$out/scale_$parallel/metrics.jsonl" \
+        $extra
+    rm -rf "$out/scale_$parallel"/ckpt*
+  done
 }
 
 part_nanogpt() {
@@ -60,7 +83,7 @@ part_sweep() {
 [ $# -gt 0 ] || set -- tests speed
 for part in "$@"; do
   case $part in
-    tests|speed|nanogpt|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
-    *) echo "unknown part '$part': use tests, speed, nanogpt, nav or sweep" >&2; exit 2 ;;
+    tests|speed|scale|nanogpt|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
+    *) echo "unknown part '$part': use tests, speed, scale, nanogpt, nav or sweep" >&2; exit 2 ;;
   esac
 done

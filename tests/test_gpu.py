@@ -1,9 +1,10 @@
 """The GPU's own code paths, where a GPU is present (skipped elsewhere; CI has none): FlexAttention's training path
-against the dense one, the compiled step against eager, grouped GEMMs against the loop, and no host sync in a
-training step. Their CPU stand-ins are in test_model.py and test_moe.py."""
+against the dense one, the compiled step (with the text loss in chunks, too) against eager, grouped GEMMs against
+the loop, and no host sync in a training step. Their CPU stand-ins are in test_model.py and test_moe.py."""
 import pytest
 import torch
 
+import chunked_ce
 from data import Tokenizer, to_device
 from model import training_losses
 from moe import grouped_swiglu
@@ -51,6 +52,15 @@ def test_flex_attention_trains_like_the_dense_mask(ffn):
 def test_compiled_step_matches_eager():
     batch = gpu_batch()
     model = gpu_model(attention="flex", ffn="moe", moe_granularity=2)
+    eager = step(model, batch, torch.bfloat16)
+    close(step(torch.compile(model), batch, torch.bfloat16), eager, 2e-2)
+
+
+def test_chunked_text_loss_compiled_matches_eager(monkeypatch):
+    """The text loss in chunks of 8 positions, each recomputed in the backward pass, inside the compiled model."""
+    monkeypatch.setattr(chunked_ce, "MAX_LOGITS", 8 * Tokenizer().vocab_size)
+    batch = gpu_batch()
+    model = gpu_model(attention="flex")
     eager = step(model, batch, torch.bfloat16)
     close(step(torch.compile(model), batch, torch.bfloat16), eager, 2e-2)
 
