@@ -541,6 +541,14 @@ def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed
     return np.stack(poses), np.stack(actions)
 
 
+def walk_video(rng: np.random.Generator, n_frames: int = 4, image_size: int = 32, kind: str = "ray") -> np.ndarray:
+    """uint8 [T, H, W, 3]: a walk through a training maze seen without its actions, camera motion alone: the toy
+    world's stand-in for general video, which shows how views move but never says why."""
+    maze = maze_for(rng.integers(2 ** 31))
+    poses, _ = walk(rng, maze, random_pose(rng, maze), n_frames - 1, goal_directed=rng.random() < 0.5)
+    return np.stack([view(maze, p, image_size, kind) for p in poses])
+
+
 def write_nwm_trajectory(folder: str, frames: np.ndarray, position: np.ndarray, yaw: np.ndarray) -> str:
     """NWM's on-disk layout: folder/{0..T-1}.jpg and traj_data.pkl = {"position": [T, 2], "yaw": [T]}."""
     from PIL import Image
