@@ -87,10 +87,10 @@ def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, mo
     prompts and sampler noise reach both models."""
     seen, losses, drawn, bos = {}, fixed_eval.training_losses, fixed_eval.draw, claims.Tokenizer("bytes").bos
 
-    def spy_losses(model, batch, generator=None):
-        seen[key].append((batch["tokens"].clone(), batch["latents"].clone(), generator.get_state().clone()))
+    def spy_losses(model, batch, generator=None, times=None):
+        seen[key].append((batch["tokens"].clone(), batch["latents"].clone(), times, generator.get_state().clone()))
         assert (batch["targets"][batch["tokens"] == bos] == -1).all()   # which kind of document comes: not scored
-        return losses(model, batch, generator)
+        return losses(model, batch, generator, times)
 
     def spy_draw(model, tok, captions, steps, guidance, generator=None):
         seen[key].append((list(captions), generator.get_state().clone()))
@@ -116,9 +116,11 @@ def test_rescoring_under_another_evaluation_seed(tmp_path):
     first, again = fixed_eval.score(folder, ev, sizes, 0), fixed_eval.score(folder, ev, sizes, 0)
     other = fixed_eval.score(folder, ev, sizes, 1)
     assert first == again and first["caption_to_image_flow_loss"] != other["caption_to_image_flow_loss"]
-    runs = {"arm": {0: dict(loss=1.00, _rescored=dict(loss=1.01)), 1: dict(loss=1.20), 2: dict(loss=1.10)}}
-    (name, shift, sd), = claims.evaluation_check(runs, "loss")
-    assert name == "arm" and shift == pytest.approx(0.01) and sd == pytest.approx(0.1)
+    # claim 4's difference at seed 0 moves from -0.10 to -0.11 (relative: text_video worse by 10%, then 11%)
+    loss = lambda x, again=None: dict(text_text_loss=x, **({"_rescored": dict(text_text_loss=again)} if again else {}))
+    runs = {"4/text_only": {0: loss(1.0, 1.0), 1: loss(1.0)}, "4/text_video": {0: loss(1.1, 1.11), 1: loss(1.3)}}
+    shift, sd = claims.evaluation_check(4, claims.CLAIMS[4]["tests"][0], runs)
+    assert shift == pytest.approx(0.01) and sd == pytest.approx(np.std([-0.1, -0.3], ddof=1))
 
 
 # ---- the runner and the table -----------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_table_from_constructed_results(tmp_path):
     assert "| 2% | yes | -0.10%, +0.10%, -0.10%, +0.10%, -0.10% |" in row and "**no effect** | no effect |" in row
     assert "| text_only | 5 | 1.3100 ± 0.0158 |" in table
     assert "**no effect (paper: no effect)**" in table and "1 lines of the results file" in table
-    assert "text_only text_text_loss: moved 0.0001, sd 0.0158" in table
+    assert "moves each primary difference by 0.00% (text_text_loss; its sd over training seeds is 0.11%)" in table
 
     constructed(tmp_path, {"text_only": only, "text_video": [x * 1.05 for x in only]})   # 5% worse: reversed
     claims.main(["--table_only=True", *paths(tmp_path)])
@@ -242,3 +244,24 @@ def test_a_claim_whose_models_have_not_learned_reads_inconclusive():
     rows = [r for r in claims.analysis(got(bad_seed=2)) if r["claim"] == 6]
     assert {r["verdict"] for r in rows} == {"inconclusive"}
     assert claims.unmet(6, got(bad_seed=2)) == ["nav_10pct seed 2: predict_1 0.0307, not lower than mean_1 0.0100"]
+
+
+def test_fixed_flow_times_and_the_times_argument(tmp_path):
+    """The evaluation's flow times are the training distribution's n-quantiles, shuffled; training_losses given the
+    times its generator would have drawn returns the same losses as drawing them."""
+    import model as model_module
+    from config import load_for_inference
+    c = claims.SimpleNamespace(time_sampling="uniform", time_shift=4.0)
+    times = fixed_eval.stratified_times(8, c, torch.Generator().manual_seed(0))
+    grid = model_module.shift_time((torch.arange(8) + 0.5) / 8, 4.0)
+    assert torch.equal(times.sort().values, grid) and not torch.equal(times, grid)
+    model, tok, enc, cfg = load_for_inference(tiny_checkpoint(tmp_path / "run"), "cpu")
+    data = fixed_eval.validation_data(tok, enc, cfg, "caption_to_image", 0)
+    batch = train.get_batch(data, enc, 0, 0, cfg, "cpu", "val")
+    drawn = model_module.sample_time(len(batch["cond"]), cfg, "cpu", torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a = model_module.training_losses(model, batch, torch.Generator().manual_seed(5))
+        g = torch.Generator().manual_seed(5)
+        model_module.sample_time(len(batch["cond"]), cfg, "cpu", g)          # the draw the times stand for
+        b = model_module.training_losses(model, batch, g, drawn)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -56,3 +56,14 @@ def test_walks_as_video_and_a_bad_source_stops():
     c = configure(train.DEFAULTS, ["configs/toy.py", "--text_source=code"])
     with pytest.raises(SystemExit, match="text_source='code'"):
         build(c, "cpu")
+
+
+def test_validation_documents_are_a_systematic_sample_of_held_out_files(monkeypatch):
+    """Evenly spread over the held-out bytes: many files, none of training's, the same for one seed, shifted for
+    another."""
+    opened = []
+    monkeypatch.setattr(stdlib_text, "read", lambda path: opened.append(path) or READ(path))
+    docs = stdlib_text.validation_documents(256, 254, seed=0)
+    assert len(docs) == 256 and all(len(d.encode()) <= 254 for d in docs) and np.mean([len(d) for d in docs]) > 200
+    assert all(stdlib_text.held_out(p) for p in opened) and len(set(opened)) > 0.5 * len(stdlib_text.files("val")[0])
+    assert docs == stdlib_text.validation_documents(256, 254, seed=0) != stdlib_text.validation_documents(256, 254, 1)
