@@ -47,9 +47,9 @@ def source_losses(model, tok, enc, cfg, source, batches, seed):
     """Held-out text and flow loss of one source: `<source>_text_loss`, and `<source>_flow_loss` where it has
     frames to generate; flow times on a fixed grid; Python's source as a systematic sample of the held-out files.
     Each document's first target (the token after BOS) is left out: it is where a model that trained on several
-    kinds of documents pays for not knowing which kind comes (ln 1 / the kind's share), a cost of the mixture's
-    bookkeeping, not of what the model knows about the text."""
-    data, rows = validation_data(tok, enc, cfg, source, seed), SimpleNamespace(**{**vars(cfg), "batch_size": ROWS})
+    kinds of documents pays for not knowing which kind comes (ln(1 / that kind's share of documents)), a cost of the
+    mixture's bookkeeping, not of what the model knows about the text."""
+    data = validation_data(tok, enc, cfg, source, seed)
     generator, text, flow = torch.Generator().manual_seed(seed), [], []
     python = source == "text" and getattr(cfg, "text_source", "toy") == "stdlib"
     docs = stdlib_text.validation_documents(batches * ROWS, cfg.seq_len - 2, seed) if python else None
@@ -57,7 +57,7 @@ def source_losses(model, tok, enc, cfg, source, batches, seed):
         made = collate([[text_example(tok, d)] for d in docs[i * ROWS:(i + 1) * ROWS]], cfg.seq_len, data.N,
                        tok.pad) if python else data.batch(i, 0, ROWS, "val")
         made["targets"][made["tokens"] == tok.bos] = -1
-        batch = train.get_batch(data, enc, i, 0, rows, "cpu", batch=made)
+        batch = train.get_batch(data, enc, i, 0, cfg, "cpu", batch=made)
         t, f = training_losses(model, batch, generator, stratified_times(len(batch["cond"]), cfg, generator))
         text.append(t.item())
         flow += [f.item()] if (~batch["cond"]).any() else []
