@@ -15,6 +15,7 @@ import numpy as np
 import tiktoken
 import torch
 
+import stdlib_text
 import toyworld
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,10 +239,10 @@ def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
 
 
 class ToyWorldData:
-    def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3,
-                 video_frames=4, cfg_dropout=0.1, caption_clean_image=False, nav_view="ray"):
+    def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3, video_frames=4,
+                 cfg_dropout=0.1, caption_clean_image=False, nav_view="ray", text_source="toy", video_source="shapes"):
         self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
-        self.caption_clean_image = caption_clean_image
+        self.caption_clean_image, self.text_source, self.video_source = caption_clean_image, text_source, video_source
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
@@ -259,12 +260,15 @@ class ToyWorldData:
     def scene(self, rng):
         return toyworld.random_scene(rng, self.max_shapes, self.image_size)
 
-    def example(self, rng):
+    def example(self, rng, split="train"):
         source = self.names[rng.choice(len(self.names), p=self.weights)]
-        if source == "text":
-            return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes))
-        if source == "video":
-            return video_example(self.tok, toyworld.random_video(rng, self.video_frames, self.image_size))
+        if source == "text":   # the world's sentences, or a window of Python's own source (held-out files for val)
+            return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes) if self.text_source == "toy"
+                                else stdlib_text.document(rng, split, self.seq_len - 2))
+        if source == "video":   # shapes in motion, or camera motion: walks in training mazes without their actions
+            frames = toyworld.walk_video(rng, self.video_frames, self.image_size, self.nav_view) \
+                if self.video_source == "walks" else toyworld.random_video(rng, self.video_frames, self.image_size)
+            return video_example(self.tok, frames)
         if source == "navigation":
             return self.navigation(rng)
         scene = self.scene(rng)
@@ -288,7 +292,7 @@ class ToyWorldData:
         rng = self.rng(split, step, micro)
         examples, rows = [], []
         while len(rows) <= batch_size:  # one row more than needed, so the last kept row is full
-            ex = self.example(rng)
+            ex = self.example(rng, split)
             if ex.length(self.N) > self.seq_len:
                 self.skipped += 1
                 continue

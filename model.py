@@ -414,13 +414,13 @@ class UnifiedTransformer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # The training loss: L = lambda_LM * L_LM + lambda_flow * L_flow in one forward/backward (section 2.1).
 
-def training_losses(model, batch, generator=None):
-    """batch (data.collate's): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True for
-    frames seen clean, without flow loss). Returns (text_loss, flow_loss); the caller weights and sums them."""
+def training_losses(model, batch, generator=None, times=None):
+    """batch (data.collate's): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True: seen
+    clean, no flow loss); times [F] fixes the frames' t (else drawn). Returns (text_loss, flow_loss), unweighted."""
     core = getattr(model, "module", model)   # DDP's wrapper (torch.compile's passes attributes through)
     cfg, z0, cond = core.cfg, batch["latents"], batch["cond"]
     t = torch.where(cond, torch.ones_like(cond, dtype=torch.float32),
-                    sample_time(z0.shape[0], cfg, z0.device, generator))
+                    sample_time(z0.shape[0], cfg, z0.device, generator) if times is None else times)
     eps = torch.randn(z0.shape, device=z0.device, generator=generator)
     zt = add_noise(z0, eps, t)
     mask = core.attention_mask(batch["doc"], batch["frame"])       # once per batch, for every layer, not compiled

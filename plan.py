@@ -22,6 +22,7 @@ from config import configure, load_for_inference, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from files import cli, refuse_overwrite, save_rollout, write_lines
 from model import KVCache
+from paired_stats import bootstrap_ci, mean_ci   # bootstrap_ci: this module's name for it too
 from sample import append_tokens, draw_image, prefill, prompt_batch
 from tracking import report_to_run
 
@@ -55,13 +56,6 @@ def episode(index, horizon=8, image_size=32, view="ray", warmup=4, tries=100):
     frames = walk_frames(maze, poses, image_size, view)
     return dict(maze=maze, start=poses[NAV_CONTEXT - 1], truth=poses[NAV_CONTEXT:], actions=actions[NAV_CONTEXT - 1:],
                 context=frames[:NAV_CONTEXT], goal=frames[-1], frames=frames[NAV_CONTEXT:])
-
-
-def bootstrap_ci(values, level=0.95, resamples=2000, seed=0):
-    """Percentile bootstrap interval of the mean, resampling episodes (rows of values) with replacement."""
-    values = np.asarray(values, float)
-    idx = np.random.default_rng(seed).integers(len(values), size=(resamples, len(values)))
-    return tuple(np.quantile(values[idx].mean(1), [(1 - level) / 2, (1 + level) / 2], axis=0))
 
 
 def ate(pred, truth):
@@ -214,11 +208,11 @@ def mean_frame(image_size, view, mazes=40):
     return np.mean(frames, axis=(0, 1)).round().astype(np.uint8)
 
 
-def predict_quality(model, tok, enc, c):
-    """{predictor: [E, len(steps), 2] pixel and latent MSE}: the model, copying the last context, the mean frame."""
+def predict_quality(model, tok, enc, c, first=0):
+    """{predictor: [E, len(steps), 2] pixel and latent MSE} from held-out episode `first` on: model, copy, mean."""
     generator, steps = torch.Generator(c.dev).manual_seed(c.seed), PREDICT_STEPS
     out, mean = {"model": [], "copy": [], "mean": []}, mean_frame(c.image_size, c.view)
-    for i in range(c.episodes):
+    for i in range(first, first + c.episodes):
         ep = episode(i, steps[-1], c.image_size, c.view)
         texts = [[action_text(*a) for a in ep["actions"]]]
         made = enc.decode(imagine(model, tok, enc.encode(ep["context"]).to(c.dev), texts, c.steps, generator)[0])
@@ -232,23 +226,21 @@ def predict_quality(model, tok, enc, c):
 def planning_table(results, c):
     names = {"model": "CEM, trained model", "oracle": "CEM, simulator (oracle)", "forward": "CEM's start (forward)",
              "random": "random actions", "still": "no motion"}
-    ci = lambda x: "{:.2f} [{:.2f}, {:.2f}]".format(x.mean(), *bootstrap_ci(x))
     lines = [f"{c.episodes} held-out episodes whose goals need a turn, horizon {c.horizon}, {c.samples} samples, "
              f"top {c.elites}, {c.iterations} iterations, each scored over {c.repeats} rollouts, score {c.score}, "
              f"Euler steps {c.steps}; "
              f"mean [95% bootstrap CI over episodes]", "",
              "| planner | ATE | RPE | final error | s / episode |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {names[p]} | {ci(e[:, 0])} | {ci(e[:, 1])} | {ci(e[:, 2])} | {sec:.1f} |"
+    lines += [f"| {names[p]} | {mean_ci(e[:, 0], 2)} | {mean_ci(e[:, 1], 2)} | {mean_ci(e[:, 2], 2)} | {sec:.1f} |"
               for p, (e, sec) in results.items()]
     if "model" in results:   # the same episodes for every planner: the paired difference is the sharper test
         lines += ["", "final error, CEM with the model minus another planner, paired over episodes:"]
-        lines += [f"- {names[p]}: {ci(results['model'][0][:, 2] - e[:, 2])}" for p, (e, _) in results.items()
+        lines += [f"- {names[p]}: {mean_ci(results['model'][0][:, 2] - e[:, 2], 2)}" for p, (e, _) in results.items()
                   if p != "model"]
     return lines
 
 
 def prediction_table(quality, steps, c):
-    ci = lambda x: "{:.4f} [{:.4f}, {:.4f}]".format(x.mean(), *bootstrap_ci(x))
     lines = [f"{c.episodes} held-out episodes, true actions, each imagined frame in the next one's 4-frame context; "
              f"Euler steps per frame: {c.steps}; mean [95% bootstrap CI]", "",
              "| actions ahead | predictor | pixel MSE | PSNR (dB) | latent MSE |",
@@ -256,8 +248,8 @@ def prediction_table(quality, steps, c):
     names = {"model": "trained model", "copy": "copy last context frame", "mean": "mean frame (training mazes)"}
     for j, k in enumerate(steps):
         for name, errs in quality.items():
-            lines.append(f"| {k} | {names[name]} | {ci(errs[:, j, 0])} | {psnr(errs[:, j, 0].mean()):.1f} | "
-                         f"{ci(errs[:, j, 1])} |")
+            lines.append(f"| {k} | {names[name]} | {mean_ci(errs[:, j, 0], 4)} | {psnr(errs[:, j, 0].mean()):.1f} | "
+                         f"{mean_ci(errs[:, j, 1], 4)} |")
     lines.append("| any | simulator | 0 | inf | 0 |")
     return lines
 

@@ -87,6 +87,18 @@ def routing_counts(model, batches, bins=10):
     return stats, [m.k_routed for m in layers]
 
 
+def task_batches(tok, enc, cfg, n, device, seed):
+    """n held-out batches of one task each (generation, understanding, text), so that every selection is labelled
+    with its task; `seed` is the data seed (the run's own, or the claims suite's fixed evaluation seed)."""
+    batches = []
+    for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"), ("text", "text")):
+        data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, seed, cfg.image_size,
+                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout, True, getattr(cfg, "nav_view", "ray"),
+                            getattr(cfg, "text_source", "toy"), getattr(cfg, "video_source", "shapes"))
+        batches += [(task, get_batch(data, enc, i, 0, cfg, device, "val")) for i in range(n)]
+    return batches
+
+
 def analyze(stats, ks):
     """The paper's routing analysis, one row per layer, plus per-expert arrays for the figures."""
     rows = []
@@ -117,14 +129,7 @@ def main(argv):
     model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
     if not any(isinstance(m, MoEFFN) for m in model.modules()):
         raise SystemExit(f"the checkpoint in {c.out_dir} has no MoE layers (ffn={model.cfg.ffn!r})")
-    dev = next(model.parameters()).device
-    batches = []   # held-out batches of one task each, so every selection is labelled with its task
-    for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"),
-                         ("text", "text")):
-        data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, cfg.seed, cfg.image_size,
-                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout, caption_clean_image=True)
-        batches += [(task, get_batch(data, enc, i, 0, cfg, dev, "val")) for i in range(c.batches)]
-    stats, ks = routing_counts(model, batches)
+    stats, ks = routing_counts(model, task_batches(tok, enc, cfg, c.batches, next(model.parameters()).device, cfg.seed))
     rows = analyze(stats, ks)
     header = "| layer | text | vision | multimodal | unused | timestep CV | gen/und r |\n" + "|---" * 7 + "|\n"
     table = header + "".join(f"| {r['layer']} | {r['text']} | {r['vision']} | {r['multimodal']} | {r['unused']} | "

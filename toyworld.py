@@ -567,3 +567,11 @@ def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed
         actions.append(np.clip(np.round(a, 2), ACTION_LOW, ACTION_HIGH))
         poses.append(move(maze, poses[-1], actions[-1]))
     return np.stack(poses), np.stack(actions)
+
+
+def walk_video(rng: np.random.Generator, n_frames: int = 4, image_size: int = 32, kind: str = "ray") -> np.ndarray:
+    """uint8 [T, H, W, 3]: a walk through a training maze seen without its actions, camera motion alone: the toy
+    world's stand-in for general video, which shows how views move but never says why."""
+    maze = maze_for(rng.integers(2 ** 31))
+    poses, _ = walk(rng, maze, random_pose(rng, maze), n_frames - 1, goal_directed=rng.random() < 0.5)
+    return np.stack([view(maze, p, image_size, kind) for p in poses])

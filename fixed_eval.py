@@ -1,0 +1,129 @@
+"""
+The claims suite's evaluation (claims.py): one held-out evaluation shared by every arm and every training seed of a
+claim, so that the difference between two runs is the runs', not their evaluations'. Everything it draws is a
+function of the evaluation seed alone, never of the run's training seed: the validation examples (data seed
+`seed`, validation split, no caption dropout, ROWS rows per batch whatever the run's batch size), the flow times and
+noise, the oracle's prompts (scenes of trained bindings, and of the held-out ones), the sampler's noise and the maze
+episodes. Re-scoring one checkpoint under a second evaluation seed (claims.py does, for each arm's seed 0) shows
+how much evaluation noise is left, to set beside the spread between training seeds.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import plan
+import routing
+import stdlib_text
+import toyworld
+import train
+from config import load_for_inference
+from data import ToyWorldData, collate, text_example
+from model import shift_time, training_losses
+from sample import describe, draw
+
+EVAL_SEED = 0
+ROWS = 16            # rows per validation batch
+CHUNK = 64           # prompts sampled at once
+
+
+def validation_data(tok, enc, cfg, source, seed):
+    """One source alone under the run's world settings: the validation split at data seed `seed`."""
+    return ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, seed, cfg.image_size, cfg.max_shapes,
+                        cfg.video_frames, 0.0, cfg.caption_clean_image, cfg.nav_view,
+                        getattr(cfg, "text_source", "toy"), getattr(cfg, "video_source", "shapes"))
+
+
+def stratified_times(n, cfg, generator):
+    """Flow times for n frames, one per n-quantile of the training distribution of t (in an order the generator
+    shuffles): with x-prediction the loss of a frame near t = 1 is weighted up to 400 times, so random times make
+    the held-out flow loss swing between evaluation draws; a fixed grid does not, and has the same expectation."""
+    u = (torch.randperm(n, generator=generator) + 0.5) / n
+    return shift_time(u if cfg.time_sampling == "uniform" else torch.sigmoid(torch.special.ndtri(u)), cfg.time_shift)
+
+
+@torch.no_grad()
+def source_losses(model, tok, enc, cfg, source, batches, seed):
+    """Held-out text and flow loss of one source: `<source>_text_loss`, and `<source>_flow_loss` where it has
+    frames to generate; flow times on a fixed grid; Python's source as a systematic sample of the held-out files.
+    Each document's first target (the token after BOS) is left out: it is where a model that trained on several
+    kinds of documents pays for not knowing which kind comes (ln(1 / that kind's share of documents)), a cost of the
+    mixture's bookkeeping, not of what the model knows about the text."""
+    data = validation_data(tok, enc, cfg, source, seed)
+    generator, text, flow = torch.Generator().manual_seed(seed), [], []
+    python = source == "text" and getattr(cfg, "text_source", "toy") == "stdlib"
+    docs = stdlib_text.validation_documents(batches * ROWS, cfg.seq_len - 2, seed) if python else None
+    for i in range(batches):
+        made = collate([[text_example(tok, d)] for d in docs[i * ROWS:(i + 1) * ROWS]], cfg.seq_len, data.N,
+                       tok.pad) if python else data.batch(i, 0, ROWS, "val")
+        made["targets"][made["tokens"] == tok.bos] = -1
+        batch = train.get_batch(data, enc, i, 0, cfg, "cpu", batch=made)
+        t, f = training_losses(model, batch, generator, stratified_times(len(batch["cond"]), cfg, generator))
+        text.append(t.item())
+        flow += [f.item()] if (~batch["cond"]).any() else []
+    return {f"{source}_text_loss": float(np.mean(text)), **({f"{source}_flow_loss": float(np.mean(flow))} if flow
+                                                               else {})}
+
+
+def scenes(n, split, cfg, seed):
+    """The oracle's n prompts: scenes of trained bindings ("train") or showing a held-out one ("eval")."""
+    rng = np.random.default_rng([seed, 7, split == "eval"])   # streams training (seed, 0, step, micro) never uses
+    return [toyworld.random_scene(rng, cfg.max_shapes, cfg.image_size, split) for _ in range(n)]
+
+
+@torch.no_grad()
+def oracle_scores(model, tok, enc, cfg, n, seed, kinds=("trained", "heldout")):
+    """The toy world's oracle on n fixed prompts of each kind: generation (caption -> image, scored by what the
+    oracle sees) and understanding (a clean render -> caption) on scenes of trained bindings (`gen_trained`,
+    `und_trained`) and of held-out bindings (`gen_heldout`, `und_heldout`)."""
+    out = {}
+    for name in kinds:
+        split = {"trained": "train", "heldout": "eval"}[name]
+        shown, gen, made, read = scenes(n, split, cfg, seed), torch.Generator().manual_seed(seed), [], []
+        for i in range(0, n, CHUNK):
+            part = shown[i:i + CHUNK]
+            captions = [toyworld.caption(s, cfg.image_size) for s in part]
+            images = enc.decode(draw(model, tok, captions, cfg.sample_steps, cfg.guidance, gen))
+            made += [toyworld.score_image(im, cap) for im, cap in zip(images, captions)]
+            truth = enc.encode(np.stack([toyworld.render(s, cfg.image_size) for s in part]))
+            read += [toyworld.score_caption(w, s, cfg.image_size) for w, s in zip(describe(model, tok, truth), part)]
+        out[f"gen_{name}"], out[f"und_{name}"] = float(np.mean(made)), float(np.mean(read))
+    return out
+
+
+def prediction(model, tok, enc, cfg, episodes, seed):
+    """plan.py --mode=predict's pixel MSE k actions ahead on `episodes` held-out maze episodes (the evaluation seed
+    picks which): the model (`predict_k`), copying the last context frame (`copy_k`) and the mean training frame
+    (`mean_k`)."""
+    p = SimpleNamespace(dev="cpu", seed=seed, episodes=episodes, steps=1, image_size=cfg.image_size,
+                        view=cfg.nav_view)
+    quality, steps = plan.predict_quality(model, tok, enc, p, first=seed * episodes)
+    return {f"{key}_{k}": float(quality[name][:, j, 0].mean())
+            for name, key in (("model", "predict"), ("copy", "copy"), ("mean", "mean")) for j, k in enumerate(steps)}
+
+
+def routing_metrics(model, tok, enc, cfg, batches, seed):
+    """Appendix E.8's analysis: per layer, the share of used routed experts that are text experts, and the Pearson r
+    of generation against understanding selection rates; summarised as the change in text share from the first
+    to the last layer (least-squares line) and the smallest r over layers."""
+    rows = routing.analyze(*routing.routing_counts(model, routing.task_batches(tok, enc, cfg, batches, "cpu", seed)))
+    share = [r["text"] / max(1, r["text"] + r["vision"] + r["multimodal"]) for r in rows]
+    slope = float(np.polyfit(np.arange(len(share)), share, 1)[0]) if len(share) > 1 else 0.0
+    r = [row["gen_und_r"] for row in rows]
+    return dict(text_share_change=slope * (len(share) - 1), gen_und_r_min=float(min(r)), text_share=share, gen_und_r=r)
+
+
+def score(out_dir, evaluation, sizes, seed=EVAL_SEED):
+    """Every number a claim reads, for the checkpoint in out_dir: evaluation names what (sources for held-out
+    losses, oracle: the kinds of prompts, predict, routing), sizes how much (batches, prompts, episodes)."""
+    model, tok, enc, cfg = load_for_inference(out_dir, "cpu")
+    m = {}
+    for source in evaluation.get("sources", ()):
+        m.update(source_losses(model, tok, enc, cfg, source, sizes.batches, seed))
+    if evaluation.get("oracle"):
+        m.update(oracle_scores(model, tok, enc, cfg, sizes.prompts, seed, evaluation["oracle"]))
+    if evaluation.get("predict"):
+        m.update(prediction(model, tok, enc, cfg, sizes.episodes, seed))
+    if evaluation.get("routing"):
+        m.update(routing_metrics(model, tok, enc, cfg, sizes.batches, seed))
+    return m
