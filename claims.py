@@ -87,8 +87,8 @@ def compare(a, b, metric, better, delta, relative=False, primary=False, sd=None,
 # (the paper's architecture runs train on 50% text, §6.1 and App. C), the recipe's other sources sharing the rest.
 STDLIB = dict(text_source="stdlib", mixture=HALF_TEXT)
 MOE = dict(ffn="moe", moe_granularity=16, moe_experts=64, moe_shared="per_modality", moe_top_k=EQUAL_ACTIVE)
-LOSSES, TRAINED = ("text", "caption_to_image"), ("trained",)   # held-out losses; the oracle on trained bindings
-ARCH = ["text_text_loss", "caption_to_image_flow_loss", "gen_trained", "und_trained"]
+LOSSES, TRAINED = ("text", "caption_to_image"), ("unseen_scenes",)   # held-out losses; the oracle on trained bindings
+ARCH = ["text_text_loss", "caption_to_image_flow_loss", "gen_unseen_scenes", "caption_unseen_scenes"]
 NAV_REST = dict(text=0.25, video=0.25, caption_to_image=0.25, image_to_caption=0.25)   # App. F.1's base mixture
 
 
@@ -110,7 +110,7 @@ CLAIMS = {
             evaluation=dict(sources=LOSSES, oracle=TRAINED), show=ARCH,
             tests=[compare("modality", "shared", "text_text_loss", "lower", 0.01, True, primary=True, sd=0.005),
                    compare("modality", "shared", "caption_to_image_flow_loss", "lower", 0.02, True),
-                   compare("modality", "shared", "gen_trained", "higher", 0.03)]),
+                   compare("modality", "shared", "gen_unseen_scenes", "higher", 0.03)]),
     2: dict(title="MoE beats a dense FFN at equal active compute", paper="§6.1 (sparsity, Fig. 16); §6.3, Fig. 21",
             quote="MoE achieves the best trade-off, reaching the lowest perplexity (12.49) and highest DPG score "
                   "(0.63), outperforming both the dense model and MoT",
@@ -118,17 +118,17 @@ CLAIMS = {
             evaluation=dict(sources=LOSSES, oracle=TRAINED), show=ARCH,
             tests=[compare("moe", "dense", "text_text_loss", "lower", 0.01, True, primary=True, sd=0.005),
                    compare("moe", "dense", "caption_to_image_flow_loss", "lower", 0.02, True),
-                   compare("moe", "dense", "gen_trained", "higher", 0.03)]),
+                   compare("moe", "dense", "gen_unseen_scenes", "higher", 0.03)]),
     3: dict(title="x-prediction beats v-prediction on high-dimensional latents; on low-dimensional ones its "
                   "advantage shrinks or turns (192 vs 48 channels per token)", paper="§6.1, Fig. 15",
             quote="For RAE (SigLIP 2), x-pred consistently outperforms v-pred on image generation across all "
                   "granularities ... For VAE (FLUX.1), however, ... v-pred scales cleanly",
             arms={f"{p}_{ch}ch": arm(patch_size=ps, prediction=p, mixture=NO_VIDEO)
                   for ch, ps in ((192, 8), (48, 4)) for p in "xv"},
-            evaluation=dict(sources=("caption_to_image",), oracle=("trained", "heldout")), fraction=0.45,
-            show=["caption_to_image_flow_loss", "gen_trained", "gen_heldout"],
-            tests=[compare("x_192ch", "v_192ch", "gen_trained", "higher", 0.05, primary=True, sd=0.05),
-                   compare(("minus", "x_192ch", "v_192ch"), ("minus", "x_48ch", "v_48ch"), "gen_trained", "higher",
+            evaluation=dict(sources=("caption_to_image",), oracle=("unseen_scenes", "held_out_bindings")), fraction=0.45,
+            show=["caption_to_image_flow_loss", "gen_unseen_scenes", "gen_held_out_bindings"],
+            tests=[compare("x_192ch", "v_192ch", "gen_unseen_scenes", "higher", 0.05, primary=True, sd=0.05),
+                   compare(("minus", "x_192ch", "v_192ch"), ("minus", "x_48ch", "v_48ch"), "gen_unseen_scenes", "higher",
                            0.05, primary=True, sd=0.07),
                    compare("x_192ch", "v_192ch", "caption_to_image_flow_loss", "lower", 0.02, True)]),
     4: dict(title="Visual data does not compete with text: text + video matches text alone at equal text tokens",
@@ -155,12 +155,12 @@ CLAIMS = {
                   "both": arm(steps=equal("caption_to_image", "generation"),
                               mixture=shares(caption_to_image=0.5, image_to_caption=0.5))},
             evaluation=dict(sources=("caption_to_image", "image_to_caption"), oracle=TRAINED),
-            show=["caption_to_image_flow_loss", "gen_trained", "image_to_caption_text_loss", "und_trained"],
-            requires=[(("generation", "generation_text", "both"), "gen_trained", "higher", 0.5),   # chance: 0.12
-                      (("understanding", "both"), "und_trained", "higher", 0.5)],
-            tests=[compare("generation_text", "generation", "gen_trained", "higher", 0.03, primary=True, sd=0.03),
-                   compare("both", "generation", "gen_trained", "higher", 0.03, primary=True, sd=0.03),
-                   compare("both", "understanding", "und_trained", "higher", 0.03, primary=True, sd=0.03),
+            show=["caption_to_image_flow_loss", "gen_unseen_scenes", "image_to_caption_text_loss", "caption_unseen_scenes"],
+            requires=[(("generation", "generation_text", "both"), "gen_unseen_scenes", "higher", 0.5),   # chance: 0.12
+                      (("understanding", "both"), "caption_unseen_scenes", "higher", 0.5)],
+            tests=[compare("generation_text", "generation", "gen_unseen_scenes", "higher", 0.03, primary=True, sd=0.03),
+                   compare("both", "generation", "gen_unseen_scenes", "higher", 0.03, primary=True, sd=0.03),
+                   compare("both", "understanding", "caption_unseen_scenes", "higher", 0.03, primary=True, sd=0.03),
                    compare("generation_text", "generation", "caption_to_image_flow_loss", "lower", 0.02, True),
                    compare("both", "understanding", "image_to_caption_text_loss", "lower", 0.02, True)]),
     6: dict(title="Action-free video beats twice the navigation data at equal compute; a small navigation share "
@@ -806,7 +806,7 @@ hand. Procedure, declared before any run:
   ({batches} batches of 16 rows per source, data seed {eval_seed}, never the training seed; Python's source as a
   systematic sample of the held-out files), the same flow noise and flow times (a fixed grid of the training
   distribution's quantiles: with x-prediction a frame near t = 1 weighs up to 400 times more, so random times made
-  the flow loss swing), the same {prompts} oracle prompts of trained bindings (`gen_trained`, `und_trained`) and of
+  the flow loss swing), the same {prompts} oracle prompts of trained bindings (`gen_unseen_scenes`, `caption_unseen_scenes`) and of
   held-out ones (`*_heldout`), the same {episodes} maze episodes. Each arm's seed 0 is re-scored under evaluation
   seed {eval_seed1}; under each claim, how far that moves each primary difference, beside the difference's spread
   over training seeds. (The level of a loss moves more, with which documents are drawn, but alike for every arm.)

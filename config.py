@@ -156,7 +156,7 @@ def load_for_inference(out_dir, device="auto"):
     also carries the checkpoint's step and tracking run id, for commands that report back to the run's tracker."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**ckpt["config"], checkpoint_step=ckpt["step"], tracking_id=ckpt.get("tracking_id", ""))
+    c = SimpleNamespace(**ckpt["config"], checkpoint_step=ckpt.get("step", 0), tracking_id=ckpt.get("tracking_id", ""))
     device = resolve_device(device)
     tok, enc, _, model = build(c, device)
     check_same_model(ckpt["model_args"], vars(model.cfg), path)

@@ -240,8 +240,9 @@ def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
 
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3, video_frames=4,
-                 cfg_dropout=0.1, caption_clean_image=False, nav_view="ray", text_source="toy", video_source="shapes"):
-        self.tok, self.seq_len, self.N = tok, seq_len, tokens_per_frame
+                 cfg_dropout=0.1, caption_clean_image=False, nav_view="ray", text_source="toy", video_source="shapes",
+                 eval_seed=0):
+        self.tok, self.seq_len, self.N, self.eval_seed = tok, seq_len, tokens_per_frame, eval_seed
         self.caption_clean_image, self.text_source, self.video_source = caption_clean_image, text_source, video_source
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
@@ -254,8 +255,8 @@ class ToyWorldData:
         self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
 
     def rng(self, split, *key):
-        """Training draws from the run's seed; held-out data does not depend on it, so every run is scored alike."""
-        return np.random.default_rng([self.seed if split == "train" else 0, SPLITS[split], *key])
+        """Training draws from the run's seed; held-out data from the evaluation's, so every run is scored alike."""
+        return np.random.default_rng([self.seed if split == "train" else self.eval_seed, SPLITS[split], *key])
 
     def scene(self, rng):
         return toyworld.random_scene(rng, self.max_shapes, self.image_size)

@@ -15,16 +15,14 @@ import torch
 import plan
 import routing
 import stdlib_text
-import toyworld
+import toyscores
 import train
 from config import load_for_inference
 from data import ToyWorldData, collate, text_example
 from model import shift_time, training_losses
-from sample import describe, draw
 
 EVAL_SEED = 0
 ROWS = 16            # rows per validation batch
-CHUNK = 64           # prompts sampled at once
 
 
 def validation_data(tok, enc, cfg, source, seed):
@@ -65,30 +63,15 @@ def source_losses(model, tok, enc, cfg, source, batches, seed):
                                                                else {})}
 
 
-def scenes(n, split, cfg, seed):
-    """The oracle's n prompts: scenes of trained bindings ("train") or showing a held-out one ("eval")."""
-    rng = np.random.default_rng([seed, 7, split == "eval"])   # streams training (seed, 0, step, micro) never uses
-    return [toyworld.random_scene(rng, cfg.max_shapes, cfg.image_size, split) for _ in range(n)]
-
-
 @torch.no_grad()
-def oracle_scores(model, tok, enc, cfg, n, seed, kinds=("trained", "heldout")):
-    """The toy world's oracle on n fixed prompts of each kind: generation (caption -> image, scored by what the
-    oracle sees) and understanding (a clean render -> caption) on scenes of trained bindings (`gen_trained`,
-    `und_trained`) and of held-out bindings (`gen_heldout`, `und_heldout`)."""
-    out = {}
-    for name in kinds:
-        split = {"trained": "train", "heldout": "eval"}[name]
-        shown, gen, made, read = scenes(n, split, cfg, seed), torch.Generator().manual_seed(seed), [], []
-        for i in range(0, n, CHUNK):
-            part = shown[i:i + CHUNK]
-            captions = [toyworld.caption(s, cfg.image_size) for s in part]
-            images = enc.decode(draw(model, tok, captions, cfg.sample_steps, cfg.guidance, gen))
-            made += [toyworld.score_image(im, cap) for im, cap in zip(images, captions)]
-            truth = enc.encode(np.stack([toyworld.render(s, cfg.image_size) for s in part]))
-            read += [toyworld.score_caption(w, s, cfg.image_size) for w, s in zip(describe(model, tok, truth), part)]
-        out[f"gen_{name}"], out[f"und_{name}"] = float(np.mean(made)), float(np.mean(read))
-    return out
+def oracle_scores(model, tok, enc, cfg, n, seed, splits=toyscores.SPLITS):
+    """The toy world's oracle (toyscores.py) on the first n items of each held-out split drawn from the evaluation
+    seed: generation (`gen_<split>`: caption -> image) and understanding (`caption_<split>`: a clean render ->
+    caption), on unseen scenes of trained bindings and on held-out bindings."""
+    data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {"caption_to_image": 1, "image_to_caption": 1}, seed,
+                        cfg.image_size, cfg.max_shapes, eval_seed=seed)
+    scores = toyscores.oracle_scores(model, tok, enc, data, cfg, n, torch.Generator().manual_seed(seed), None, splits)
+    return {k: v for k, v in scores.items() if not k.endswith("_ci")}
 
 
 def prediction(model, tok, enc, cfg, episodes, seed):

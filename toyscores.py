@@ -35,14 +35,14 @@ def interval(scores, z=1.96):
     return mean, [float(centre - half), float(centre + half)]
 
 
-def oracle_scores(model, tok, enc, data, c, n, generator, picture=None):
+def oracle_scores(model, tok, enc, data, c, n, generator, picture=None, splits=SPLITS):
     """{task_split: mean, task_split_ci: [lo, hi]} on the first n items of each held-out split, for the tasks the
-    training mixture has (TASKS); with `picture` (a path), a table of the first items: prompts, drawings, truths,
+    data's mixture has (TASKS); with `picture` (a path), a table of the first items: prompts, drawings, truths,
     captions and answers."""
     tasks = {TASKS[s] for s in data.names if s in TASKS}
     device = next(model.parameters()).device
     scores, rows = {}, []
-    for split in SPLITS:
+    for split in splits:
         items = data.held_out(split, n)
         scenes, questions = [s for s, _, _ in items], [q for _, q, _ in items]
         captions = [toyworld.caption(s, c.image_size) for s in scenes]

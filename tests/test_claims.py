@@ -10,6 +10,7 @@ import torch
 
 import claims
 import fixed_eval
+import toyscores
 import paired_stats as ps
 import train
 from config import build, configure
@@ -85,7 +86,7 @@ def tiny_checkpoint(folder, **changes):
 def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, monkeypatch):
     """Two arms (modality FFNs, seed 0; one shared FFN, seed 7): the same validation batches, flow times and noise,
     prompts and sampler noise reach both models."""
-    seen, losses, drawn, bos = {}, fixed_eval.training_losses, fixed_eval.draw, claims.Tokenizer("bytes").bos
+    seen, losses, drawn, bos = {}, fixed_eval.training_losses, toyscores.draw, claims.Tokenizer("bytes").bos
 
     def spy_losses(model, batch, generator=None, times=None):
         seen[key].append((batch["tokens"].clone(), batch["latents"].clone(), times, generator.get_state().clone()))
@@ -97,12 +98,12 @@ def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, mo
         return drawn(model, tok, captions, steps, guidance, generator)
 
     monkeypatch.setattr(fixed_eval, "training_losses", spy_losses)
-    monkeypatch.setattr(fixed_eval, "draw", spy_draw)
+    monkeypatch.setattr(toyscores, "draw", spy_draw)
     sizes = claims.SimpleNamespace(batches=2, prompts=3, episodes=1)
     for key, changes in (("a", dict(seed=0)), ("b", dict(seed=7, ffn="shared"))):
         seen[key] = []
-        fixed_eval.score(tiny_checkpoint(tmp_path / key, **changes), dict(sources=("caption_to_image",),
-                                                                           oracle=("trained", "heldout")), sizes)
+        fixed_eval.score(tiny_checkpoint(tmp_path / key, **changes),
+                         dict(sources=("caption_to_image",), oracle=("unseen_scenes", "held_out_bindings")), sizes)
     assert len(seen["a"]) == len(seen["b"]) == 2 + 2   # two batches, then prompts of trained and held-out bindings
     for x, y in zip(seen["a"], seen["b"]):
         assert all(torch.equal(p, q) if torch.is_tensor(p) else p == q for p, q in zip(x, y))
@@ -132,7 +133,7 @@ def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
     assert sorted(r["run"] for r in first) == ["1/modality", "1/shared"]
     for r in first:
         assert r["suite"] == claims.SUITE and r["seed"] == 0 and r["metrics"]["step"] == 6 and r["machine"]
-        assert {"text_text_loss", "caption_to_image_flow_loss", "gen_trained", "und_trained"} <= set(r["metrics"])
+        assert {"text_text_loss", "caption_to_image_flow_loss", "gen_unseen_scenes", "caption_unseen_scenes"} <= set(r["metrics"])
         assert r["rescored"].keys() == r["metrics"].keys() - {"step", "tokens"}   # seed 0: scored twice
         assert r["settings"]["text_source"] == "stdlib" and r["fingerprint"] == claims.fingerprint(
             claims.arms(1)[r["arm"]], claims.configure(claims.settings(vars(claims)), [*RUN, *paths(tmp_path)]))
