@@ -125,10 +125,12 @@ CLAIMS = {
                   "granularities ... For VAE (FLUX.1), however, ... v-pred scales cleanly",
             arms={f"{p}_{ch}ch": arm(patch_size=ps, prediction=p, mixture=NO_VIDEO)
                   for ch, ps in ((192, 8), (48, 4)) for p in "xv"},
-            evaluation=dict(sources=("caption_to_image",), oracle=("unseen_scenes", "held_out_bindings")), fraction=0.45,
+            evaluation=dict(sources=("caption_to_image",), oracle=("unseen_scenes", "held_out_bindings")),
+            fraction=0.45,
             show=["caption_to_image_flow_loss", "gen_unseen_scenes", "gen_held_out_bindings"],
             tests=[compare("x_192ch", "v_192ch", "gen_unseen_scenes", "higher", 0.05, primary=True, sd=0.05),
-                   compare(("minus", "x_192ch", "v_192ch"), ("minus", "x_48ch", "v_48ch"), "gen_unseen_scenes", "higher",
+                   compare(("minus", "x_192ch", "v_192ch"), ("minus", "x_48ch", "v_48ch"), "gen_unseen_scenes",
+                           "higher",
                            0.05, primary=True, sd=0.07),
                    compare("x_192ch", "v_192ch", "caption_to_image_flow_loss", "lower", 0.02, True)]),
     4: dict(title="Visual data does not compete with text: text + video matches text alone at equal text tokens",
@@ -155,7 +157,8 @@ CLAIMS = {
                   "both": arm(steps=equal("caption_to_image", "generation"),
                               mixture=shares(caption_to_image=0.5, image_to_caption=0.5))},
             evaluation=dict(sources=("caption_to_image", "image_to_caption"), oracle=TRAINED),
-            show=["caption_to_image_flow_loss", "gen_unseen_scenes", "image_to_caption_text_loss", "caption_unseen_scenes"],
+            show=["caption_to_image_flow_loss", "gen_unseen_scenes", "image_to_caption_text_loss",
+                  "caption_unseen_scenes"],
             requires=[(("generation", "generation_text", "both"), "gen_unseen_scenes", "higher", 0.5),   # chance: 0.12
                       (("understanding", "both"), "caption_unseen_scenes", "higher", 0.5)],
             tests=[compare("generation_text", "generation", "gen_unseen_scenes", "higher", 0.03, primary=True, sd=0.03),
@@ -806,8 +809,8 @@ hand. Procedure, declared before any run:
   ({batches} batches of 16 rows per source, data seed {eval_seed}, never the training seed; Python's source as a
   systematic sample of the held-out files), the same flow noise and flow times (a fixed grid of the training
   distribution's quantiles: with x-prediction a frame near t = 1 weighs up to 400 times more, so random times made
-  the flow loss swing), the same {prompts} oracle prompts of trained bindings (`gen_unseen_scenes`, `caption_unseen_scenes`) and of
-  held-out ones (`*_heldout`), the same {episodes} maze episodes. Each arm's seed 0 is re-scored under evaluation
+  the flow loss swing), the same {prompts} oracle prompts of unseen scenes of trained bindings (`gen_unseen_scenes`,
+  `caption_unseen_scenes`) and of held-out bindings (`*_held_out_bindings`), the same {episodes} maze episodes. Each arm's seed 0 is re-scored under evaluation
   seed {eval_seed1}; under each claim, how far that moves each primary difference, beside the difference's spread
   over training seeds. (The level of a loss moves more, with which documents are drawn, but alike for every arm.)
 - **Text that does not saturate**: claims 1, 2 and 4 train on Python's own source as text (`text_source="stdlib"`,

@@ -245,7 +245,8 @@ def measured(path, predicted):
     if "peak_memory_gib" not in steps[-1]:
         return line + "; no peak memory in the log (not a GPU run)"
     peak = max(r["peak_memory_gib"] for r in steps)
-    return line + f"; peak memory {peak:.2f} GiB allocated, predicted {predicted / GIB:.2f} ({peak * GIB / predicted:.2f}x)"
+    ratio = peak * GIB / predicted
+    return line + f"; peak memory {peak:.2f} GiB allocated, predicted {predicted / GIB:.2f} ({ratio:.2f}x)"
 
 
 def report(c, argv):
