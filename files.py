@@ -196,7 +196,6 @@ def save_sharded(path, state, meta, master):
         os.replace(folder + ".tmp", folder)
         sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)}
         save_checkpoint(path, dict(meta, shards=name, shard_sizes=sizes))
-    dist.barrier()   # no process goes on (or exits) before the checkpoint is complete
 
 
 def read_shards(path, ckpt, state):

@@ -45,9 +45,12 @@ def setup_processes(c):
         if run.dev == "cuda":
             run.dev = f"cuda:{local_rank}"
             torch.cuda.set_device(run.dev)
-        # a process that waits longer than this for the others (a hang, a dead peer) stops instead of waiting forever
-        init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",
-                           timeout=datetime.timedelta(seconds=c.dist_timeout_s))
+        # a process that waits longer than this for the others (a hang, a dead peer) stops instead of waiting forever;
+        # a program that made the group itself (tests/test_parallel.py runs many trainings in one) keeps it
+        run.own_group = not torch.distributed.is_initialized()
+        if run.own_group:
+            init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",
+                               timeout=datetime.timedelta(seconds=c.dist_timeout_s))
     if c.gradient_accumulation_steps % run.world:
         raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
                          f"{run.world} processes")
@@ -73,7 +76,7 @@ def processes(c):
     finally:
         for close in run.closing:
             close()
-        if run.ddp and torch.distributed.is_initialized():
+        if run.ddp and run.own_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
@@ -180,6 +183,8 @@ def checkpoint(run, c, model, optimizer):
         save_sharded(run.ckpt_path, dict(model=weights, optimizer=opt), meta, run.master)
     elif run.master:
         save_checkpoint(run.ckpt_path, dict(meta, model=weights, optimizer=opt))
+    if run.ddp:   # no process goes on (or exits, or resumes) before the checkpoint is complete
+        torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------------------------------------------
