@@ -40,8 +40,12 @@ def setup_processes(c):
     if c.parallel not in ("ddp", "fsdp"):
         raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
     if run.ddp:
-        from torch.distributed import init_process_group
         run.rank, run.world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if c.gradient_accumulation_steps % run.world:
+        raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
+                         f"{run.world} processes")
+    if run.ddp:
+        from torch.distributed import init_process_group
         if run.dev == "cuda":
             run.dev = f"cuda:{local_rank}"
             torch.cuda.set_device(run.dev)
@@ -51,9 +55,6 @@ def setup_processes(c):
         if run.own_group:
             init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",
                                timeout=datetime.timedelta(seconds=c.dist_timeout_s))
-    if c.gradient_accumulation_steps % run.world:
-        raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
-                         f"{run.world} processes")
     run.accum, run.master, run.fsdp = c.gradient_accumulation_steps // run.world, run.rank == 0, \
         run.ddp and c.parallel == "fsdp"
     run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
@@ -62,6 +63,7 @@ def setup_processes(c):
     run.autocast = nullcontext() if run.dtype == "float32" else \
         torch.autocast(run.device_type, getattr(torch, run.dtype))
     run.ckpt_path, run.log_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
+    torch.manual_seed(c.seed)   # whatever draws before the model (an encoder's random weights) draws alike everywhere
     return run
 
 
@@ -86,7 +88,10 @@ def processes(c):
 def shard(model, dtype):
     """FSDP2: each block's parameters sharded over the processes and gathered just in time, in `dtype` (bfloat16:
     half the traffic), their gradients reduced in float32."""
+    import warnings
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    # the flow head's output is a view; nothing writes into it in place, which is what the warning is about
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32) if dtype != "float32" else \
         MixedPrecisionPolicy()
     for block in model.blocks:

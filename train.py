@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from config import build, configure, gpu_peak_flops, settings
-from files import append_log, cli, load_checkpoint, save_eval_samples
+from files import append_log, cli, load_checkpoint, save_eval_samples  # noqa: F401 (tests read checkpoints here)
 from parallel import checkpoint, processes, resume_or_start, wrap
 
 # ---- I/O
@@ -304,10 +304,10 @@ def log_progress(run, c, s, loader, data, pbar):
 def main(argv):
     c = configure(DEFAULTS, argv, [__file__])
     with processes(c) as run:   # however the run ends, its loader threads and process group end with it
-        train(run, c)
+        training(run, c)
 
 
-def train(run, c):
+def training(run, c):
     from tqdm import tqdm
     from realdata import Prefetcher
     tok, enc, data, model = build(c, run.dev, meta=True)   # on the meta device: wrap makes it, sharded or whole

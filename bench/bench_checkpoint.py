@@ -2,8 +2,8 @@
 the whole-model gather to process 0 (one torch.save, every process loading the whole file on resume), the time each
 took and the bytes each process wrote.
 
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 bench/bench_checkpoint.py \
-        --d_model=512 --n_layer=8 --n_head=8 --n_kv_head=8 --device=cpu
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 bench/bench_checkpoint.py configs/toy.py \
+        --d_model=512 --n_layer=8 --n_head=8 --n_kv_head=8 --gradient_accumulation_steps=2 --device=cpu
 
 Random weights and one optimizer step (so AdamW's moments exist); each way is timed `rounds` times, the median kept.
 """
@@ -26,7 +26,8 @@ BENCH = dict(rounds=3, folder="")
 
 def written(folder, rank):
     """Bytes this process wrote: its shard file(s), or (gathered) the whole file on process 0."""
-    names = [n for n in os.listdir(folder) if n.startswith(f"__{rank}_") or (rank == 0 and not n.startswith("__"))]
+    names = [n for n in os.listdir(folder) if n.startswith(f"__{rank}_") or (rank == 0 and n in (".metadata",
+                                                                                                "ckpt.pt"))]
     return sum(os.path.getsize(os.path.join(folder, n)) for n in names)
 
 
@@ -53,7 +54,9 @@ def main(argv):
             p.grad = torch.zeros_like(p)
         optimizer.step()
         n = sum(p.numel() for p in model.parameters())
-        root = c.folder or tempfile.mkdtemp(prefix="bench_ckpt_")
+        root = [c.folder or (tempfile.mkdtemp(prefix="bench_ckpt_") if run.master else None)]
+        dist.broadcast_object_list(root)   # one folder for all processes
+        root = root[0]
         sharded, gathered = os.path.join(root, "sharded"), os.path.join(root, "gathered")
         meta = dict(step=1, config=vars(c), model_args=vars(model.cfg), loss_center=None, tokens=0, data_state={})
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)

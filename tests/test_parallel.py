@@ -200,7 +200,7 @@ def test_initialisation_is_gpt2s_in_distribution():
 
 def test_float16_is_refused_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="dtype='float16': use 'bfloat16' or 'float32'.*gradient scaler"):
-        train.main([*TINY, f"--out_dir={tmp_path}", "--dtype=float16"])
+        train.main([*TINY, f"--out_dir={tmp_path}", "--dtype=float16", "--max_iters=1"])
 
 
 if __name__ == "__main__":   # the driver torchrun launches: train.main for each run in turn, in one process group
