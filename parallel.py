@@ -82,6 +82,17 @@ def processes(c):
             torch.distributed.destroy_process_group()
 
 
+def first_on_each_node(run, make):
+    """make() on each node's first process, then on the others: the files it downloads into the cache (encoder
+    weights, a tokenizer) are downloaded once per node, not by every process into the same partial file."""
+    if not run.ddp:
+        return make()
+    first = int(os.environ["LOCAL_RANK"]) == 0
+    made = make() if first else None
+    torch.distributed.barrier()
+    return made if first else make()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The model as it trains: sharded or replicated, made on the device, resumed.
 

@@ -18,7 +18,7 @@ import torch
 
 from config import build, configure, gpu_peak_flops, settings
 from files import append_log, cli, load_checkpoint, save_eval_samples  # noqa: F401 (tests read checkpoints here)
-from parallel import checkpoint, processes, resume_or_start, wrap
+from parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
 
 # ---- I/O
 out_dir = "out/toy"
@@ -310,7 +310,8 @@ def main(argv):
 def training(run, c):
     from tqdm import tqdm
     from realdata import Prefetcher
-    tok, enc, data, model = build(c, run.dev, meta=True)   # on the meta device: wrap makes it, sharded or whole
+    # the model on the meta device: wrap makes it, sharded or whole
+    tok, enc, data, model = first_on_each_node(run, lambda: build(c, run.dev, meta=True))
     model.activation_checkpointing = c.activation_checkpointing
     announce(run, c, model)
     ckpt = resume_or_start(run, c, model, data)

@@ -38,14 +38,15 @@ def args(out_dir, ffn, dtype, max_iters, *extra):
             "--eval_interval=2", "--gradient_accumulation_steps=2", *extra]
 
 
-def torchrun(runs, procs=2):
-    """Every run (a list of train.py arguments) in turn, in one launch of `procs` gloo processes."""
+def torchrun(runs, procs=2, **env):
+    """Every run (a list of train.py arguments) in turn, in one launch of `procs` gloo processes; its exit status."""
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                            os.path.abspath(__file__), json.dumps(runs)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    if done.returncode and not env:
         pytest.fail(f"torchrun exited with {done.returncode}:\n{done.stderr[-4000:]}")
     assert "terminate called" not in done.stderr
+    return done.returncode
 
 
 def logged(out_dir):
@@ -55,9 +56,11 @@ def logged(out_dir):
                                 if "val_text_loss" in r}
 
 
-def assert_same_run(got_dir, want_dir, rel):
-    """The training losses of two runs agree at every step, their validation losses at every evaluation."""
+def assert_same_run(got_dir, want_dir, rel, last=None):
+    """The training losses of two runs agree at every step, their validation losses at every evaluation (up to
+    step `last`, if given)."""
     for got, want in zip(logged(got_dir), logged(want_dir)):
+        got, want = ({s: v for s, v in x.items() if last is None or s <= last} for x in (got, want))
         assert got.keys() == want.keys()
         for step in want:
             assert got[step] == pytest.approx(want[step], rel=rel), (got_dir, step)
@@ -144,6 +147,19 @@ def test_a_damaged_sharded_checkpoint_stops_with_one_line(runs, tmp_path):
             shutil.rmtree(run / "ckpt.shards.4")
         with pytest.raises(SystemExit, match=f"{run}/ckpt.pt {message} .*: the one before is {run}/ckpt.prev.pt"):
             train.main(args(run, "modality", "bfloat16", 6, "--resume"))
+
+
+def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
+    """Process 0 killed after every process wrote its shards of step 4 but before ckpt.pt named them: ckpt.pt is
+    still step 2's, whole, and the run resumes from it (here on one process) as if nothing had happened; the
+    unnamed folder is removed at the next save."""
+    out = tmp_path / "run"
+    flags = ["--parallel=fsdp"]
+    assert torchrun([args(out, "modality", "float32", 4, *flags)], BLM_CRASH_AT="shards:2") != 0
+    assert train.load_checkpoint(str(out / "ckpt.pt"))["step"] == 2 and (out / "ckpt.shards.4.tmp").exists()
+    train.main(args(out, "modality", "float32", 4, "--resume"))
+    assert_same_run(out, runs / "one-modality-float32", 1e-5, last=4)
+    assert sorted(n for n in os.listdir(out) if ".shards." in n) == ["ckpt.shards.2"]   # named by ckpt.prev.pt
 
 
 def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
