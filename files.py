@@ -171,8 +171,9 @@ def named_shards(path):
 
 def drop_unnamed_shards(path):
     import shutil
-    keep = {named_shards(path), named_shards(previous(path))}
-    for name, folder in shard_folders(path).items():
+    folders = shard_folders(path)
+    keep = {named_shards(path), named_shards(previous(path))} if folders else set()
+    for name, folder in folders.items():
         if name not in keep:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -201,11 +202,14 @@ def save_sharded(path, state, meta, master):
 def read_shards(path, ckpt, state):
     """Fills `state` ({"model": ..., "optimizer": ...} of this process's tensors, sharded or whole) from the shard
     folder that checkpoint `path` names; on one process or all of them (collective when there are several)."""
+    import warnings
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     try:
-        dcp.load(state, checkpoint_id=os.path.join(os.path.dirname(path), ckpt["shards"]),
-                 no_dist=not dist.is_initialized())
+        with warnings.catch_warnings():   # on one process it warns that it reads on one process: the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=os.path.join(os.path.dirname(path), ckpt["shards"]),
+                     no_dist=not dist.is_initialized())
     except Exception as e:
         raise SystemExit(f"{path} names shards that cannot be read ({type(e).__name__}): {way_out(path)}")
 
