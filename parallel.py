@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import torch
 
-from config import compile_model, init_model, resolve_device
-from files import (load_checkpoint, previous, read_shards, save_checkpoint, save_sharded, set_log_aside, trim_log)
+from config import compile_model, init_model, load_for_inference, resolve_device
+from files import (check_same_model, load_checkpoint, previous, read_shards, refuse_overwrite, save_checkpoint,
+                   save_sharded, set_log_aside, trim_log)
 
 # what train.py writes into a checkpoint; other keys (a tracking run's id, ...) are carried from one to the next
 KNOWN = {"model", "optimizer", "shards", "shard_sizes", "step", "config", "model_args", "loss_center", "tokens",
@@ -158,7 +159,6 @@ def load_training_state(path, ckpt, model, optimizer, whole):
 def resume_or_start(run, c, model, data):
     """With --resume, reads the checkpoint's step, loss center, tokens seen and data position, and returns it (wrap
     loads its weights); a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
-    from files import check_same_model
     run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
     if c.resume:
         ckpt = load_checkpoint(run.ckpt_path)
@@ -209,8 +209,6 @@ def checkpoint(run, c, model, optimizer):
 def export(out_dir, dest):
     """DEST/ckpt.pt: the weights of out_dir's checkpoint (sharded or not) whole, with its metadata and without the
     optimizer state, read on this one process; sample.py --out_dir=DEST reads it on any machine."""
-    from config import load_for_inference
-    from files import refuse_overwrite
     target = os.path.join(dest, "ckpt.pt")
     refuse_overwrite([target])
     model = load_for_inference(out_dir, "cpu")[0]

@@ -1,7 +1,8 @@
 """The distributed paths on the CPU (gloo under torchrun) against one process: {DDP, FSDP2} x {modality FFN, MoE with
 per-modality shared experts} x {float32, bfloat16 mixed precision} x activation checkpointing off/on, each training,
 evaluating, checkpointing and resuming; resumes across process counts (1 -> 2, 2 -> 1); sharded checkpoints (what
-each process writes, a damaged one, the export for sampling); the initialisation built on the meta device.
+each process writes, a damaged one, one cut short, the export for sampling); the initialisation built on the meta
+device; float16 refused.
 
 One torchrun launch runs every two-process configuration through train.main in turn (this file is its driver), so
 process start-up is paid once."""
@@ -14,12 +15,11 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]   # as the driver under torchrun too
 import train  # noqa: E402
 from test_train import TINY, train_lines  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FFN = {"modality": [], "moe": ["--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--moe_shared=per_modality"]}
 DTYPES = ("float32", "bfloat16")
 MATRIX = [(p, f, d, ac) for p in ("ddp", "fsdp") for f in FFN for d in DTYPES for ac in (False, True)]
