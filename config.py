@@ -13,7 +13,7 @@ import torch
 
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
-from files import check_same_model, load_checkpoint, print_help, run_config_file
+from files import check_same_model, load_checkpoint, print_help, read_shards, run_config_file
 from model import ModelConfig, UnifiedTransformer
 from realdata import ShardData
 
@@ -101,15 +101,26 @@ def keep_freed_memory():
     libc.mallopt(-2, 64 << 20)      # M_TOP_PAD: grow the heap in 64 MiB steps
 
 
-def build(c, device):
-    """Tokenizer, frozen encoder, data source and model for a configuration. A setting that cannot work stops the
+def build(c, device, meta=False):
+    """Tokenizer, frozen encoder, data source and model for a configuration; the model initialised on `device`, or
+    left on the meta device (no memory) to be sharded first (parallel.wrap). A setting that cannot work stops the
     run with a one-line message."""
     if device == "cpu":
         keep_freed_memory()
     try:
-        return _build(c, device)
+        tok, enc, data, model = _build(c, device)
     except ValueError as e:
         raise SystemExit(f"bad configuration: {e}")
+    return tok, enc, data, model if meta or device == "meta" else init_model(model, device, c.seed)
+
+
+def init_model(model, device, seed, fill=None):
+    """The model's weights made on `device` and initialised (model.init_weights) from the seed alone: the same
+    weights on one process and on many, whatever ran before. `fill`: parallel.fill_shard for a sharded model."""
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    model.init_weights(*[fill] if fill else [])
+    return model
 
 
 def _build(c, device):
@@ -133,7 +144,8 @@ def _build(c, device):
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)
-    return tok, enc, data, UnifiedTransformer(mcfg).to(device)
+    with torch.device("meta"):   # weights are made where they will live: init_model, or shards (parallel.wrap)
+        return tok, enc, data, UnifiedTransformer(mcfg)
 
 
 def compile_model(model, device_type):
@@ -160,5 +172,8 @@ def load_for_inference(out_dir, device="auto"):
     device = resolve_device(device)
     tok, enc, _, model = build(c, device)
     check_same_model(ckpt["model_args"], vars(model.cfg), path)
-    model.load_state_dict(ckpt["model"])
+    state = {"model": ckpt["model"]} if "model" in ckpt else {"model": model.state_dict()}
+    if "shards" in ckpt:   # a sharded checkpoint's weights, read whole on this one process
+        read_shards(path, ckpt, state)
+    model.load_state_dict(state["model"])
     return model.eval(), tok, enc, c

@@ -72,58 +72,102 @@ def save_checkpoint(path, obj):
     if os.path.exists(path):
         os.replace(path, previous(path))
     os.replace(tmp, path)
+    drop_unnamed_shards(path)
 
 
-def optimizer_param_names(model, optimizer):
-    """The parameters' names in the optimizer's own order (its state_dict numbers them in this order)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+# Sharded checkpoints (torch.distributed.checkpoint): every process writes its part of the weights and optimizer
+# state into a folder beside the checkpoint, ckpt.shards.<step>; ckpt.pt, written last as above, holds the run's
+# metadata, the folder's name and its files' sizes. A folder that neither ckpt.pt nor ckpt.prev.pt names (a save cut
+# short, a checkpoint rotated out) is removed at the next save.
+
+def shard_folders(path):
+    """{folder name: path} of the shard folders beside checkpoint `path`, finished or not."""
+    stem = os.path.basename(os.path.splitext(path)[0]) + ".shards."
+    where = os.path.dirname(path) or "."
+    return {n: os.path.join(where, n) for n in os.listdir(where) if n.startswith(stem)} if os.path.isdir(where) else {}
 
 
-def full_state(model, optimizer, fsdp):
-    """Whole (unsharded) weights, and optimizer state keyed by parameter name, so that a checkpoint loads on any
-    number of processes, sharded or not."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-    names, sd = optimizer_param_names(model, optimizer), optimizer.state_dict()
-    return model.state_dict(), dict(state={names[i]: s for i, s in sd["state"].items()},
-                                    param_groups=[{**g, "params": [names[i] for i in g["params"]]}
-                                                  for g in sd["param_groups"]])
+def named_shards(path):
+    """The shard folder that checkpoint `path` names, if any (its tensors are not read: mmap)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("shards")
+    except Exception:   # missing or unreadable: it names nothing
+        return None
 
 
-def load_optimizer_state(model, optimizer, state, fsdp):
-    """The inverse of full_state for the optimizer (its weights were loaded before sharding)."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        return set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    optimizer.load_state_dict(dict(state={index[n]: s for n, s in state["state"].items()},
-                                   param_groups=[{**g, "params": [index[n] for n in g["params"]]}
-                                                 for g in state["param_groups"]]))
+def drop_unnamed_shards(path):
+    import shutil
+    folders = shard_folders(path)
+    keep = {named_shards(path), named_shards(previous(path))} if folders else set()
+    for name, folder in folders.items():
+        if name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_sharded(path, state, meta, master):
+    """Every process writes its part of `state` into a new shard folder (nothing is gathered); process 0 then names
+    it in the checkpoint `path`, written as save_checkpoint writes one. Every process calls it."""
+    import shutil
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    name = os.path.basename(os.path.splitext(path)[0]) + f".shards.{meta['step']}"
+    folder = os.path.join(os.path.dirname(path), name)
+    if master and os.path.exists(folder + ".tmp"):   # left by a save that was cut short
+        shutil.rmtree(folder + ".tmp")
+    dist.barrier()
+    dcp.save(state, checkpoint_id=folder + ".tmp")   # returns once every part and the index are written
+    if master:
+        crash_point("shards")
+        if os.path.exists(folder):   # a folder of this step that no checkpoint names: a run that died after it
+            shutil.rmtree(folder)
+        os.replace(folder + ".tmp", folder)
+        sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)}
+        save_checkpoint(path, dict(meta, shards=name, shard_sizes=sizes))
+
+
+def read_shards(path, ckpt, state):
+    """Fills `state` ({"model": ..., "optimizer": ...} of this process's tensors, sharded or whole) from the shard
+    folder that checkpoint `path` names; on one process or all of them (collective when there are several)."""
+    import warnings
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    try:
+        with warnings.catch_warnings():   # on one process it warns that it reads on one process: the intent
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=os.path.join(os.path.dirname(path), ckpt["shards"]),
+                     no_dist=not dist.is_initialized())
+    except Exception as e:
+        raise SystemExit(f"{path} names shards that cannot be read ({type(e).__name__}): {way_out(path)}")
 
 
 def load_checkpoint(path):
     """The checkpoint's dict; a missing or unreadable file stops with one line that names the way out."""
-    prev = previous(path)
-    way_out = (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
-               "start a fresh run with another --out_dir")
     if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: " + (way_out if os.path.isfile(prev) else "train one first "
-                         "(python train.py configs/toy.py) or fix --out_dir"))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not (isinstance(ckpt, dict) and {"model", "config", "model_args"} <= ckpt.keys()):
+        raise SystemExit(f"no checkpoint at {path}: " + (way_out(path) if os.path.isfile(previous(path)) else
+                         "train one first (python train.py configs/toy.py) or fix --out_dir"))
+    try:   # mmap: every process of a run may read the file, but its pages are shared, not copied
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if not (isinstance(ckpt, dict) and {"config", "model_args"} <= ckpt.keys() and
+                ("model" in ckpt or "shards" in ckpt)):
             raise ValueError("not a training checkpoint")
     except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
-        raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out}")
+        raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out(path)}")
     if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
         raise SystemExit(f"{path} is a format {ckpt.get('format', 1)} checkpoint and this code reads format "
                          f"{CHECKPOINT_FORMAT} (files.CHECKPOINT_FORMAT says what changed): train it again, or use "
                          f"the code it was trained with")
+    folder = os.path.join(os.path.dirname(path), ckpt.get("shards", ""))
+    for name, size in ckpt.get("shard_sizes", {}).items():   # a folder cut short or copied in part
+        if not os.path.isfile(os.path.join(folder, name)) or os.path.getsize(os.path.join(folder, name)) != size:
+            raise SystemExit(f"{path} names shards that are missing or cut short ({os.path.join(folder, name)}): "
+                             f"{way_out(path)}")
     return ckpt
+
+
+def way_out(path):
+    prev = previous(path)
+    return (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
+            "start a fresh run with another --out_dir")
 
 
 def read_log(path):

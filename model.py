@@ -343,20 +343,20 @@ class UnifiedTransformer(nn.Module):
         self.activation_checkpointing = False                             # a training option, set by train.py
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
         self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # residual branches scaled down with depth (GPT-2)
-            if name.endswith("wo.weight") or name.endswith("w_down.weight"):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        nn.init.normal_(self.patch_pos, std=0.02)
-        nn.init.zeros_(self.flow_head.weight)
-        nn.init.zeros_(self.flow_head.bias)
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
+    @torch.no_grad()
+    def init_weights(self, fill=lambda p, mean, std: p.normal_(mean, std) if std else p.fill_(mean)):
+        """GPT-2's: weights N(0, 0.02), the residual branches' last projections (wo, w_down) scaled down with depth,
+        biases 0, norms 1, the flow head 0 (it starts out predicting zeros); buffers (the MoE's balance state) 0.
+        fill(p, mean, std) writes a parameter: a sharded model's writes each process's part (parallel.fill_shard)."""
+        for name, p in self.named_parameters():
+            residual = name.endswith(("wo.weight", "w_down.weight", "w_down"))
+            std = 0.0 if name.endswith(("bias", "norm.weight")) or name.startswith("flow_head") else \
+                0.02 / math.sqrt(2 * self.cfg.n_layer) if residual else 0.02
+            fill(p, float(name.endswith("norm.weight")), std)
+        for b in self.buffers():
+            b.zero_()
 
     def forward(self, tokens, doc, frame, vis_idx, zt, t, pos=None, cache=None, commit=True, mask=None, targets=None):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F

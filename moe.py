@@ -118,7 +118,8 @@ class MoEFFN(nn.Module):
 
     def active_params(self):
         """k experts' weights and the router: with k = G, the experts alone equal a 4 d_model FFN's parameters."""
-        return self.k * (self.w_gate_up[0].numel() + self.w_down[0].numel()) + self.router.weight.numel()
+        per_expert = (self.w_gate_up.numel() + self.w_down.numel()) // self.cfg.moe_experts   # shapes: no gather
+        return self.k * per_expert + self.router.weight.numel()
 
 
 def expert_counts(ids, n, weights=None):

@@ -13,14 +13,13 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from config import build, compile_model, configure, gpu_peak_flops, resolve_device, settings
-from files import (check_same_model, cli, full_state, load_checkpoint, load_optimizer_state, previous, save_checkpoint,
-                   set_log_aside, trim_log)
+from config import build, configure, gpu_peak_flops, settings
+from files import cli, load_checkpoint  # noqa: F401 (tests read checkpoints here)
+from parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
 from toyscores import oracle_scores, summary
 from tracking import Tracker, log_progress
 
@@ -116,7 +115,9 @@ device = "auto"               # "auto": cuda if available, else mps, else cpu
 dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
 compile = False               # torch.compile: the whole model on a GPU, each block on the CPU (needs a C++ compiler)
 parallel = "ddp"              # under torchrun: "ddp" (replicated) or "fsdp" (FSDP2, sharded parameters)
+reduce_every_micro_batch = True   # FSDP: gradients stay sharded between micro-batches (False: whole, +4 B/param)
 activation_checkpointing = False   # recompute each block in the backward pass: less memory, ~1/3 more compute
+dist_timeout_s = 1800         # a process waiting this long for the others (a hang, a dead peer) stops the run
 seed = 1337
 peak_flops = 0.0              # accelerator's peak FLOP/s for MFU; 0: look it up from the GPU name
 
@@ -222,93 +223,15 @@ def evaluate(model, tok, enc, data, c, device, step, write=True):
 # The training loop, one named step at a time. `run` holds what changes as it goes (step, loss center, real tokens
 # seen, each micro-batch slot's reading position) beside what the processes are (rank, device, dtype).
 
-def setup_processes(c):
-    """torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps."""
-    run = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1, dev=resolve_device(c.device))
-    if run.ddp:
-        from torch.distributed import init_process_group
-        run.rank, run.world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        if run.dev == "cuda":
-            run.dev = f"cuda:{local_rank}"
-            torch.cuda.set_device(run.dev)
-        init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo")
-    if c.gradient_accumulation_steps % run.world:
-        raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
-                         f"{run.world} processes")
-    if c.parallel not in ("ddp", "fsdp"):
-        raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
-    run.accum, run.master, run.fsdp = c.gradient_accumulation_steps // run.world, run.rank == 0, \
-        run.ddp and c.parallel == "fsdp"
-    run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
-    run.device_type = torch.device(run.dev).type
-    run.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if run.device_type == "cuda" else "float32")
-    run.autocast = nullcontext() if run.dtype == "float32" else \
-        torch.autocast(run.device_type, getattr(torch, run.dtype))
-    run.ckpt_path, run.log_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
-    torch.manual_seed(c.seed)
-    return run
-
-
-def resume_or_start(run, c, model, data):
-    """With --resume, loads the checkpoint's weights, step and data position (and returns it, for the optimizer);
-    a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
-    run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
-    if c.resume:
-        ckpt = load_checkpoint(run.ckpt_path)
-        check_same_model(ckpt["model_args"], vars(model.cfg), run.ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        run.step, run.center, run.seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
-        saved = ckpt.get("data_state", {})
-        if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
-            raise SystemExit(f"{run.ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
-                             f"--gradient_accumulation_steps={saved['n_slots']}")
-        data.load_state(saved.get("slots", {}))
-        if run.master and os.path.exists(run.log_path):  # lines logged after the checkpoint happen again
-            trim_log(run.log_path, run.step)
-    elif found := [p for p in (run.ckpt_path, previous(run.ckpt_path)) if os.path.exists(p)]:
-        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
-    elif run.master and os.path.exists(run.log_path):
-        set_log_aside(run.log_path)
-    if c.init_from and not c.resume:   # a new run from another run's weights: step 0, a fresh optimizer and schedule
-        start = load_checkpoint(os.path.join(c.init_from, "ckpt.pt"))
-        check_same_model(start["model_args"], vars(model.cfg), os.path.join(c.init_from, "ckpt.pt"))
-        model.load_state_dict(start["model"])
-    if run.master:
-        os.makedirs(c.out_dir, exist_ok=True)
-    run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
-    return ckpt
-
-
-def wrap(run, c, model, ckpt):
-    """The model as it trains (FSDP2-sharded or DDP-replicated, compiled if asked) and its optimizer, as resumed."""
-    raw_model = model
-    if run.fsdp:   # FSDP2: each block's parameters sharded over the processes, gathered just in time
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(getattr(torch, run.dtype), reduce_dtype=torch.float32) \
-            if run.dtype != "float32" else MixedPrecisionPolicy()
-        for block in model.blocks:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-    optimizer = configure_optimizer(model, c, run.dev, fused=run.device_type == "cuda" and not run.fsdp)
-    if ckpt is not None:
-        load_optimizer_state(raw_model, optimizer, ckpt["optimizer"], run.fsdp)
-    if c.compile:
-        model = compile_model(model, run.device_type)
-    if run.ddp and not run.fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[torch.device(run.dev).index] if run.device_type == "cuda" else None)
-    return model, optimizer
-
-
 def announce(run, c, raw_model):
     """Prints the model's size and cost; keeps what MFU needs."""
     total, active = raw_model.num_params()
-    tokens = c.batch_size * c.seq_len * c.gradient_accumulation_steps
-    run.flops_per_step = raw_model.flops_per_token(c.seq_len) * tokens
+    tokens, flops = c.batch_size * c.seq_len * c.gradient_accumulation_steps, raw_model.flops_per_token(c.seq_len)
+    run.flops_per_step = flops * tokens
     run.peak = c.peak_flops or (gpu_peak_flops(run.dev) if run.device_type == "cuda" else 0.0)
     if run.master:
         print(f"model: {total / 1e6:.2f}M parameters, {active / 1e6:.2f}M active per token; "
-              f"{raw_model.flops_per_token(c.seq_len) / 1e6:.1f} MFLOPs per token; device {run.dev} {run.dtype}; "
+              f"{flops / 1e6:.1f} MFLOPs per token; device {run.dev} {run.dtype}; "
               f"{run.world} process(es), {tokens} tokens per step")
 
 
@@ -325,8 +248,8 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     for i, micro in enumerate(run.slots):
         made, run.consumed[micro] = loader.next()
         batch = get_batch(data, enc, run.step, micro, c, run.dev, batch=made)
-        if run.fsdp:   # gradients are reduced on the last micro-batch only
-            model.set_requires_gradient_sync(i == run.accum - 1)
+        if run.fsdp:   # gradients reduce-scattered after each micro-batch (sharded), or whole until the last
+            model.set_requires_gradient_sync(c.reduce_every_micro_batch or i == run.accum - 1)
         sync = model.no_sync() if run.ddp and not run.fsdp and i < run.accum - 1 else nullcontext()
         with sync, run.autocast:
             text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, run.step, micro, run.dev))
@@ -359,34 +282,29 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
 
 
-def checkpoint(run, c, raw_model, optimizer):
-    """Weights, optimizer state, step, loss center, tokens seen and every slot's reading position, by process 0."""
-    weights, opt_state = full_state(raw_model, optimizer, run.fsdp)   # collective under FSDP: every rank calls
-    slots = [run.consumed]
-    if run.ddp:
-        slots = [None] * run.world
-        torch.distributed.all_gather_object(slots, run.consumed)
-    if run.master:
-        data_state = dict(step=run.step, n_slots=c.gradient_accumulation_steps,
-                          slots={k: v for s in slots for k, v in s.items()})
-        save_checkpoint(run.ckpt_path, dict(model=weights, optimizer=opt_state, step=run.step, config=vars(c),
-                                            model_args=vars(raw_model.cfg), loss_center=run.center,
-                                            tokens=run.seen, data_state=data_state, tracking_id=run.tracker.run_id))
 
 
 def main(argv):
+    c = configure(DEFAULTS, argv, [__file__])
+    with processes(c) as run:   # however the run ends, its loader threads and process group end with it
+        training(run, c)
+
+
+def training(run, c):
     from tqdm import tqdm
     from realdata import Prefetcher
-    c = configure(DEFAULTS, argv, [__file__])
-    run = setup_processes(c)
-    tok, enc, data, model = build(c, run.dev)
+    # the model on the meta device: wrap makes it, sharded or whole
+    tok, enc, data, model = first_on_each_node(run, lambda: build(c, run.dev, meta=True))
     model.activation_checkpointing = c.activation_checkpointing
+    announce(run, c, model)
     ckpt = resume_or_start(run, c, model, data)
-    run.tracker = Tracker(c, run.log_path, (ckpt or {}).get("tracking_id", ""), run.step) if run.master else None
-    raw_model = model
-    model, optimizer = wrap(run, c, model, ckpt)
-    announce(run, c, raw_model)
+    if run.master:   # metrics.jsonl and its mirrors; the wandb run's id goes into every checkpoint
+        run.tracker = Tracker(c, run.log_path, (ckpt or {}).get("tracking_id", ""), run.step)
+        run.extra["tracking_id"] = run.tracker.run_id
+        run.closing.append(run.tracker.close)
+    raw_model, model, optimizer = wrap(run, c, model, ckpt, lambda m, fused: configure_optimizer(m, c, run.dev, fused))
     loader = Prefetcher(data, run.step, run.slots, c.batch_size, c.prefetch, c.loader_threads)
+    run.closing.append(loader.close)
     pbar = tqdm(total=c.max_iters, initial=run.step, disable=not run.master, dynamic_ncols=True)
     run.t0, run.waited, run.seen_at_log = time.time(), 0.0, run.seen
     while run.step < c.max_iters:
@@ -397,7 +315,8 @@ def main(argv):
             log_progress(run, c, s, loader, data, pbar)
         if run.step % c.eval_interval == 0 or last:
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
-                scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
+                with run.autocast:       # in the precision it trains in (a sharded model's weights are in it)
+                    scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
             if run.master:
                 run.tracker.log(dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
                                      tokens=run.seen, **scores), {"samples": os.path.join(c.out_dir, "samples.png")})
@@ -405,12 +324,6 @@ def main(argv):
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()
     pbar.close()
-    loader.close()
-    if run.master:
-        run.tracker.close()
-    if run.ddp:   # DDP's wrapper holds the process group: drop it, so the group is torn down here, not at exit
-        del model
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import config  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
 from test_sample import reference_draw  # noqa: E402
@@ -23,7 +24,7 @@ from test_sample import reference_draw  # noqa: E402
 def main(argv):
     import test_sample
     c = train.configure(train.DEFAULTS, argv)
-    dev = train.resolve_device(c.device)
+    dev = config.resolve_device(c.device)
     tok, enc, _, model = train.build(c, dev)
     model.eval()
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32

@@ -1,0 +1,242 @@
+"""
+Training on many processes, beside train.py: torchrun's processes set up and torn down, the model replicated (DDP)
+or sharded (FSDP2) after being built on the meta device, so that no process ever holds all of it, and checkpoints
+that every process writes its own part of (torch.distributed.checkpoint), then resumed on any number of processes.
+
+    torchrun --standalone --nproc_per_node=8 train.py configs/real.py --parallel=fsdp
+    python parallel.py export out/real out/real-export    # a sharded checkpoint's weights as one file, for sample.py
+
+A run's checkpoint is out_dir/ckpt.pt. One process, or DDP (every process holds the whole model anyway), writes the
+weights and optimizer state into it; FSDP writes there only the run's metadata and the name of the folder of shards
+beside it (files.save_sharded). Either kind resumes on any number of processes, sharded or not: the data is a
+function of (seed, step, global micro-batch slot), so a run goes on exactly as it would have.
+"""
+import datetime
+import os
+import sys
+from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
+
+import torch
+
+from config import compile_model, init_model, load_for_inference, resolve_device
+from files import (check_same_model, load_checkpoint, previous, read_shards, refuse_overwrite, save_checkpoint,
+                   save_sharded, set_log_aside, trim_log)
+
+# what train.py writes into a checkpoint; other keys (a tracking run's id, ...) are carried from one to the next
+KNOWN = {"model", "optimizer", "shards", "shard_sizes", "step", "config", "model_args", "loss_center", "tokens",
+         "data_state", "format"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The processes: set up from torchrun's environment, torn down however the run ends.
+
+def setup_processes(c):
+    """torchrun sets RANK/WORLD_SIZE; each process takes an equal share of the accumulation steps."""
+    run = SimpleNamespace(ddp=int(os.environ.get("RANK", -1)) != -1, rank=0, world=1, dev=resolve_device(c.device),
+                          extra={}, closing=[])
+    if c.dtype not in ("auto", "float32", "bfloat16"):
+        raise SystemExit(f"dtype={c.dtype!r}: use 'bfloat16' or 'float32' (float16 would need a gradient scaler, "
+                         f"which bfloat16's range makes unnecessary)")
+    if c.parallel not in ("ddp", "fsdp"):
+        raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
+    if run.ddp:
+        run.rank, run.world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if c.gradient_accumulation_steps % run.world:
+        raise SystemExit(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be a multiple of the "
+                         f"{run.world} processes")
+    if run.ddp:
+        from torch.distributed import init_process_group
+        if run.dev == "cuda":
+            run.dev = f"cuda:{local_rank}"
+            torch.cuda.set_device(run.dev)
+        # a process that waits longer than this for the others (a hang, a dead peer) stops instead of waiting forever;
+        # a program that made the group itself (tests/test_parallel.py runs many trainings in one) keeps it
+        run.own_group = not torch.distributed.is_initialized()
+        if run.own_group:
+            init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",
+                               timeout=datetime.timedelta(seconds=c.dist_timeout_s))
+    run.accum, run.master, run.fsdp = c.gradient_accumulation_steps // run.world, run.rank == 0, \
+        run.ddp and c.parallel == "fsdp"
+    run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
+    run.device_type = torch.device(run.dev).type
+    run.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if run.device_type == "cuda" else "float32")
+    run.autocast = nullcontext() if run.dtype == "float32" else \
+        torch.autocast(run.device_type, getattr(torch, run.dtype))
+    run.ckpt_path, run.log_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
+    torch.manual_seed(c.seed)   # whatever draws before the model (an encoder's random weights) draws alike everywhere
+    return run
+
+
+@contextmanager
+def processes(c):
+    """The run's processes (setup_processes) for the block; when it ends, however it ends, the loader threads
+    registered in run.closing are joined and the process group destroyed, so no thread or collective outlives the
+    interpreter (its C++ threads would abort the process: 'terminate called without an active exception')."""
+    run = setup_processes(c)
+    try:
+        yield run
+    finally:
+        for close in run.closing:
+            close()
+        if run.ddp and run.own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def first_on_each_node(run, make):
+    """make() on each node's first process, then on the others: the files it downloads into the cache (encoder
+    weights, a tokenizer) are downloaded once per node, not by every process into the same partial file."""
+    if not run.ddp:
+        return make()
+    first = int(os.environ["LOCAL_RANK"]) == 0
+    made = make() if first else None
+    torch.distributed.barrier()
+    return made if first else make()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model as it trains: sharded or replicated, made on the device, resumed.
+
+def shard(model, dtype):
+    """FSDP2: each block's parameters sharded over the processes and gathered just in time, in `dtype` (bfloat16:
+    half the traffic), their gradients reduced in float32."""
+    import warnings
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    # the flow head's output is a view; nothing writes into it in place, which is what the warning is about
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32) if dtype != "float32" else \
+        MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def fill_shard(p, mean, std):
+    """model.init_weights' fill for a sharded parameter: every process draws the whole tensor (one at a time) from
+    the same seed and keeps its own shard, so the weights equal one process's, whatever the number of processes."""
+    from torch.distributed.tensor import distribute_tensor
+    whole = torch.empty(p.shape, device=p.device)
+    whole.normal_(mean, std) if std else whole.fill_(mean)
+    p.copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None))
+
+
+def wrap(run, c, model, ckpt, make_optimizer):
+    """From the model on the meta device: sharded (FSDP2) first, then made on the device and initialised (each
+    process only its shard), the checkpoint's state loaded into it and its optimizer, then DDP-replicated and
+    compiled if asked. Returns (the model, the model as it trains, its optimizer)."""
+    if run.fsdp:
+        shard(model, run.dtype)
+    init_model(model, run.dev, c.seed, fill_shard if run.fsdp else None)
+    optimizer = make_optimizer(model, fused=run.device_type == "cuda" and not run.fsdp)
+    if ckpt is not None:
+        load_training_state(run.ckpt_path, ckpt, model, optimizer, whole=not run.fsdp)
+    elif run.init_from is not None:   # fine-tuning: another run's weights, this run's own optimizer and schedule
+        load_weights(*run.init_from, model, whole=not run.fsdp)
+    trained = compile_model(model, run.device_type) if c.compile else model
+    if run.ddp and not run.fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        trained = DDP(trained, device_ids=[torch.device(run.dev).index] if run.device_type == "cuda" else None)
+    return model, trained, optimizer
+
+
+def load_training_state(path, ckpt, model, optimizer, whole):
+    """Weights and optimizer state from either kind of checkpoint: from shards, each process reads what it holds;
+    from one file (read with mmap: pages, not copies), each process takes its part of the whole tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    if "shards" in ckpt:
+        weights, opt = get_state_dict(model, optimizer)
+        read_shards(path, ckpt, {"model": weights, "optimizer": opt})
+    elif "optimizer" not in ckpt:
+        raise SystemExit(f"{path} holds weights only (an export for sampling): resume from the run's own out_dir")
+    else:
+        weights, opt = ckpt["model"], ckpt["optimizer"]
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=opt,
+                   options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
+
+
+def load_weights(path, ckpt, model, whole):
+    """A run's weights alone, from either kind of checkpoint (--init_from)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    weights = ckpt.get("model")
+    if "shards" in ckpt:
+        weights = get_model_state_dict(model)
+        read_shards(path, ckpt, {"model": weights})
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resuming and checkpointing a run.
+
+def resume_or_start(run, c, model, data):
+    """With --resume, reads the checkpoint's step, loss center, tokens seen and data position, and returns it (wrap
+    loads its weights); a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
+    run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
+    if c.resume:
+        ckpt = load_checkpoint(run.ckpt_path)
+        check_same_model(ckpt["model_args"], vars(model.cfg), run.ckpt_path)
+        run.step, run.center, run.seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
+        run.extra = {k: v for k, v in ckpt.items() if k not in KNOWN}
+        saved = ckpt.get("data_state", {})
+        if any(saved.get("slots", {}).values()) and saved["n_slots"] != c.gradient_accumulation_steps:
+            raise SystemExit(f"{run.ckpt_path} read its data in {saved['n_slots']} micro-batch slots: resume with "
+                             f"--gradient_accumulation_steps={saved['n_slots']}")
+        data.load_state(saved.get("slots", {}))
+        if run.master and os.path.exists(run.log_path):  # lines logged after the checkpoint happen again
+            trim_log(run.log_path, run.step)
+    elif found := [p for p in (run.ckpt_path, previous(run.ckpt_path)) if os.path.exists(p)]:
+        raise SystemExit(f"{found[0]} exists: pass --resume to continue that run, or --out_dir=... for a new one")
+    elif run.master and os.path.exists(run.log_path):
+        set_log_aside(run.log_path)
+    run.init_from = None
+    if c.init_from and not c.resume:   # a new run from another run's weights (wrap loads them): fine-tuning
+        path = os.path.join(c.init_from, "ckpt.pt")
+        run.init_from = path, load_checkpoint(path)
+        check_same_model(run.init_from[1]["model_args"], vars(model.cfg), path)
+    if run.master:
+        os.makedirs(c.out_dir, exist_ok=True)
+    run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
+    return ckpt
+
+
+def checkpoint(run, c, model, optimizer):
+    """Weights, optimizer state, step, loss center, tokens seen, every slot's reading position and run.extra (kept
+    from the checkpoint resumed). Sharded: every process writes its part; otherwise process 0 writes one file.
+    Every process calls it: the state dicts and the slots' positions are collective."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    weights, opt = get_state_dict(model, optimizer)
+    slots = [run.consumed]
+    if run.ddp:
+        slots = [None] * run.world
+        torch.distributed.all_gather_object(slots, run.consumed)
+    meta = dict(run.extra, step=run.step, config=vars(c), model_args=vars(model.cfg), loss_center=run.center,
+                tokens=run.seen, data_state=dict(step=run.step, n_slots=c.gradient_accumulation_steps,
+                                                 slots={k: v for s in slots for k, v in s.items()}))
+    if run.fsdp:
+        save_sharded(run.ckpt_path, dict(model=weights, optimizer=opt), meta, run.master)
+    elif run.master:
+        save_checkpoint(run.ckpt_path, dict(meta, model=weights, optimizer=opt))
+    if run.ddp:   # no process goes on (or exits, or resumes) before the checkpoint is complete
+        torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# python parallel.py export OUT_DIR DEST: a sharded checkpoint's weights as one file that sample.py reads.
+
+def export(out_dir, dest):
+    """DEST/ckpt.pt: the weights of out_dir's checkpoint (sharded or not) whole, with its metadata and without the
+    optimizer state, read on this one process; sample.py --out_dir=DEST reads it on any machine."""
+    target = os.path.join(dest, "ckpt.pt")
+    refuse_overwrite([target])
+    model = load_for_inference(out_dir, "cpu")[0]
+    meta = {k: v for k, v in load_checkpoint(os.path.join(out_dir, "ckpt.pt")).items()
+            if k not in ("model", "optimizer", "shards", "shard_sizes", "format")}
+    os.makedirs(dest, exist_ok=True)
+    save_checkpoint(target, dict(meta, model=model.state_dict()))
+    print(f"wrote {target}: sample with python sample.py --out_dir={dest}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "export":
+        raise SystemExit("usage: python parallel.py export OUT_DIR DEST")
+    export(sys.argv[2], sys.argv[3])

@@ -1,0 +1,226 @@
+"""The distributed paths on the CPU (gloo under torchrun) against one process: {DDP, FSDP2} x {modality FFN, MoE with
+per-modality shared experts} x {float32, bfloat16 mixed precision} x activation checkpointing off/on, each training,
+evaluating, checkpointing and resuming; resumes across process counts (1 -> 2, 2 -> 1); sharded checkpoints (what
+each process writes, a damaged one, one cut short, the export for sampling); the initialisation built on the meta
+device; float16 refused.
+
+One torchrun launch runs every two-process configuration through train.main in turn (this file is its driver), so
+process start-up is paid once."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]   # as the driver under torchrun too
+import train  # noqa: E402
+from test_train import TINY, train_lines  # noqa: E402
+
+FFN = {"modality": [], "moe": ["--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--moe_shared=per_modality"]}
+DTYPES = ("float32", "bfloat16")
+MATRIX = [(p, f, d, ac) for p in ("ddp", "fsdp") for f in FFN for d in DTYPES for ac in (False, True)]
+
+
+def tolerance(parallel, dtype):
+    """Relative, on every logged loss. DDP runs the very micro-batches one process does, in the same precision
+    (measured: identical); FSDP2 in float32 sums the same gradients in another order (measured: <= 1e-7). FSDP2 in
+    bfloat16 gathers the weights themselves in bfloat16 where one process keeps float32 weights under autocast, so
+    norms, positions and the router see rounded weights (measured: <= 2.1e-3 over 4 steps)."""
+    return 5e-3 if (parallel, dtype) == ("fsdp", "bfloat16") else 1e-5
+
+
+def args(out_dir, ffn, dtype, max_iters, *extra):
+    return [*TINY, f"--out_dir={out_dir}", *FFN[ffn], f"--dtype={dtype}", f"--max_iters={max_iters}",
+            "--eval_interval=2", "--gradient_accumulation_steps=2", *extra]
+
+
+def torchrun(runs, procs=2, **env):
+    """Every run (a list of train.py arguments) in turn, in one launch of `procs` gloo processes; its exit status."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                           os.path.abspath(__file__), json.dumps(runs)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    if done.returncode and not env:
+        pytest.fail(f"torchrun exited with {done.returncode}:\n{done.stderr[-4000:]}")
+    assert "terminate called" not in done.stderr
+    return done.returncode
+
+
+def logged(out_dir):
+    """(training losses by step, validation losses by step) of a run's metrics.jsonl."""
+    lines = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return train_lines(lines), {r["step"]: (r["val_text_loss"], r["val_flow_loss"]) for r in lines
+                                if "val_text_loss" in r}
+
+
+def assert_same_run(got_dir, want_dir, rel, last=None):
+    """The training losses of two runs agree at every step, their validation losses at every evaluation (up to
+    step `last`, if given)."""
+    for got, want in zip(logged(got_dir), logged(want_dir)):
+        got, want = ({s: v for s, v in x.items() if last is None or s <= last} for x in (got, want))
+        assert got.keys() == want.keys()
+        for step in want:
+            assert got[step] == pytest.approx(want[step], rel=rel), (got_dir, step)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The matrix's runs, in one folder: one-{ffn}-{dtype} on one process (to step 2, then resumed to 4); every
+    {parallel}-{ffn}-{dtype}-{checkpointing} on two processes (likewise); from-one-{ffn}-{dtype}, the one-process
+    checkpoints of step 2 resumed on two FSDP processes (one carries an extra metadata key, as a tracker would
+    store); {parallel}-{ffn}-{dtype}-whole, FSDP with gradients reduced once per step."""
+    root = tmp_path_factory.mktemp("runs")
+    for ffn in FFN:
+        for dtype in DTYPES:
+            train.main(args(root / f"one-{ffn}-{dtype}", ffn, dtype, 2))
+            shutil.copytree(root / f"one-{ffn}-{dtype}", root / f"from-one-{ffn}-{dtype}")
+            train.main(args(root / f"one-{ffn}-{dtype}", ffn, dtype, 4, "--resume"))
+    tagged = torch.load(root / "from-one-moe-bfloat16" / "ckpt.pt", weights_only=False)
+    torch.save(dict(tagged, tracking_run_id="run-42"), root / "from-one-moe-bfloat16" / "ckpt.pt")
+    launch = []
+    for p, f, d, ac in MATRIX:
+        flags = [f"--parallel={p}", f"--activation_checkpointing={ac}"]
+        launch += [args(root / f"{p}-{f}-{d}-{ac}", f, d, 2, *flags),
+                   args(root / f"{p}-{f}-{d}-{ac}", f, d, 4, *flags, "--resume")]
+    launch += [args(root / f"from-one-{f}-{d}", f, d, 4, "--parallel=fsdp", "--resume") for f in FFN for d in DTYPES]
+    launch += [args(root / f"fsdp-{f}-{d}-whole", f, d, 4, "--parallel=fsdp", "--reduce_every_micro_batch=False")
+               for f, d in (("modality", "float32"), ("moe", "bfloat16"))]
+    torchrun(launch)
+    return root
+
+
+def test_two_processes_match_one_in_every_configuration(runs):
+    """{DDP, FSDP2} x {modality FFN, MoE} x {float32, bfloat16} x activation checkpointing: training losses at every
+    step and validation losses at both evaluations, across a checkpoint and a resume, as one process logs them."""
+    for p, f, d, ac in MATRIX:
+        assert_same_run(runs / f"{p}-{f}-{d}-{ac}", runs / f"one-{f}-{d}", tolerance(p, d))
+
+
+def test_gradients_reduced_per_step_or_per_micro_batch_agree(runs):
+    """reduce_every_micro_batch=False (whole gradients until the step's last micro-batch) logs what the default
+    (reduce-scattered after every micro-batch) does."""
+    assert_same_run(runs / "fsdp-modality-float32-whole", runs / "fsdp-modality-float32-False", 1e-5)
+    assert_same_run(runs / "fsdp-moe-bfloat16-whole", runs / "fsdp-moe-bfloat16-False", 5e-3)
+
+
+def test_resume_across_process_counts(runs):
+    """1 -> 2: a one-process checkpoint resumed by two FSDP processes; 2 -> 1: a sharded checkpoint resumed by one
+    process. Both go on as the one-process run went on."""
+    for f in FFN:
+        for d in DTYPES:
+            assert_same_run(runs / f"from-one-{f}-{d}", runs / f"one-{f}-{d}", tolerance("fsdp", d))
+        train.main(args(runs / f"one-{f}-float32", f, "float32", 6, "--resume"))
+        train.main(args(runs / f"fsdp-{f}-float32-False", f, "float32", 6, "--resume"))
+        assert_same_run(runs / f"fsdp-{f}-float32-False", runs / f"one-{f}-float32", 1e-5)
+
+
+def test_sharded_checkpoints_each_process_writes_its_part(runs):
+    """Under FSDP, ckpt.pt holds the metadata and names a folder in which each process wrote its own part (of about
+    equal size); the checkpoint before is kept, older folders are gone; metadata a tracker added is carried on."""
+    run = runs / "from-one-moe-bfloat16"
+    ckpt = train.load_checkpoint(str(run / "ckpt.pt"))
+    assert "model" not in ckpt and "optimizer" not in ckpt and ckpt["step"] == 4
+    assert ckpt["tracking_run_id"] == "run-42"
+    assert set(ckpt["data_state"]["slots"]) == {0, 1}
+    parts = {n: os.path.getsize(run / ckpt["shards"] / n) for n in os.listdir(run / ckpt["shards"])}
+    assert {"__0_0.distcp", "__1_0.distcp"} <= parts.keys()
+    assert 0.5 < parts["__0_0.distcp"] / parts["__1_0.distcp"] < 2
+    prev = train.load_checkpoint(str(run / "ckpt.prev.pt"))   # the one-process checkpoint it resumed from
+    assert prev["step"] == 2 and "model" in prev
+    assert sorted(n for n in os.listdir(run) if ".shards." in n) == ["ckpt.shards.4"]
+    run = runs / "fsdp-modality-float32-True"
+    assert sorted(n for n in os.listdir(run) if ".shards." in n) == ["ckpt.shards.2", "ckpt.shards.4"]
+
+
+def test_a_damaged_sharded_checkpoint_stops_with_one_line(runs, tmp_path):
+    for damage, message in (("cut", "names shards that are missing or cut short"),
+                            ("gone", "names shards that are missing or cut short")):
+        run = tmp_path / damage
+        shutil.copytree(runs / "fsdp-modality-bfloat16-False", run)
+        part = run / "ckpt.shards.4" / "__1_0.distcp"
+        if damage == "cut":
+            part.write_bytes(part.read_bytes()[:100])
+        else:
+            shutil.rmtree(run / "ckpt.shards.4")
+        with pytest.raises(SystemExit, match=f"{run}/ckpt.pt {message} .*: the one before is {run}/ckpt.prev.pt"):
+            train.main(args(run, "modality", "bfloat16", 6, "--resume"))
+
+
+def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
+    """Process 0 killed after every process wrote its shards of step 4 but before ckpt.pt named them: ckpt.pt is
+    still step 2's, whole, and the run resumes from it (here on one process) as if nothing had happened; the
+    unnamed folder is removed at the next save."""
+    out = tmp_path / "run"
+    flags = ["--parallel=fsdp"]
+    assert torchrun([args(out, "modality", "float32", 4, *flags)], BLM_CRASH_AT="shards:2") != 0
+    assert train.load_checkpoint(str(out / "ckpt.pt"))["step"] == 2 and (out / "ckpt.shards.4.tmp").exists()
+    train.main(args(out, "modality", "float32", 4, "--resume"))
+    assert_same_run(out, runs / "one-modality-float32", 1e-5, last=4)
+    assert sorted(n for n in os.listdir(out) if ".shards." in n) == ["ckpt.shards.2"]   # named by ckpt.prev.pt
+
+
+def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
+    """parallel.py export: the sharded weights whole in one file, which load_for_inference reads as it reads the
+    sharded checkpoint; it does not resume a run (it holds no optimizer state)."""
+    import config
+    import parallel
+    parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "export"))
+    sharded = config.load_for_inference(str(runs / "fsdp-moe-float32-True"), "cpu")[0].state_dict()
+    single = torch.load(tmp_path / "export" / "ckpt.pt", weights_only=False)
+    assert "optimizer" not in single and single["step"] == 4
+    exported = config.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
+    assert sharded.keys() == exported.keys() and all(torch.equal(sharded[k], exported[k]) for k in sharded)
+    with pytest.raises(SystemExit, match="holds weights only"):
+        train.main(args(tmp_path / "export", "moe", "float32", 6, "--resume"))
+
+
+def test_initialisation_is_gpt2s_in_distribution():
+    """init_weights (what a meta-device model gets, sharded or not) against the initialisation written out as
+    before: zeros and ones exactly, every random tensor's mean and spread within sampling error."""
+    import math
+    from model import ModelConfig, UnifiedTransformer
+    cfg = ModelConfig(d_model=64, n_layer=4, ffn="moe", moe_experts=6, moe_granularity=2)
+    torch.manual_seed(0)
+    reference = UnifiedTransformer(cfg)
+    with torch.no_grad():   # the rule as the model applied it before init_weights existed
+        for m in reference.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.normal_(0, 0.02)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+        for name, p in reference.named_parameters():
+            if name.endswith(("wo.weight", "w_down.weight")):
+                p.normal_(0, 0.02 / math.sqrt(2 * cfg.n_layer))
+            if name.endswith("w_gate_up"):
+                p.normal_(0, 0.02)
+            if name.endswith(".w_down"):
+                p.normal_(0, 0.02 / math.sqrt(2 * cfg.n_layer))
+        reference.patch_pos.normal_(0, 0.02)
+        reference.flow_head.weight.zero_()
+        reference.flow_head.bias.zero_()
+    with torch.device("meta"):
+        model = UnifiedTransformer(cfg)
+    import config
+    model = config.init_model(model, "cpu", seed=1)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        if q.std() == 0:
+            assert torch.equal(p, q), name
+        else:
+            err = 4 / math.sqrt(p.numel())   # the sampling error of a mean and of a spread, in units of the spread
+            assert abs(p.mean() - q.mean()) < err * q.std() and abs(p.std() / q.std() - 1) < 2 * err, name
+    assert all(not b.any() for b in model.buffers())
+
+
+def test_float16_is_refused_with_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="dtype='float16': use 'bfloat16' or 'float32'.*gradient scaler"):
+        train.main([*TINY, f"--out_dir={tmp_path}", "--dtype=float16", "--max_iters=1"])
+
+
+if __name__ == "__main__":   # the driver torchrun launches: train.main for each run in turn, in one process group
+    torch.distributed.init_process_group("gloo")   # made once: a group made again reuses the first one's store keys
+    for run_args in json.loads(sys.argv[1]):
+        train.main(run_args)
+    torch.distributed.destroy_process_group()
