@@ -63,6 +63,8 @@ def test_pack_rows_keeps_examples_whole():
     exs = [text_example(tok, "x" * n) for n in (5, 5, 5, 20)]   # lengths 7, 7, 7, 22
     rows = pack_rows(exs, 24, N)
     assert [len(r) for r in rows] == [3, 1]
+    rows = pack_rows([exs[0], exs[3], exs[1]], 24, N)               # first fit: the last 7 joins the first row
+    assert [[e.length(N) for e in r] for r in rows] == [[7, 7], [22]]
     with pytest.raises(ValueError, match="does not fit"):
         collate([[text_example(tok, "x" * 30)]], 24, N, tok.pad)
 
