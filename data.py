@@ -63,7 +63,7 @@ class Example:
     ids: list
     frames: list = field(default_factory=list)   # one image (uint8 [H, W, 3]) per FRAME; None when generated later
     cond: list = field(default_factory=list)     # per frame: True = clean conditioning input without flow loss
-    learn_from: int = 0                          # text is learned from this index of ids on (a VQA answer)
+    learn: list = None                           # per id, whether it is learned as a target (None: all text is)
 
     def length(self, tokens_per_frame):
         return len(self.ids) + (tokens_per_frame - 1) * len(self.frames)
@@ -87,12 +87,16 @@ def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
     return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
 
 
-def vqa_example(tok, image, question, answer, prompt_only=False):
-    """Understanding as the paper scores it (VQA fine-tuning, §2, App. E.6): a clean image, a question, and the
-    short answer, the only text learned."""
-    ids = [tok.bos, tok.boi, FRAME, tok.eoi, *tok.encode(question)]
-    answer_ids = [] if prompt_only else tok.encode(" " + answer) + [tok.eos]
-    return Example(ids + answer_ids, [image], [True], learn_from=len(ids))
+def vqa_example(tok, image, turns, prompt_only=False):
+    """Understanding as the paper scores it (VQA fine-tuning, §2, App. E.6): a clean image, then a conversation about
+    it, each question followed by its short answer; only the answers are learned. prompt_only: the last answer left
+    for the model to give."""
+    ids, learn = [tok.bos, tok.boi, FRAME, tok.eoi], [False] * 4
+    for k, (question, answer) in enumerate(turns):
+        last, asked = k == len(turns) - 1, tok.encode(question)
+        reply = [] if prompt_only and last else tok.encode(" " + answer) + ([tok.eos] if last else tok.encode("\n"))
+        ids, learn = ids + asked + reply, learn + [False] * len(asked) + [True] * len(reply)
+    return Example(ids, [image], [True], learn)
 
 
 def video_example(tok, frames):
@@ -178,9 +182,10 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
         for d, ex in enumerate(row):
             if p + ex.length(N) > S:
                 raise ValueError(f"example of {ex.length(N)} positions does not fit in seq_len {S}")
-            start, frames, learned = p, iter(zip(ex.frames, ex.cond)), p
+            start, frames, read_only = p, iter(zip(ex.frames, ex.cond)), []
             for i, tok in enumerate(ex.ids):
-                learned = p if i == ex.learn_from else learned   # where the learned text begins
+                if ex.learn is not None and not ex.learn[i]:
+                    read_only.append(p)   # a position whose token is read, not predicted (a VQA question)
                 if tok == FRAME:
                     image, c = next(frames)
                     frame[r, p:p + N] = len(images)
@@ -195,7 +200,7 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
             # a text position learns the next token when that token is text too (BOI is, EOI follows a frame)
             is_text = frame[r, start:p] < 0
             targets[r, start:p - 1] = np.where(is_text[:-1] & is_text[1:], tokens[r, start + 1:p], -1)
-            targets[r, start:max(learned - 1, start)] = -1   # a VQA question is read, not learned
+            targets[r, [q - 1 for q in read_only if q > start]] = -1
     have_images = images and all(im is not None for im in images)
     if have_images and len({str(im.dtype).endswith("uint8") for im in images}) > 1:   # numpy or torch
         raise ValueError("a batch mixes images and pre-encoded latents: pre-encode every visual source or none")
@@ -275,8 +280,9 @@ class ToyWorldData:
             return self.navigation(rng)
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
-        if source == "vqa":
-            return vqa_example(self.tok, image, *toyworld.random_question(rng, scene, self.image_size))
+        if source == "vqa":   # a conversation about the picture: up to 4 different questions
+            turns = dict(toyworld.random_question(rng, scene, self.image_size) for _ in range(4))
+            return vqa_example(self.tok, image, list(turns.items()))
         if source == "image_to_caption":
             return image_to_caption(self.tok, image, text, clean=self.caption_clean_image)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)

@@ -137,16 +137,15 @@ def caption_of(group):
         return None
 
 
-def question_answer(group):
-    """A VQA sample's (question, answer): its .json's "question" and "answer" fields, or the first human and gpt
+def conversation(group):
+    """A VQA sample's [(question, answer), ...]: its .json's "question" and "answer" fields, or the human and gpt
     turns of LLaVA's "conversations" (the <image> marker dropped); None when it has neither."""
     try:
         meta = json.loads(group["json"])
-        if "conversations" in meta:
-            turns = {t["from"]: t["value"] for t in reversed(meta["conversations"][:2])}
-            meta = dict(question=turns["human"].replace("<image>", ""), answer=turns["gpt"])
-        question, answer = meta["question"].strip(), meta["answer"].strip()
-        return (question, answer) if question and answer else None
+        turns = [(meta["question"], meta["answer"])] if "question" in meta else \
+            [(h["value"].replace("<image>", ""), g["value"]) for h, g in zip(*[iter(meta["conversations"])] * 2)]
+        turns = [(q.strip(), a.strip()) for q, a in turns]
+        return turns if turns and all(q and a for q, a in turns) else None
     except (ValueError, AttributeError, KeyError, TypeError):
         return None
 
@@ -298,7 +297,7 @@ class ShardData:
         frames = frame_members(group)
         K = self.video_frames if source == "video" else 1
         frames = frames[:len(frames) // K * K]
-        text = "" if source == "video" else question_answer(group) if source == "vqa" else caption_of(group)
+        text = "" if source == "video" else conversation(group) if source == "vqa" else caption_of(group)
         if text is None or not frames:
             missing = "question" if source == "vqa" else "caption"
             return self.skip(f"no_{missing}" if text is None else "short_video" if K > 1 else "no_image")
@@ -309,7 +308,7 @@ class ShardData:
         if source == "video":
             return [video_example(self.tok, frames[i:i + K]) for i in range(0, len(frames), K)]
         if source == "vqa":
-            return [vqa_example(self.tok, frames[0], *text)]
+            return [vqa_example(self.tok, frames[0], text)]
         if source == "image_to_caption":
             return [image_to_caption(self.tok, frames[0], text, clean=self.caption_clean_image)]
         return [caption_to_image(self.tok, text, frames[0], drop_caption=rng.random() < self.cfg_dropout)]

@@ -216,7 +216,7 @@ def describe(model, tok, latents, max_tokens=96, temperature=0.0, top_k=0, gener
     """Image -> caption, for each image latent [N, C] of latents [B, N, C]; given questions (one per image), the
     answer to each instead (VQA)."""
     prompts = [image_to_caption(tok, z, "", prompt_only=True) if questions is None else
-               vqa_example(tok, z, questions[i], "", prompt_only=True) for i, z in enumerate(latents)]
+               vqa_example(tok, z, [(questions[i], "")], prompt_only=True) for i, z in enumerate(latents)]
     outs = generate(model, tok, prompts, allow_images=False, max_tokens=max_tokens, temperature=temperature,
                     top_k=top_k, generator=generator)
     return [tok.decode(o.ids[len(p.ids):]) for o, p in zip(outs, prompts)]

@@ -57,7 +57,8 @@ def oracle_scores(model, tok, enc, data, c, n, generator, picture=None, splits=S
             scores[f"caption_{split}"] = [toyworld.score_caption(w, s, c.image_size)
                                           for w, s in zip(got["written"], scenes)]
         if "vqa" in tasks:
-            got["answer"] = [a.strip() for a in describe(model, tok, latents, max_tokens=12, questions=questions)]
+            replies = describe(model, tok, latents, max_tokens=12, questions=questions)
+            got["answer"] = [a.split("\n")[0].strip() for a in replies]   # the answer ends its turn
             scores[f"vqa_{split}"] = [float(a == want) for a, (_, _, want) in zip(got["answer"], items)]
         rows += picture_rows(split, got, items, k=4)
     if picture and rows:

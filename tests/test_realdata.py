@@ -291,19 +291,20 @@ def test_pre_encoded_latents_skip_the_encoder(tmp_path):
 
 def test_vqa_samples_from_question_answer_and_llava_json(tmp_path):
     """Fine-tuning data for the understanding protocol: key.jpg + key.json with "question" and "answer", or LLaVA's
-    "conversations" (first human turn, first gpt turn, <image> dropped); the image clean, only the answer learned;
+    "conversations" (human and gpt turns, <image> dropped); the image clean, only the answers learned;
     a sample without a question is skipped and counted."""
-    llava = {"conversations": [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "a cat"}]}
+    llava = {"conversations": [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "a cat"},
+                               {"from": "human", "value": "how many?"}, {"from": "gpt", "value": "one"}]}
     path = write_tar(tmp_path / "vqa.tar", [
         ("0.jpg", encoded(solid(10))), ("0.json", json.dumps({"question": "what color?", "answer": "grey"}).encode()),
         ("1.jpg", encoded(solid(20))), ("1.json", json.dumps(llava).encode()),
         ("2.jpg", encoded(solid(30))), ("2.json", json.dumps({"caption": "no question"}).encode())])
     d = make({"vqa": 1.0}, vqa_data=path)
     tok, exs = Tokenizer(), take("vqa", d)
-    assert [text_of(tok, ex) for ex in exs] == ["what color? grey", "what is it? a cat"]
+    assert [text_of(tok, ex) for ex in exs] == ["what color? grey", "what is it? a cat\nhow many? one"]
     assert all(ex.cond == [True] for ex in exs) and d.stats["no_question"] == 1
-    batch = realdata.collate([[exs[0]]], 64, N, tok.pad)
-    assert tok.decode([t for t in batch["targets"][0] if t >= 0]) == " grey"
+    batch = realdata.collate([[exs[1]]], 64, N, tok.pad)
+    assert tok.decode([t for t in batch["targets"][0] if t >= 0]) == " a cat\n one"     # the answers, their ends
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_vqa_fine_tuning_starts_from_the_checkpoint_keeps_the_encoder_frozen_and
     tok = train.build(train.configure(train.DEFAULTS, TINY), "cpu")[0]
     for batch in seen:
         assert batch["cond"].all()                                       # every image clean
-        for row in batch["targets"].tolist():                             # learned: " answer" EOS, per example
+        for row in batch["targets"].tolist():                  # learned: each " answer" and its end, never a question
             learned = tok.decode([t for t in row if t >= 0])
             assert "?" not in learned and learned.strip()
     assert {"vqa_unseen_scenes", "vqa_held_out_bindings_ci"} <= set(lines[-1])
