@@ -272,9 +272,9 @@ class ToyWorldData:
         if source == "text":   # the world's sentences, or a window of Python's own source (held-out files for val)
             return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes) if self.text_source == "toy"
                                 else stdlib_text.document(rng, split, self.seq_len - 2))
-        if source == "video":   # shapes in motion, or camera motion: walks in training mazes without their actions
-            frames = toyworld.walk_video(rng, self.video_frames, self.image_size, self.nav_view) \
-                if self.video_source == "walks" else toyworld.random_video(rng, self.video_frames, self.image_size)
+        if source == "video":   # shapes in motion, or camera motion: a walk in a training maze without its actions
+            frames = self.walk(rng, self.video_frames)[0] if self.video_source == "walks" else \
+                toyworld.random_video(rng, self.video_frames, self.image_size)
             return video_example(self.tok, frames)
         if source == "navigation":
             return self.navigation(rng)
@@ -287,13 +287,18 @@ class ToyWorldData:
             return image_to_caption(self.tok, image, text, clean=self.caption_clean_image)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
 
-    def navigation(self, rng):
-        """4 frames of a walk in a training maze, the next action as text and its frame (held-out mazes: odd seeds)."""
+    def walk(self, rng, n_frames):
+        """(views [n_frames, H, W, 3], actions [n_frames - 1, 3]) of a walk in a training maze (held-out mazes: odd
+        seeds), random or toward a goal."""
         maze = toyworld.maze_for(rng.integers(2 ** 31))
-        poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), NAV_CONTEXT,
+        poses, actions = toyworld.walk(rng, maze, toyworld.random_pose(rng, maze), n_frames - 1,
                                        goal_directed=rng.random() < 0.5)
-        frames = [toyworld.view(maze, p, self.image_size, self.nav_view) for p in poses]
-        return navigation_example(self.tok, frames[:NAV_CONTEXT], action_text(*actions[-1]), frames[NAV_CONTEXT])
+        return np.stack([toyworld.view(maze, p, self.image_size, self.nav_view) for p in poses]), actions
+
+    def navigation(self, rng):
+        """4 frames of a walk, the next action as text and the frame it leads to."""
+        frames, actions = self.walk(rng, NAV_CONTEXT + 1)
+        return navigation_example(self.tok, list(frames[:NAV_CONTEXT]), action_text(*actions[-1]), frames[NAV_CONTEXT])
 
     def batch(self, step, micro, batch_size, split="train"):
         """Rows for one micro-batch; `micro` is global (rank * accumulation + i): no dependence on the process count."""

@@ -105,9 +105,7 @@ def random_scene(rng: np.random.Generator, max_shapes: int = 3, image_size: int 
             look = random_look(rng, split)
             dx, dy = rng.uniform(-JITTER, JITTER, size=2) * cell
             shapes.append(Shape(*look, float((col + 0.5) * cell + dx), float((row + 0.5) * cell + dy)))
-        in_split = held_out(shapes) if split == "held_out_bindings" else \
-            unseen_scene(shapes, image_size) == (split == "unseen_scenes")
-        if in_split:
+        if held_out(shapes) if split == "held_out_bindings" else unseen_scene(shapes, image_size) == (split != "train"):
             return shapes
 
 
@@ -375,9 +373,8 @@ def random_sentence(rng: np.random.Generator, max_shapes: int = 3) -> str:
     objects = as_tuples(random_scene(rng, max_shapes))
     style = rng.integers(4)
     if style == 1:
-        noun = "shape" if len(objects) == 1 else "shapes"
         listing = " and ".join(phrase(*obj) for obj in objects)
-        return f"i see {NUMBER_WORDS[len(objects)]} {noun}: {listing}."
+        return f"i see {NUMBER_WORDS[len(objects)]} shape{'s' * (len(objects) > 1)}: {listing}."
     if style == 2 and len(objects) >= 2:
         i, j = rng.choice(len(objects), size=2, replace=False)
         return compare(objects[i], objects[j], rng)
@@ -568,10 +565,3 @@ def walk(rng: np.random.Generator, maze: Maze, pose, n_steps: int, goal_directed
         poses.append(move(maze, poses[-1], actions[-1]))
     return np.stack(poses), np.stack(actions)
 
-
-def walk_video(rng: np.random.Generator, n_frames: int = 4, image_size: int = 32, kind: str = "ray") -> np.ndarray:
-    """uint8 [T, H, W, 3]: a walk through a training maze seen without its actions, camera motion alone: the toy
-    world's stand-in for general video, which shows how views move but never says why."""
-    maze = maze_for(rng.integers(2 ** 31))
-    poses, _ = walk(rng, maze, random_pose(rng, maze), n_frames - 1, goal_directed=rng.random() < 0.5)
-    return np.stack([view(maze, p, image_size, kind) for p in poses])

@@ -45,10 +45,10 @@ def test_training_never_draws_a_held_out_file(monkeypatch):
 
 def test_walks_as_video_and_a_bad_source_stops():
     """Action-free camera motion: consecutive views of one walk, as a video example with no text between frames."""
-    frames = toyworld.walk_video(np.random.default_rng(0), 4, 32, "topdown")
-    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8 and (frames[1:] != frames[:-1]).any()
     tok = Tokenizer("bytes")
     data = ToyWorldData(tok, 256, 16, {"video": 1.0}, video_source="walks", nav_view="topdown")
+    frames = data.walk(np.random.default_rng(0), 4)[0]
+    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8 and (frames[1:] != frames[:-1]).any()
     ex = data.example(np.random.default_rng(1))
     assert ex.ids == [tok.bos] + [tok.boi, FRAME, tok.eoi] * 4 + [tok.eos]
     import train
