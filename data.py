@@ -280,9 +280,8 @@ class ToyWorldData:
             return self.navigation(rng)
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
-        if source == "vqa":   # a conversation about the picture: up to 4 different questions
-            turns = dict(toyworld.random_question(rng, scene, self.image_size) for _ in range(4))
-            return vqa_example(self.tok, image, list(turns.items()))
+        if source == "vqa":   # one question per picture: more pictures per step taught more than more questions
+            return vqa_example(self.tok, image, [toyworld.random_question(rng, scene, self.image_size)])
         if source == "image_to_caption":
             return image_to_caption(self.tok, image, text, clean=self.caption_clean_image)
         return caption_to_image(self.tok, text, image, drop_caption=rng.random() < self.cfg_dropout)
