@@ -8,6 +8,7 @@ next-token target (-1 where there is none). Frames travel as images (or pre-enco
 them. A batch is a function of (seed, step, micro-batch index), and for real data (realdata.ShardData) of its
 streams' reading positions, which checkpoints save: resumed runs, on any number of processes, see the same data.
 """
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -19,16 +20,32 @@ import stdlib_text
 import toyworld
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizer: tiktoken. The toy world uses a byte-level encoding built in code (256 byte tokens, no merges), so
-# nothing has to be downloaded; real configs name a standard encoding such as "gpt2" or "cl100k_base".
+# Tokenizer: tiktoken, with encodings built in code so that nothing has to be downloaded: "bytes" (256 byte tokens,
+# no merges) and "toy" (byte-level BPE whose merges are the toy world's words, as a BPE trained on its text would
+# learn them); real configs name a standard encoding such as "gpt2" or "cl100k_base".
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|boi|>", "<|eoi|>", "<|pad|>")
 
 
+@functools.cache
+def toy_ranks():
+    """Byte tokens, then every word of the toy world's text (sentences, captions, questions; with the space before
+    it) as a chain of merges through its prefixes, so that BPE joins it into one token."""
+    rng, ranks = np.random.default_rng(0), {bytes([i]): i for i in range(256)}
+    for _ in range(600):
+        scene = toyworld.random_scene(rng)
+        text = " ".join([toyworld.random_sentence(rng), toyworld.caption(scene), *toyworld.random_question(rng, scene)])
+        for word in re.findall(r" ?[a-z]+", text):
+            for k in range(2, len(word) + 1):
+                ranks.setdefault(word[:k].encode(), len(ranks))
+    return ranks
+
+
 class Tokenizer:
     def __init__(self, name="bytes"):
-        if name == "bytes":
-            base_ranks, pat, specials = {bytes([i]): i for i in range(256)}, r"\S+|\s+", {}
+        if name in ("bytes", "toy"):
+            pat = r"\S+|\s+" if name == "bytes" else r" ?[a-z]+| ?[^\sa-z]+|\s+(?!\S)|\s+"
+            base_ranks, specials = toy_ranks() if name == "toy" else {bytes([i]): i for i in range(256)}, {}
         else:
             try:
                 base = tiktoken.get_encoding(name)

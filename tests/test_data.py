@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import data as data_module
 from data import (FRAME, Example, ToyWorldData, Tokenizer, caption_to_image, collate, image_to_caption, pack_rows,
                   text_example, video_example)
 
@@ -16,6 +17,25 @@ def test_byte_tokenizer_roundtrip_and_specials():
     assert len({tok.bos, tok.eos, tok.boi, tok.eoi, tok.pad}) == 5 and min(tok.bos, tok.pad) >= 256
     assert tok.vocab_size == 261
     assert tok.encode("<|boi|>") == list(b"<|boi|>")   # special tokens never come from plain text
+
+
+def test_toy_tokenizer_makes_each_word_one_token_and_round_trips_anything():
+    """The toy world's byte-level BPE, built in code: every word its sentences, captions and questions use is one
+    token (with or without the space before it), while any other text still encodes, byte by byte, and decodes
+    back exactly."""
+    import re
+    import toyworld
+    tok = Tokenizer("toy")
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        scene = toyworld.random_scene(rng, 3, 32, "held_out_bindings")
+        text = " ".join([toyworld.random_sentence(rng), toyworld.caption(scene),
+                         *toyworld.random_question(rng, scene, 32, "held_out_bindings")])
+        assert tok.decode(tok.encode(text)) == text
+        assert len(tok.encode(text)) == len(re.findall(r" ?[a-z]+| ?[^\sa-z]+", text))   # a token per word
+    for odd in ("Ünïcode ✓ and CAPS", "def f(x):\n    return x  # code", ""):
+        assert tok.decode(tok.encode(odd)) == odd
+    assert tok.vocab_size == len(data_module.toy_ranks()) + 5 and tok.encode("<|eos|>") != [tok.eos]
 
 
 def test_packing_places_boi_eoi_ids_and_targets():
