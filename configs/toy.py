@@ -1,14 +1,14 @@
 # The built-in toy world on a laptop CPU: a 1.5M-parameter unified model learns to draw and describe scenes of one
-# or two coloured shapes in about 7.5 minutes on 2 cores; configs/toy_vqa.py then fine-tunes it on questions.
+# or two coloured shapes in about 8.5 minutes on 2 cores; configs/toy_vqa.py then fine-tunes it on questions.
 #   python train.py configs/toy.py && python train.py configs/toy_vqa.py
 # Every method setting is the paper's; the toy's own were chosen by measurement (docs/toy-world.md, "The recipe").
 out_dir = "out/toy"
-max_iters = 2200
+max_iters = 2500
 warmup_iters = 50
 learning_rate = 2e-3
 batch_size = 8                # small steps, many of them: at this size they teach more per token than rows of 16
 seq_len = 256
-eval_interval = 550
+eval_interval = 625
 # model: 4 layers, d_model 128, a text FFN and a vision FFN (the paper's default layout), GQA 4 q / 2 kv heads
 n_layer = 4
 d_model = 128
