@@ -810,9 +810,10 @@ hand. Procedure, declared before any run:
   systematic sample of the held-out files), the same flow noise and flow times (a fixed grid of the training
   distribution's quantiles: with x-prediction a frame near t = 1 weighs up to 400 times more, so random times made
   the flow loss swing), the same {prompts} oracle prompts of unseen scenes of trained bindings (`gen_unseen_scenes`,
-  `caption_unseen_scenes`) and of held-out bindings (`*_held_out_bindings`), the same {episodes} maze episodes. Each arm's seed 0 is re-scored under evaluation
-  seed {eval_seed1}; under each claim, how far that moves each primary difference, beside the difference's spread
-  over training seeds. (The level of a loss moves more, with which documents are drawn, but alike for every arm.)
+  `caption_unseen_scenes`) and of held-out bindings (`*_held_out_bindings`), the same {episodes} maze episodes.
+  Each arm's seed 0 is re-scored under evaluation seed {eval_seed1}; under each claim, how far that moves each
+  primary difference, beside the difference's spread over training seeds. (The level of a loss moves more, with
+  which documents are drawn, but alike for every arm.)
 - **Text that does not saturate**: claims 1, 2 and 4 train on Python's own source as text (`text_source="stdlib"`,
   stdlib_text.py; held-out files, a tenth of them by a hash of their path, are never drawn in training), and report
   `text_text_loss` on those held-out files. An arm that mixes kinds of documents pays, after BOS, for not knowing
