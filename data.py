@@ -27,11 +27,15 @@ import toyworld
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|boi|>", "<|eoi|>", "<|pad|>")
 
 
+def byte_ranks():
+    return {bytes([i]): i for i in range(256)}
+
+
 @functools.cache
 def toy_ranks():
     """Byte tokens, then every word of the toy world's text (sentences, captions, questions; with the space before
     it) as a chain of merges through its prefixes, so that BPE joins it into one token."""
-    rng, ranks = np.random.default_rng(0), {bytes([i]): i for i in range(256)}
+    rng, ranks = np.random.default_rng(0), byte_ranks()
     for _ in range(600):
         scene = toyworld.random_scene(rng)
         text = " ".join([toyworld.random_sentence(rng), toyworld.caption(scene), *toyworld.random_question(rng, scene)])
@@ -43,9 +47,10 @@ def toy_ranks():
 
 class Tokenizer:
     def __init__(self, name="bytes"):
-        if name in ("bytes", "toy"):
-            pat = r"\S+|\s+" if name == "bytes" else r" ?[a-z]+| ?[^\sa-z]+|\s+(?!\S)|\s+"
-            base_ranks, specials = toy_ranks() if name == "toy" else {bytes([i]): i for i in range(256)}, {}
+        if name == "bytes":
+            base_ranks, pat, specials = byte_ranks(), r"\S+|\s+", {}
+        elif name == "toy":   # a word, with the space before it, is one piece for BPE to join
+            base_ranks, pat, specials = toy_ranks(), r" ?[a-z]+| ?[^\sa-z]+|\s+(?!\S)|\s+", {}
         else:
             try:
                 base = tiktoken.get_encoding(name)
