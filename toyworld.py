@@ -51,8 +51,7 @@ class Shape:
 
 def cell_of(x: float, y: float, image_size: int) -> int:
     """The grid cell (0..8) a point lies in; points outside the image count as the nearest cell."""
-    col = min(max(int(3 * x // image_size), 0), 2)
-    row = min(max(int(3 * y // image_size), 0), 2)
+    row, col = (min(max(int(3 * v // image_size), 0), 2) for v in (y, x))
     return 3 * row + col
 
 
