@@ -15,7 +15,8 @@ A finished run is one line of results/claims.jsonl, committed as it comes (--com
 line is never trained again, and one with a checkpoint but no line resumes from it, so a fresh clone picks up where
 the last session stopped. A line keeps the run's settings and their fingerprint; when the recipe changes (a config
 file, or a claim's declaration), lines of the old one are left out of the table and their runs train anew under
-the new one, so no table mixes two recipes. The suite's first version (two seeds, min-max ranges) is kept in
+the new one, so no table mixes two recipes; when only a claim's evaluation changes, its kept checkpoints are scored
+anew without training. The suite's first version (two seeds, min-max ranges) is kept in
 results/claims-v1.jsonl.
 """
 import functools
@@ -156,7 +157,8 @@ CLAIMS = {
                   "understanding": arm(mixture={"image_to_caption": 1.0}),
                   "both": arm(steps=equal("caption_to_image", "generation"),
                               mixture=shares(caption_to_image=0.5, image_to_caption=0.5))},
-            evaluation=dict(sources=("caption_to_image", "image_to_caption"), oracle=TRAINED),
+            # accuracies of 0.8-0.99: 256 prompts' binomial noise would rival the spread over seeds
+            evaluation=dict(sources=("caption_to_image", "image_to_caption"), oracle=TRAINED, prompts=1024),
             show=["caption_to_image_flow_loss", "gen_unseen_scenes", "image_to_caption_text_loss",
                   "caption_unseen_scenes"],
             requires=[(("generation", "generation_text", "both"), "gen_unseen_scenes", "higher", 0.5),   # chance: 0.12
@@ -189,7 +191,7 @@ CLAIMS = {
             note="For scale: the same analysis of this MoE after 2 training steps (one seed) gives r of 0.85 to 0.89 "
                  "per layer and a text share change of -0.07: a router that has learned nothing already sends the "
                  "image tokens of both tasks alike, so 7b means little unless the trained runs clear that too.",
-            arms={"routing": dict(analyze="2/moe")}, evaluation=dict(routing=True),
+            arms={"routing": dict(analyze="2/moe")}, evaluation=dict(routing=True, batches=256),
             show=["text_share_change", "gen_und_r_min"],
             tests=[compare("routing", 0.0, "text_share_change", "lower", 0.1, primary=True, sd=0.1),
                    compare("routing", 0.9, "gen_und_r_min", "higher", 0.02, primary=True, sd=0.02)]),
@@ -368,9 +370,11 @@ def train_settings(spec, c):
                 eval_interval=max(1, steps // 4), eval_iters=1, eval_samples=1)
 
 
-def fingerprint(spec, c):
+def fingerprint(spec, c, evaluated=True):
     """A digest of everything that makes a run what it is: the config file's own settings, the train.py settings
-    the suite gives it, the fixed evaluation's sizes, and the Python version when its text is Python's source."""
+    the suite gives it, the Python version when its text is Python's source, and (evaluated) the fixed
+    evaluation. A results line carries the whole digest; a checkpoint's folder only the training's, so that a
+    larger evaluation re-scores the kept checkpoints instead of training them again."""
     what = dict(evaluation=[spec["evaluation"], c.eval_batches, c.eval_prompts, c.episodes, fixed_eval.EVAL_SEED])
     if "analyze" in spec:   # an analysis is what it analyses
         k, name = spec["analyze"].split("/")
@@ -380,6 +384,8 @@ def fingerprint(spec, c):
     what.update(config=spec["config"], recipe={k: base[k] for k in sorted(own)}, settings=sets, extra=c.extra)
     if {**base, **sets}.get("text_source") == "stdlib":
         what["python"] = platform.python_version()
+    if not evaluated:
+        del what["evaluation"]
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -398,12 +404,17 @@ def one_thread(cmd, **kw):
 
 
 def out_dir(spec, seed, c):
-    return os.path.join(c.runs_dir, spec["run"].replace("/", os.sep) + "-" + fingerprint(spec, c), f"seed{seed}")
+    name = spec["run"].replace("/", os.sep) + "-" + fingerprint(spec, c, evaluated=False)
+    return os.path.join(c.runs_dir, name, f"seed{seed}")
 
 
 def train_run(spec, seed, where, c):
-    """One train.py process at one thread; resumes when `where` holds a checkpoint. Returns its wall seconds."""
+    """One train.py process at one thread; resumes when `where` holds a checkpoint. Returns its wall seconds (those
+    of the whole training, when it had finished before: its training seconds are kept in `where`)."""
     sets = dict(train_settings(spec, c), seed=seed, out_dir=where)
+    timed = os.path.join(where, "train_s.json")
+    if os.path.exists(timed):   # trained: only the evaluation is new
+        return json.load(open(timed))["train_s"]
     cmd = [sys.executable, "train.py", spec["config"], *(f"--{k}={v}" for k, v in sets.items()), *c.extra.split()]
     cmd += ["--resume"] if os.path.exists(os.path.join(where, "ckpt.pt")) else []
     os.makedirs(where, exist_ok=True)
@@ -412,22 +423,27 @@ def train_run(spec, seed, where, c):
         rc = one_thread(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc:
         raise SystemExit(f"{where}: train.py failed (exit {rc}); see {where}/train.log")
+    write_lines(timed, [json.dumps(dict(train_s=round(time.time() - t0, 1)))])
     return time.time() - t0
 
 
-def sizes(c):
-    return SimpleNamespace(batches=c.eval_batches, prompts=c.eval_prompts, episodes=c.episodes)
+def sizes(c, evaluation):
+    """How much the fixed evaluation scores: the suite's sizes, or a claim's own where its metric needs more."""
+    return SimpleNamespace(batches=evaluation.get("batches", c.eval_batches),
+                           prompts=evaluation.get("prompts", c.eval_prompts),
+                           episodes=evaluation.get("episodes", c.episodes))
 
 
 def measure(spec, seed, c):
     """The fixed evaluation of the run's checkpoint; for seed 0, also under a second evaluation seed (`rescored`),
     which shows how far evaluation noise alone moves each number."""
     where = out_dir(analysed(spec) if "analyze" in spec else spec, seed, c)
-    metrics = fixed_eval.score(where, spec["evaluation"], sizes(c))
+    n = sizes(c, spec["evaluation"])
+    metrics = fixed_eval.score(where, spec["evaluation"], n)
     if "analyze" not in spec:   # how far it trained: steps and real (non-padding) tokens, as train.py logged them
         last = [r for _, r in read_log(os.path.join(where, "metrics.jsonl")) if "tokens" in r][-1]
         metrics.update(step=last["step"], tokens=last["tokens"], **(spec.get("sweep") or {}))
-    rescored = fixed_eval.score(where, spec["evaluation"], sizes(c), fixed_eval.EVAL_SEED + 1) if seed == 0 else None
+    rescored = fixed_eval.score(where, spec["evaluation"], n, fixed_eval.EVAL_SEED + 1) if seed == 0 else None
     return metrics, rescored
 
 
@@ -482,16 +498,15 @@ def run_claims(ks, c):
             return print(f"{run} seed {seed}: not started, it would end after --hours={c.hours}", flush=True)
         if "analyze" in spec and (analysed(spec)["run"], seed) not in current(c)[0]:
             return print(f"{run} seed {seed}: not analysed, {spec['analyze']} has not finished", flush=True)
-        t0 = time.time()
         wall = 0.0 if "analyze" in spec else train_run(spec, seed, out_dir(spec, seed, c), c)
         print(f"{run} seed {seed}: scoring", flush=True)
-        t1 = time.time()
+        t0 = time.time()
         metrics, rescored = measure(spec, seed, c)
         line = dict(suite=SUITE, run=run, claim=int(run.split("/")[0]), arm=run.split("/")[1], seed=seed,
                     fingerprint=fingerprint(spec, c), config=spec.get("config"),
                     settings=train_settings(spec, c) if "config" in spec else {"analyze": spec["analyze"]},
                     extra=c.extra, metrics=metrics, rescored=rescored, eval_seed=fixed_eval.EVAL_SEED,
-                    train_s=round(wall, 1), eval_s=round(time.time() - t1, 1), wall_s=round(time.time() - t0, 1),
+                    train_s=round(wall, 1), eval_s=round(time.time() - t0, 1), wall_s=round(wall + time.time() - t0, 1),
                     machine=machine(), python=platform.python_version(),
                     finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         record(line, c, lock)
@@ -706,11 +721,14 @@ def claim_section(k, rows, got, planned):
     runs = {name: got.get(sp["run"], {}) for name, sp in specs.items()}
     finished = [m for sp in own_runs(k) for m in got.get(sp["run"], {}).values()]
     minutes = sum(m["_wall_s"] for m in finished) / 60
+    larger = ", ".join(f"{v:,} {what}" for what, v in cl["evaluation"].items()
+                       if what in ("batches", "prompts", "episodes"))
     lines = [f"## {k}. {cl['title']}", "", f"Paper ({cl['paper']}): “{cl['quote']}”", "",
              f"Command: `python claims.py --claim={k}`; {len(finished)} runs finished, {minutes:.0f} thread-minutes; "
              f"planned seeds: {planned[k]}.", "",
              "Arms: " + "; ".join(describe_arm(n, sp) for n, sp in specs.items()) + ".", "",
              *([cl["note"], ""] if "note" in cl else []),
+             *([f"Its fixed evaluation is larger than the suite's: {larger}.", ""] if larger else []),
              "| arm | seeds | " + " | ".join(cl["show"]) + " |", "| --- | ---: |" + " ---: |" * len(cl["show"])]
     lines += [f"| {name} | {len(seeds_) or 'pending'} | " +
               " | ".join(mean_sd([m[x] for m in seeds_.values() if x in m]) for x in cl["show"]) + " |"
@@ -810,7 +828,8 @@ hand. Procedure, declared before any run:
   systematic sample of the held-out files), the same flow noise and flow times (a fixed grid of the training
   distribution's quantiles: with x-prediction a frame near t = 1 weighs up to 400 times more, so random times made
   the flow loss swing), the same {prompts} oracle prompts of unseen scenes of trained bindings (`gen_unseen_scenes`,
-  `caption_unseen_scenes`) and of held-out bindings (`*_held_out_bindings`), the same {episodes} maze episodes.
+  `caption_unseen_scenes`) and of held-out bindings (`*_held_out_bindings`), the same {episodes} maze episodes; a
+  claim whose metric needs more says so under its heading (its checkpoints are then re-scored, not retrained).
   Each arm's seed 0 is re-scored under evaluation seed {eval_seed1}; under each claim, how far that moves each
   primary difference, beside the difference's spread over training seeds. (The level of a loss moves more, with
   which documents are drawn, but alike for every arm.)

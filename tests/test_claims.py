@@ -147,17 +147,33 @@ def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
     claims.main(["--claim=1", *RUN, *paths(tmp_path)])
     assert lines(results) == first
 
-    # a run with a checkpoint but no line resumes from it: train.py --resume at max_iters trains no step and writes
-    # no checkpoint (without --resume it would refuse the out_dir), and the run's line comes back
+    # a claim that asks for a larger evaluation re-scores the kept checkpoints (their folder names the training
+    # alone), keeps their training seconds, and its table reads the new lines only
     monkeypatch.undo()
+    monkeypatch.setattr(claims, "one_thread", lambda *a, **k: pytest.fail("a trained run was trained again"))
+    monkeypatch.setitem(claims.CLAIMS[1]["evaluation"], "prompts", 3)
+    claims.main(["--claim=1", *RUN, *paths(tmp_path)])
+    larger = {r["run"]: r for r in lines(results)[2:]}
+    assert larger.keys() == {r["run"] for r in first}
+    for old in first:
+        new = larger[old["run"]]
+        assert new["fingerprint"] != old["fingerprint"] and new["train_s"] == pytest.approx(old["train_s"], abs=0.1)
+        assert new["metrics"]["step"] == old["metrics"]["step"]
+    assert "| modality | 1 |" in open(tmp_path / "claims.md").read()
+    monkeypatch.undo()
+
+    # a run with a checkpoint but no line or training time resumes from it: train.py --resume at max_iters trains
+    # no step and writes no checkpoint (without --resume it would refuse the out_dir), and the run's line comes back
     c = claims.configure(claims.settings(vars(claims)), [*RUN, *paths(tmp_path)])
-    ckpt = os.path.join(claims.out_dir(claims.arms(1)[first[1]["arm"]], 0, c), "ckpt.pt")
+    where = claims.out_dir(claims.arms(1)[first[1]["arm"]], 0, c)
+    os.remove(os.path.join(where, "train_s.json"))
+    ckpt = os.path.join(where, "ckpt.pt")
     stamp = os.path.getmtime(ckpt)
     results.write_text(json.dumps(first[0]) + "\n")
     claims.main(["--claim=1", *RUN, *paths(tmp_path)])
     again = lines(results)
     assert os.path.getmtime(ckpt) == stamp and [r["run"] for r in again] == [r["run"] for r in first]
-    assert again[1]["metrics"] == first[1]["metrics"]
+    assert again[1]["metrics"] == first[1]["metrics"] and again[1]["train_s"] < first[1]["train_s"]
 
 
 def constructed(tmp_path, values, fingerprint=None):
