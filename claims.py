@@ -428,8 +428,9 @@ def train_run(spec, seed, where, c):
         rc = one_thread(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc:
         raise SystemExit(f"{where}: train.py failed (exit {rc}); see {where}/train.log")
-    write_lines(timed, [json.dumps(dict(train_s=round(time.time() - t0, 1)))])
-    return time.time() - t0
+    seconds = time.time() - t0
+    write_lines(timed, [json.dumps(dict(train_s=round(seconds, 1)))])
+    return seconds
 
 
 def sizes(c, evaluation):
@@ -507,11 +508,12 @@ def run_claims(ks, c):
         print(f"{run} seed {seed}: scoring", flush=True)
         t0 = time.time()
         metrics, rescored = measure(spec, seed, c)
+        scoring = time.time() - t0
         line = dict(suite=SUITE, run=run, claim=int(run.split("/")[0]), arm=run.split("/")[1], seed=seed,
                     fingerprint=fingerprint(spec, c), config=spec.get("config"),
                     settings=train_settings(spec, c) if "config" in spec else {"analyze": spec["analyze"]},
                     extra=c.extra, metrics=metrics, rescored=rescored, eval_seed=fixed_eval.EVAL_SEED,
-                    train_s=round(wall, 1), eval_s=round(time.time() - t0, 1), wall_s=round(wall + time.time() - t0, 1),
+                    train_s=round(wall, 1), eval_s=round(scoring, 1), wall_s=round(wall + scoring, 1),
                     machine=machine(), python=platform.python_version(),
                     finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         record(line, c, lock)
