@@ -101,8 +101,8 @@ def nav_share(share):
 # Per claim: the finding (title), where the paper states it (figures named by their captions; the paper's text
 # sometimes calls the same figure by the next number) and in its words (quote); arms; what the fixed evaluation
 # scores (evaluation) and the metrics tabled per arm (show); the comparisons, primary ones first. Optional: common
-# (changes every arm makes), fraction (of the config's max_iters an arm trains: the budget's lever, to be revisited
-# with the pilot on the final recipe), requires ((arms, metric, "lower" or "higher", a number or another metric):
+# (changes every arm makes), fraction (of the config's max_iters an arm trains: the budget's lever; an arm's steps
+# multiply it), requires ((arms, metric, "lower" or "higher", a number or another metric):
 # what every run of those arms must reach for the claim to be tested at all), and a note.
 CLAIMS = {
     1: dict(title="Modality-specific FFNs beat one shared FFN at equal active compute", paper="§2.2, Fig. 3; App. C",
@@ -889,8 +889,8 @@ def write_table(c):
                        budget=BUDGET_HOURS, primaries=sum(t["primary"] for k in CLAIMS for t in CLAIMS[k]["tests"]),
                        fractions="claims " + ", ".join(f"{k}" for k in CLAIMS if "fraction" in CLAIMS[k]) +
                        " train " + ", ".join(f"{cl['fraction']:g}" for cl in CLAIMS.values() if "fraction" in cl) +
-                       " of their config's max_iters (the budget's lever, to be revisited with the pilot on the "
-                       "final recipe)"),
+                       " of their config's max_iters (the budget's lever; an arm that trains a multiple of "
+                       "it says so in its claim's note)"),
             "", f"Machines: {where}." + (f" {stale} lines of the results file were measured under another recipe or "
                                          f"procedure and are left out." if stale else ""), "",
             "| claim | finding | paper | verdict of the primary comparisons | seeds | thread-min |",
