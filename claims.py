@@ -875,7 +875,7 @@ def write_table(c):
         verdicts = [r["verdict"] + ("" if r["test"]["expect"] == "holds" else f" (paper: {r['test']['expect']})")
                     for r in rows if r["claim"] == k and r["test"]["primary"]]
         summary.append(f"| {k} | {CLAIMS[k]['title']} | {CLAIMS[k]['paper']} | **{'; '.join(verdicts)}** | "
-                       f"{max((len(s) for s in (got.get(sp['run'], {}) for sp in arms(k).values())), default=0)} | "
+                       f"{min((len(s) for s in (got.get(sp['run'], {}) for sp in arms(k).values())), default=0)} | "
                        f"{minutes:.0f} |")
     cl8 = CLAIMS[8]
     sections += [f"## 8. {cl8['title']}", "", f"Paper ({cl8['paper']}): “{cl8['quote']}”", "", GPU_RECIPE, "",
