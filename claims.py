@@ -725,7 +725,7 @@ def comparison_row(r):
 
 def claim_section(k, rows, got, planned):
     """Claim k's part of docs/claims.md: the paper's words, arms, their numbers, the comparisons, the evaluation's
-    noise; and its thread-minutes so far."""
+    noise; and its thread-minutes so far and the seeds every arm has (those its comparisons pair)."""
     cl, specs = CLAIMS[k], arms(k)
     runs = {name: got.get(sp["run"], {}) for name, sp in specs.items()}
     finished = [m for sp in own_runs(k) for m in got.get(sp["run"], {}).values()]
@@ -753,7 +753,7 @@ def claim_section(k, rows, got, planned):
         lines += ["", "Evaluation noise: re-scoring seed 0 under evaluation seed 1 moves each primary difference by "
                   + "; ".join(f"{show_diff(x[0], r['test'], '')} ({r['test']['metric']}; its sd over training seeds "
                               f"is {show_diff(x[1], r['test'], '')})" for r, x in checks if x) + "."]
-    return lines + [""], minutes
+    return lines + [""], minutes, min(len(seeds_) for seeds_ in runs.values())
 
 
 def sweep_section(got):
@@ -872,11 +872,10 @@ def write_table(c):
     planned = plan_seeds(c, got)
     summary, sections = [], []
     for k in (k for k in CLAIMS if k != 8):
-        part, minutes = claim_section(k, rows, got, planned)
+        part, minutes, paired = claim_section(k, rows, got, planned)
         sections += part
         verdicts = [r["verdict"] + ("" if r["test"]["expect"] == "holds" else f" (paper: {r['test']['expect']})")
                     for r in rows if r["claim"] == k and r["test"]["primary"]]
-        paired = min((len(got.get(sp["run"], {})) for sp in arms(k).values()), default=0)   # seeds every arm has
         summary.append(f"| {k} | {CLAIMS[k]['title']} | {CLAIMS[k]['paper']} | **{'; '.join(verdicts)}** | "
                        f"{paired} | {minutes:.0f} |")
     cl8 = CLAIMS[8]
