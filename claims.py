@@ -2,8 +2,8 @@
 The paper's findings in miniature, tested. Each claim declares before any run its arms (the toy recipe as
 configs/toy.py, or configs/toy_nav.py, stands, plus the claim's few changes), its comparisons, which of them are
 primary, and for each the smallest effect that matters (delta). Every (arm, seed) is one train.py process at one
-thread; one fixed evaluation scores every run of a claim alike (fixed_eval.py); seeds pair the arms, and
-paired_stats.py turns the per-seed differences into a 95% interval and a verdict, Holm-corrected across the
+thread; one fixed evaluation scores every run of a claim alike (evaluation.py); seeds pair the arms, and
+stats.py turns the per-seed differences into a 95% interval and a verdict, Holm-corrected across the
 suite's primary comparisons. docs/claims.md is written from the results file alone.
 
     python claims.py --seeds=3 --jobs=2        # the pilot: seeds 0-2 of every arm (they count in the suite too)
@@ -34,14 +34,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-import fixed_eval
-import paired_stats
+from findings import evaluation
+from plumbing import stats
 import scaling
 import train
-from config import build, configure, settings
+from plumbing.build import build
+from plumbing.settings import configure, settings
 from data import Tokenizer, ToyWorldData
 from encoders import build_encoder
-from files import cli, read_log, run_config_file, write_lines
+from plumbing.logs import read_log
+from plumbing.outputs import write_lines
+from plumbing.settings import cli, run_config_file
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SUITE = 2                   # the procedure's version, in every results line
@@ -382,7 +385,7 @@ def fingerprint(spec, c, evaluated=True):
     the suite gives it, the Python version when its text is Python's source, and (evaluated) the fixed
     evaluation. A results line carries the whole digest; a checkpoint's folder only the training's, so that a
     larger evaluation re-scores the kept checkpoints instead of training them again."""
-    what = dict(evaluation=[spec["evaluation"], c.eval_batches, c.eval_prompts, c.episodes, fixed_eval.EVAL_SEED])
+    what = dict(evaluation=[spec["evaluation"], c.eval_batches, c.eval_prompts, c.episodes, evaluation.EVAL_SEED])
     if "analyze" in spec:   # an analysis is what it analyses
         k, name = spec["analyze"].split("/")
         return hashlib.sha1(json.dumps([what, fingerprint(arms(k)[name], c)]).encode()).hexdigest()[:8]
@@ -447,11 +450,11 @@ def measure(spec, seed, c):
     which shows how far evaluation noise alone moves each number."""
     where = out_dir(analysed(spec) if "analyze" in spec else spec, seed, c)
     n = sizes(c, spec["evaluation"])
-    metrics = fixed_eval.score(where, spec["evaluation"], n)
+    metrics = evaluation.score(where, spec["evaluation"], n)
     if "analyze" not in spec:   # how far it trained: steps and real (non-padding) tokens, as train.py logged them
         last = [r for _, r in read_log(os.path.join(where, "metrics.jsonl")) if "tokens" in r][-1]
         metrics.update(step=last["step"], tokens=last["tokens"], **(spec.get("sweep") or {}))
-    rescored = fixed_eval.score(where, spec["evaluation"], n, fixed_eval.EVAL_SEED + 1) if seed == 0 else None
+    rescored = evaluation.score(where, spec["evaluation"], n, evaluation.EVAL_SEED + 1) if seed == 0 else None
     return metrics, rescored
 
 
@@ -514,7 +517,7 @@ def run_claims(ks, c):
         line = dict(suite=SUITE, run=run, claim=int(run.split("/")[0]), arm=run.split("/")[1], seed=seed,
                     fingerprint=fingerprint(spec, c), config=spec.get("config"),
                     settings=train_settings(spec, c) if "config" in spec else {"analyze": spec["analyze"]},
-                    extra=c.extra, metrics=metrics, rescored=rescored, eval_seed=fixed_eval.EVAL_SEED,
+                    extra=c.extra, metrics=metrics, rescored=rescored, eval_seed=evaluation.EVAL_SEED,
                     train_s=round(wall, 1), eval_s=round(scoring, 1), wall_s=round(wall + scoring, 1),
                     machine=machine(), python=platform.python_version(),
                     finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -573,13 +576,13 @@ def analysis(got):
     for k in CLAIMS:
         for t in CLAIMS[k]["tests"]:
             d = differences(k, t, got)
-            rows.append(dict(claim=k, test=t, diffs=d, stats=paired_stats.paired(list(d.values()), t["delta"])))
+            rows.append(dict(claim=k, test=t, diffs=d, stats=stats.paired(list(d.values()), t["delta"])))
     primary = [r for r in rows if r["test"]["primary"]]   # all of them: one still pending counts with p = 1
     for key in ("p_zero", "p_equal"):
-        for r, p in zip(primary, paired_stats.holm([r["stats"][key] for r in primary])):
+        for r, p in zip(primary, stats.holm([r["stats"][key] for r in primary])):
             r[key + "_holm"] = p
     for r in rows:
-        r["verdict"] = paired_stats.verdict(r["stats"], r["test"]["delta"], r.get("p_zero_holm"),
+        r["verdict"] = stats.verdict(r["stats"], r["test"]["delta"], r.get("p_zero_holm"),
                                             r.get("p_equal_holm"))
         if r["verdict"] != "pending" and unmet(r["claim"], got):
             r["verdict"] = "inconclusive"   # the models have not learned what the claim is about
@@ -644,7 +647,7 @@ def needed_seeds(k, got):
         d = list(differences(k, t, got, range(PILOT_SEEDS)).values())
         sd = float(np.std(d, ddof=1)) if len(d) == PILOT_SEEDS else t["sd"]
         source = "pilot" if len(d) == PILOT_SEEDS else source
-        n = max(n, paired_stats.seeds_needed(sd, t["delta"]))
+        n = max(n, stats.seeds_needed(sd, t["delta"]))
     return n, source
 
 
@@ -655,7 +658,7 @@ def plan_seeds(c, got=None):
     for k in group:
         need[group[k]] = max(need.get(group[k], 0), needed_seeds(k, got)[0])
         cost[group[k]] = cost.get(group[k], 0.0) + sum(estimate_s(sp, got) for sp in own_runs(k))
-    given = paired_stats.allocate(need, cost, BUDGET_HOURS * 3600)
+    given = stats.allocate(need, cost, BUDGET_HOURS * 3600)
     return {**{k: given[group[k]] for k in group}, 8: 1}
 
 
@@ -832,7 +835,7 @@ hand. Procedure, declared before any run:
   plus each claim's changes, one thread per run; {fractions}. Where a claim adds data, the other arm trains as many
   steps as give it equal in-task positions (measured on packed batches); mixtures given as shares are shares of
   positions.
-- **Fixed evaluation** (fixed_eval.py): every arm and seed of a claim is scored on the same validation examples
+- **Fixed evaluation** (evaluation.py): every arm and seed of a claim is scored on the same validation examples
   ({batches} batches of 16 rows per source, data seed {eval_seed}, never the training seed; Python's source as a
   systematic sample of the held-out files), the same flow noise and flow times (a fixed grid of the training
   distribution's quantiles: with x-prediction a frame near t = 1 weighs up to 400 times more, so random times made
@@ -850,7 +853,7 @@ hand. Procedure, declared before any run:
   document's first target out, and a document then says what it is (Python source, or BOI for video). The toy
   grammar stays where claims need captions (3, 5, 6); its text loss is no claim's metric, and a caption given its
   clean image has an entropy floor of 0 (the caption is a function of the scene).
-- **Statistics** (paired_stats.py): per comparison, per-seed differences a - b (seeds pair the arms; oriented so that +
+- **Statistics** (stats.py): per comparison, per-seed differences a - b (seeds pair the arms; oriented so that +
   means a beats b; relative ones in units of b), a 95% t-interval, and a verdict against δ, the smallest effect that
   matters: *holds* (different from 0, Holm-corrected, on the paper's side, and |mean| ≥ δ), *reversed* (the same,
   other side), *no effect* (the 95% interval inside ±δ, Holm-corrected), *inconclusive* (anything else). Holm runs
@@ -884,7 +887,7 @@ def write_table(c):
     summary.append(f"| 8 | {cl8['title']} | {cl8['paper']} | **GPU recipe** (CPU: a demonstration) | - | - |")
     where = "; ".join(sorted({m["_machine"] for s in got.values() for m in s.values()})) or "-"
     head = ["# The paper's claims in miniature", "",
-            HOW.format(suite=SUITE, eval_seed=fixed_eval.EVAL_SEED, eval_seed1=fixed_eval.EVAL_SEED + 1,
+            HOW.format(suite=SUITE, eval_seed=evaluation.EVAL_SEED, eval_seed1=evaluation.EVAL_SEED + 1,
                        batches=c.eval_batches, prompts=c.eval_prompts, episodes=c.episodes,
                        last_pilot=PILOT_SEEDS - 1, least=LEAST_SEEDS,
                        budget=BUDGET_HOURS, primaries=sum(t["primary"] for k in CLAIMS for t in CLAIMS[k]["tests"]),

@@ -16,7 +16,7 @@ import numpy as np
 import tiktoken
 import torch
 
-import stdlib_text
+from plumbing import stdlib_corpus
 import toyworld
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class ToyWorldData:
         source = self.names[rng.choice(len(self.names), p=self.weights)]
         if source == "text":   # the world's sentences, or a window of Python's own source (held-out files for val)
             return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes) if self.text_source == "toy"
-                                else stdlib_text.document(rng, split, self.seq_len - 2))
+                                else stdlib_corpus.document(rng, split, self.seq_len - 2))
         if source == "video":   # shapes in motion, or camera motion: a walk in a training maze without its actions
             frames = self.walk(rng, self.video_frames)[0] if self.video_source == "walks" else \
                 toyworld.random_video(rng, self.video_frames, self.image_size)
@@ -344,6 +344,6 @@ class ToyWorldData:
     state = load_state = staticmethod(lambda _: None)   # a batch is a function of (seed, step, micro): no state
 
 
-if __name__ == "__main__":   # the data commands live in realdata.py; the old spelling still works
+if __name__ == "__main__":   # the data commands live in plumbing/realdata.py; the old spelling still works
     import runpy
-    runpy.run_module("realdata", run_name="__main__")
+    runpy.run_module("plumbing.realdata", run_name="__main__")

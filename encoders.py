@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from files import read_weights, weights_folder
+from plumbing.hub import read_weights, weights_folder
 
 
 class PixelPatches:

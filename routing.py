@@ -12,9 +12,12 @@ import sys
 import numpy as np
 import torch
 
-from config import configure, load_for_inference, settings
+from plumbing.build import load_for_inference
+from plumbing.settings import configure, settings
 from data import ToyWorldData
-from files import cli, refuse_overwrite, routing_figure
+from plumbing.outputs import refuse_overwrite
+from plumbing.pictures import routing_figure
+from plumbing.settings import cli
 from model import add_noise, sample_time
 from moe import MoEFFN
 from train import get_batch

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 
 import train
-from config import build, configure, settings
-from files import cli, pyplot, read_log, refuse_overwrite, save_figure, write_lines
+from plumbing.build import build
+from plumbing.settings import configure, settings
+from plumbing.logs import read_log
+from plumbing.outputs import refuse_overwrite, write_lines
+from plumbing.pictures import pyplot, save_figure
+from plumbing.settings import cli
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.

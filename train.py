@@ -17,11 +17,13 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from config import build, configure, gpu_peak_flops, settings
-from files import cli, load_checkpoint  # noqa: F401 (tests read checkpoints here)
-from parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
-from toyscores import oracle_scores, summary
-from tracking import Tracker, log_progress
+from plumbing.build import build, gpu_peak_flops
+from plumbing.settings import configure, settings
+from plumbing.checkpoints import load_checkpoint
+from plumbing.settings import cli  # noqa: F401 (tests read checkpoints here)
+from plumbing.parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
+from plumbing.toyscores import oracle_scores, summary
+from plumbing.logs import Tracker, log_progress
 
 # ---- I/O
 out_dir = "out/toy"
@@ -292,7 +294,7 @@ def main(argv):
 
 def training(run, c):
     from tqdm import tqdm
-    from realdata import Prefetcher
+    from plumbing.realdata import Prefetcher
     # the model on the meta device: wrap makes it, sharded or whole
     tok, enc, data, model = first_on_each_node(run, lambda: build(c, run.dev, meta=True))
     model.activation_checkpointing = c.activation_checkpointing

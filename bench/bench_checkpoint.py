@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import parallel  # noqa: E402
+from plumbing import parallel  # noqa: E402
 import train  # noqa: E402
-from files import load_checkpoint, save_checkpoint  # noqa: E402
+from plumbing.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
 BENCH = dict(rounds=3, folder="")
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import realdata  # noqa: E402
+from plumbing import realdata  # noqa: E402
 
 
 def photo(rng, w=500, h=375):

@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
+from plumbing import build  # noqa: E402
 import model  # noqa: E402
 import moe  # noqa: E402
 import train  # noqa: E402
@@ -26,7 +26,7 @@ DEFAULTS = dict(device="auto", dtype="auto", tokens=4096, d_model=256, experts=1
 
 def main(argv):
     c = train.configure(DEFAULTS, argv)
-    dev = config.resolve_device(c.device)
+    dev = build.resolve_device(c.device)
     dtype = getattr(torch, c.dtype if c.dtype != "auto" else "bfloat16" if dev.startswith("cuda") else "float32")
     grouped = moe.GROUPED_MM and (dev.startswith("cuda") or dtype == torch.bfloat16)   # as grouped_swiglu decides
     cfg = model.ModelConfig(d_model=c.d_model, n_head=max(1, c.d_model // 64), n_kv_head=1, ffn="moe",

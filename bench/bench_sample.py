@@ -5,7 +5,7 @@
         --image_size=224 --patch_size=14 --device=cuda         # ~300M parameters, 256 tokens per image
 
 Weights are random (speed does not depend on them); the uncached sampler is the reference the tests compare the
-cached one with (tests/test_sample.py), so both compute the same images.
+cached one with (tests/helpers.py, used by tests/test_sample.py), so both compute the same images.
 """
 import os
 import sys
@@ -14,21 +14,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-import config  # noqa: E402
+from plumbing import build  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
-from test_sample import reference_draw  # noqa: E402
+from tests.helpers import reference_draw  # noqa: E402
 
 
 def main(argv):
-    import test_sample
     c = train.configure(train.DEFAULTS, argv)
-    dev = config.resolve_device(c.device)
+    dev = build.resolve_device(c.device)
     tok, enc, _, model = train.build(c, dev)
     model.eval()
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-    test_sample.N, test_sample.C = model.cfg.tokens_per_frame, model.cfg.latent_dim
     captions = ["a big red circle at the top left and a small blue square at the center"] * 16
     total, active = model.num_params()
     print(f"{total / 1e6:.1f}M parameters, {model.cfg.tokens_per_frame} tokens per image, device {dev} {dtype}")

@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
+from plumbing import build  # noqa: E402
 import train  # noqa: E402
 from model import training_losses  # noqa: E402
 from moe import auxiliary_loss  # noqa: E402
@@ -28,12 +28,12 @@ BENCH = dict(steps=20, warmup=5, repeats=3, top=15, profile_steps=5)
 
 def main(argv):
     c = train.configure({**train.DEFAULTS, **BENCH, "compile": False}, argv)
-    dev = config.resolve_device(c.device)
+    dev = build.resolve_device(c.device)
     torch.manual_seed(c.seed)
     tok, enc, data, model = train.build(c, dev)
     batches = [train.get_batch(data, enc, i, 0, c, dev) for i in range(4)]
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = config.compile_model(model, torch.device(dev).type) if c.compile else model
+    run = build.compile_model(model, torch.device(dev).type) if c.compile else model
     gen = torch.Generator(dev).manual_seed(0)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
 

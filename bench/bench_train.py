@@ -22,9 +22,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
+from plumbing import build  # noqa: E402
 import train  # noqa: E402
-from config import gpu_peak_flops  # noqa: E402
+from plumbing.build import gpu_peak_flops  # noqa: E402
 from model import flex_block_mask, may_attend, training_losses  # noqa: E402
 from moe import auxiliary_loss  # noqa: E402
 
@@ -50,7 +50,7 @@ def timed(fn, steps, warmup, device):
 
 def setup(argv):
     c = train.configure({**train.DEFAULTS, **BENCH, "compile": False}, argv)
-    dev = config.resolve_device(c.device)
+    dev = build.resolve_device(c.device)
     dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if dev.startswith("cuda") else "float32")
     tok, enc, data, model = train.build(c, dev)
     batches = [train.get_batch(data, enc, i, 0, c, dev) for i in range(4)]
@@ -59,7 +59,7 @@ def setup(argv):
 
 def bench_training(c, dev, dtype, model, batches):
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = config.compile_model(model, torch.device(dev).type) if c.compile else model
+    run = build.compile_model(model, torch.device(dev).type) if c.compile else model
     gen = torch.Generator(dev).manual_seed(0)
     state = {"i": 0}
 

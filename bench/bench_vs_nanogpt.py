@@ -24,7 +24,7 @@ from contextlib import nullcontext
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
+from plumbing import build  # noqa: E402
 import train  # noqa: E402
 from data import collate, text_example, to_device  # noqa: E402
 from model import training_losses  # noqa: E402
@@ -58,7 +58,7 @@ def nanogpt_step(c, dev, compile_it):
 
 def our_step(model, batches, c, dev, compile_it):
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = config.compile_model(model, torch.device(dev).type) if compile_it else model
+    run = build.compile_model(model, torch.device(dev).type) if compile_it else model
 
     def step(i):
         text, flow = training_losses(run, batches[i % len(batches)], torch.Generator(dev).manual_seed(i))
@@ -86,7 +86,7 @@ def main(argv):
         raise SystemExit(f"rows={c.rows!r}: use 'text' or 'toy'")
     if c.rows == "toy" and c.mixture == BENCH["mixture"]:
         c.mixture = train.DEFAULTS["mixture"]
-    dev = config.resolve_device(c.device)
+    dev = build.resolve_device(c.device)
     gpu = dev.startswith("cuda")
     torch.manual_seed(c.seed)
     tok, enc, data, model = train.build(c, dev)

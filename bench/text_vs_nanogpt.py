@@ -25,8 +25,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from config import configure  # noqa: E402
-from realdata import prepare_text  # noqa: E402
+from plumbing.settings import configure  # noqa: E402
+from plumbing.realdata import prepare_text  # noqa: E402
 
 BENCH = dict(nanogpt="",                   # a checkout of karpathy/nanoGPT (its train.py, model.py, configurator.py)
              iters=300, device="cpu",

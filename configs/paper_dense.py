@@ -5,7 +5,7 @@
 # paper counts, 1.99B total / 1.09B active by model.num_params (which leaves the embedding table out of active).
 # Data and batch as Appendix E.2 and E.8: 4096-token rows, 512 rows (2.1M tokens) per step, AdamW 3e-4, 1000
 # warmup steps, cosine to 5%; 1T tokens (Appendix C's comparison). The real-data sources are configs/real.py's.
-#   python memplan.py configs/paper_dense.py --gpus=64                      # memory per GPU, time, before a run
+#   python -m plumbing.memplan configs/paper_dense.py --gpus=64                      # memory per GPU, time, before a run
 #   torchrun --nproc_per_node=8 --nnodes=8 ... train.py configs/paper_dense.py
 import os
 

@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from local_hub import Hub, commit_of, hub  # noqa: F401  (the fixture)
+from local_hub import Hub, commit_of
 
 import encoders
-import files
-import realdata
+import plumbing.hub
+from plumbing import pictures
+from plumbing import realdata
 
 
 def test_pixel_patches_round_trip():
@@ -109,7 +110,7 @@ def vit_mae_decoder(tmp_path, latent_dim=40, width=24, grid=4, patch=4):
 def test_rae_decoder_matches_transformers_vit_mae_decoder(tmp_path):
     reference, cls_in = vit_mae_decoder(tmp_path)
     assert any("attention.attention.query" in k for k in torch.load(tmp_path / "rae/model.pt")["model"])
-    config, state = files.read_weights(str(tmp_path / "rae"), "model.pt")
+    config, state = plumbing.hub.read_weights(str(tmp_path / "rae"), "model.pt")
     ours = encoders.RAEDecoder.from_published(config, state, grid=4).eval()
     assert ours.patch == 4 and len(ours.blocks) == 2
     z = torch.randn(3, 16, 40)
@@ -189,10 +190,10 @@ def publish(repo, folder, prefix=""):
 
 
 def test_the_default_encoders_come_from_the_hub_at_their_pinned_commits(hub, tmp_path, monkeypatch):
-    """With weights="" the published defaults are downloaded (through remote.py) at the commit remote.PINNED names
+    """With weights="" the published defaults are downloaded (through plumbing/hub.py) at the commit plumbing.hub.PINNED names
     (here the local hub's), the RAE decoder at main; a VAE's files arrive in one folder that diffusers reads."""
     transformers, diffusers = pytest.importorskip("transformers"), pytest.importorskip("diffusers")
-    import remote
+    import plumbing.hub
     torch.manual_seed(0)
     config = transformers.SiglipVisionConfig(hidden_size=40, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, image_size=16, patch_size=4)
@@ -205,7 +206,7 @@ def test_the_default_encoders_come_from_the_hub_at_their_pinned_commits(hub, tmp
     flux = encoders.VAES["flux"].removesuffix("/vae")
     publish(tower, tmp_path / "tower"), publish(rae, tmp_path / "rae"), publish(flux, tmp_path / "vae", "vae/")
     for repo in (tower, flux):
-        monkeypatch.setitem(remote.PINNED, repo, commit_of(repo))
+        monkeypatch.setitem(plumbing.hub.PINNED, repo, commit_of(repo))
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     enc = encoders.build_encoder("siglip2", 32)
     local = encoders.build_encoder("siglip2", 32, weights=str(tmp_path / "tower"),
@@ -242,12 +243,12 @@ def test_any_image_becomes_square_rgb():
     from PIL import Image
     rgba = np.zeros((20, 40, 4), np.uint8)
     rgba[:, :20] = (255, 0, 0, 255)          # left half opaque red, right half transparent
-    out = files.to_rgb(rgba, 10)
+    out = pictures.to_rgb(rgba, 10)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert (out[5, 0] == (255, 0, 0)).all() and (out[5, -1] == 255).all()   # transparency over white
-    gray = files.to_rgb(np.full((30, 10), 77, np.uint8), 8)
+    gray = pictures.to_rgb(np.full((30, 10), 77, np.uint8), 8)
     assert gray.shape == (8, 8, 3) and (gray == 77).all()
-    assert files.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
+    assert pictures.to_rgb(Image.new("P", (7, 9)), 4).shape == (4, 4, 3)
 
 
 def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
@@ -256,7 +257,7 @@ def test_preencode_turns_image_shards_into_latent_shards(tmp_path):
     import io
     import tarfile
     from PIL import Image
-    from files import load_image
+    from plumbing.pictures import load_image
     rng = np.random.default_rng(0)
 
     def png(array):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import data
-import realdata
+from plumbing import realdata
 import train
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
         "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
         "--eval_iters=1", "--sample_steps=2", "--log_interval=1", "--warmup_iters=2", "--device=cpu"]
@@ -70,7 +70,7 @@ CASES = [
     ("train", T + " --out_dir={w}/withprev --resume", 1, r"{w}/withprev/ckpt.pt is not a readable checkpoint "
      r"\(\w+\): the one before is {w}/withprev/ckpt.prev.pt: copy it to {w}/withprev/ckpt.pt", False),
     ("train", T + " --out_dir={w}/old --resume", 1, r"{w}/old/ckpt.pt is a format 1 checkpoint and this code reads "
-     r"format 2 \(files.CHECKPOINT_FORMAT says what changed\): train it again", False),
+     r"format 2 \(plumbing/checkpoints.py's CHECKPOINT_FORMAT says what changed\): train it again", False),
     ("train", T + " --out_dir={w}/onlyprev --resume", 1, r"no checkpoint at {w}/onlyprev/ckpt.pt: the one before "
      r"is {w}/onlyprev/ckpt.prev.pt", False),
     ("train", T + " --out_dir={w}/onlyprev", 1, r"{w}/onlyprev/ckpt.prev.pt exists: pass --resume", False),
@@ -100,56 +100,57 @@ CASES = [
     ("plan", "--out_dir={w}/run --episodes=0", 1, r"episodes, horizon, .* must be >= 1", False),
     ("plan", "{w}/syntax.py", 1, r"config file {w}/syntax.py, line 2: SyntaxError", False),
     # data.py: inputs that hold no text, outputs already there, all or nothing
-    ("realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
      r"{w}/shards/text_000000.bin exists: pass --overwrite", False),
-    ("realdata", "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"data.py prepare-text: {w}/empty.txt holds no text", False),
-    ("realdata", "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"{w}/blank.txt holds no text", False),
     ("data", "prepare-text --inputs={w}/binary.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"data.py prepare-text: {w}/binary.txt is not UTF-8 text \(invalid start byte\)", True),
-    ("realdata", "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/nul.txt is not UTF-8 text \(a NUL byte\)", False),
-    ("realdata", "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/latin1.txt is not UTF-8 text", False),
-    ("realdata", "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/notext.jsonl holds no text", False),
-    ("realdata", "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/empty.txt holds no text", False),
-    ("realdata", "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
+    ("plumbing.realdata", "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
      False),
-    ("realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
+    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
      r"unexpected keyword argument 'shards'", False),
-    ("realdata", "prepare-txt", 1, r"usage: python realdata.py prepare-text \| download-fineweb", False),
-    # realdata.py preencode
-    ("realdata", "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
-     r"realdata.py preencode: cannot open shard {w}/binary.txt", True),
-    ("realdata", "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
-    ("realdata", "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
+    ("plumbing.realdata", "prepare-txt", 1, r"usage: python -m plumbing.realdata prepare-text \| download-fineweb", False),
+    # plumbing/realdata.py preencode
+    ("plumbing.realdata", "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
+     r"python -m plumbing.realdata preencode: cannot open shard {w}/binary.txt", True),
+    ("plumbing.realdata", "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
+    ("plumbing.realdata", "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
      False),
-    ("realdata", "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
+    ("plumbing.realdata", "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
     # scaling.py and routing.py
     ("scaling", "plan configs/toy.py --sweep_dir={w}/sweep", 1, r"{w}/sweep/plan.jsonl exists: pass --overwrite",
      False),
     ("scaling", "fit --sweep_dir={w}/nosweep", 1, r"no plan.jsonl in {w}/nosweep", False),
     ("scaling", "plan {w}/zero.py", 1, r"config file {w}/zero.py, line 1: ZeroDivisionError", False),
     ("routing", "--out_dir={w}/cut", 1, NOT_CKPT.replace("{d}", "cut"), False),
-    # image_metrics.py
-    ("image_metrics", "--out_dir={w}/run --mode=fid", 1, r"unknown mode 'fid': use score or geneval", False),
-    ("image_metrics", "--out_dir={w}/run --pool=max", 1, r"pool='max': use mean or flat", False),
-    ("image_metrics", "--out_dir={w}/run --mode=geneval", 1, r"geneval mode needs --prompts=", False),
-    ("image_metrics", "--out_dir={w}/run --mode=geneval --prompts={w}/good.txt --out={w}/g", 1,
+    # plumbing/image_metrics.py
+    ("plumbing.image_metrics", "--out_dir={w}/run --mode=fid", 1, r"unknown mode 'fid': use score or geneval", False),
+    ("plumbing.image_metrics", "--out_dir={w}/run --pool=max", 1, r"pool='max': use mean or flat", False),
+    ("plumbing.image_metrics", "--out_dir={w}/run --mode=geneval", 1, r"geneval mode needs --prompts=", False),
+    ("plumbing.image_metrics", "--out_dir={w}/run --mode=geneval --prompts={w}/good.txt --out={w}/g", 1,
      r"--prompts='{w}/good.txt': not GenEval's evaluation_metadata.jsonl \(JSONDecodeError", False),
-    ("image_metrics", "--out_dir={w}/run --images={w}/nope.tar --out={w}/m", 1, r"no file matches '{w}/nope.tar'",
+    ("plumbing.image_metrics", "--out_dir={w}/run --images={w}/nope.tar --out={w}/m", 1, r"no file matches '{w}/nope.tar'",
      False),
-    ("image_metrics", "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt", False),
+    ("plumbing.image_metrics", "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt", False),
 ]
 
 
 def run_command(name, argv, subprocess_=False):
     """(exit code, last line printed): in a subprocess, as the user sees it; or main(argv) in this process."""
     if subprocess_:
-        done = subprocess.run([sys.executable, f"{name}.py", *argv], cwd=ROOT, capture_output=True, text=True,
+        command = ["-m", name] if "." in name else [f"{name}.py"]
+        done = subprocess.run([sys.executable, *command, *argv], cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
         return done.returncode, (done.stdout + done.stderr).strip().splitlines()[-1]
     try:
@@ -175,10 +176,10 @@ def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name
     ("sample", "-h", ["--num_samples=8", "--overwrite=False", "replace the pictures"]),
     ("plan", "--help", ["--horizon=6", "planning steps (NWM: 8)"]),
     ("scaling", "plan --help", ["--depths=2,3,4,6", "--learning_rate=0.0003", "the sweep's compute budgets"]),
-    ("realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
-    ("realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
+    ("plumbing.realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
+    ("plumbing.realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
     ("routing", "--help", ["--batches=8"]),
-    ("image_metrics", "--help", ["--resamples=200", "bootstrap resamples"]),
+    ("plumbing.image_metrics", "--help", ["--resamples=200", "bootstrap resamples"]),
 ])
 def test_every_command_answers_help(capsys, name, args, expect):
     assert run_command(name, args.split())[0] == 0

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from data import Tokenizer, collate, text_example, to_device
 from model import apply_rope, dense_mask, plain_causal, rope_angles, timestep_embedding, training_losses
-from test_model import N, C, mixed_row, tiny
+from helpers import C, N, mixed_row, tiny
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 

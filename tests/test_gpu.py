@@ -4,11 +4,11 @@ the loop, and no host sync in a training step. Their CPU stand-ins are in test_m
 import pytest
 import torch
 
-import chunked_ce
+from plumbing import fastpaths
 from data import Tokenizer, to_device
 from model import training_losses
 from moe import grouped_swiglu
-from test_model import C, N, mixed_row, tiny
+from helpers import C, N, mixed_row, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -58,7 +58,7 @@ def test_compiled_step_matches_eager():
 
 def test_chunked_text_loss_compiled_matches_eager(monkeypatch):
     """The text loss in chunks of 8 positions, each recomputed in the backward pass, inside the compiled model."""
-    monkeypatch.setattr(chunked_ce, "MAX_LOGITS", 8 * Tokenizer().vocab_size)
+    monkeypatch.setattr(fastpaths, "MAX_LOGITS", 8 * Tokenizer().vocab_size)
     batch = gpu_batch()
     model = gpu_model(attention="flex")
     eager = step(model, batch, torch.bfloat16)

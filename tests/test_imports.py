@@ -2,8 +2,8 @@
 import ast
 import glob
 import os
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_graph(root=ROOT):

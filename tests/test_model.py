@@ -1,29 +1,10 @@
 """The model: the hybrid mask (by gradients), FlexAttention vs the CPU path, flow-matching maths, accounting."""
-import numpy as np
 import pytest
 import torch
 
 from data import Example, FRAME, Tokenizer, collate, text_example, to_device
-from model import (ModelConfig, UnifiedTransformer, add_noise, may_attend, sample_time, shift_time,
-                   training_losses, velocity)
-
-N, C = 4, 3  # tokens per frame, latent channels: tiny on purpose
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    cfg = dict(vocab_size=Tokenizer().vocab_size, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64,
-               latent_dim=C, tokens_per_frame=N, attention="sdpa")
-    cfg.update(kw)
-    return UnifiedTransformer(ModelConfig(**cfg))
-
-
-def mixed_row(tok):
-    """One packed row: caption -> image, a two-frame video, then an unrelated text document."""
-    img = Example([tok.bos, *tok.encode("ab"), tok.boi, FRAME, tok.eoi, *tok.encode("c"), tok.eos], [None], [False])
-    vid = Example([tok.bos, tok.boi, FRAME, tok.eoi, tok.boi, FRAME, tok.eoi, tok.eos], [None, None], [False] * 2)
-    return collate([[img, vid, text_example(tok, "xyz")]], 40, N, tok.pad)
-
+from helpers import C, N, mixed_row, tiny
+from model import ModelConfig, add_noise, may_attend, sample_time, shift_time, training_losses, velocity
 
 def input_dependence(model, batch, zt, t):
     """dep[q, k] = does the output at q depend on the input at k (through every layer)?"""

@@ -5,8 +5,9 @@ import torch
 
 import sample
 import train
-from data import FRAME, Example, Tokenizer, caption_to_image, collate, image_to_caption, to_device
-from model import KVCache, ModelConfig, UnifiedTransformer, shift_time, velocity
+from helpers import full_pass, reference_draw
+from data import FRAME, Example, Tokenizer, collate, image_to_caption
+from model import KVCache, ModelConfig, UnifiedTransformer
 
 N, C = 4, 6
 
@@ -17,40 +18,6 @@ def tiny():
                                            d_model=32, latent_dim=C, tokens_per_frame=N, attention="sdpa"))
     torch.nn.init.normal_(model.flow_head.weight, std=0.1)   # zero-initialised heads would make images trivial
     return model.eval()
-
-
-def full_pass(model, tok, examples, zt=None, t=None):
-    """No cache: the whole of every (right-padded) sequence at once. Frames given in the examples are clean."""
-    S, dev = max(ex.length(N) for ex in examples), next(model.parameters()).device
-    b = to_device(collate([[ex] for ex in examples], S, N, tok.pad), dev)
-    frames = [f for ex in examples for f in ex.frames if f is not None]
-    z = torch.stack(frames) if frames else torch.zeros(0, N, C, device=dev)
-    tt = torch.ones(len(z), device=dev)
-    if zt is not None:   # the last frame of every row is being generated
-        z, tt = torch.cat([z, zt]), torch.cat([tt, t])
-        order = np.argsort([r for r, ex in enumerate(examples) for _ in ex.frames], kind="stable")
-        z, tt = z[torch.as_tensor(order, device=dev)], tt[torch.as_tensor(order, device=dev)]
-    return b, model(b["tokens"], b["doc"], b["frame"], b["vis_idx"], z, tt)
-
-
-@torch.no_grad()
-def reference_draw(model, tok, captions, steps, guidance, generator):
-    """The obvious sampler: every Euler step recomputes every prefix from scratch."""
-    cond = [caption_to_image(tok, c, None, prompt_only=True) for c in captions]
-    uncond = [caption_to_image(tok, c, None, drop_caption=True, prompt_only=True) for c in captions]
-    B, dev = len(captions), next(model.parameters()).device
-    z = torch.randn(B, N, C, generator=generator, device=generator.device).to(dev)
-    ts = shift_time(torch.linspace(0, 1, steps + 1, device=dev), model.cfg.time_shift)
-    for i in range(steps):
-        t = ts[i].expand(B)
-        _, pred_c = full_pass(model, tok, cond, z, t)[1]
-        v = velocity(pred_c, z, t, model.cfg.prediction)
-        if guidance != 1.0:
-            _, pred_u = full_pass(model, tok, uncond, z, t)[1]
-            v_u = velocity(pred_u, z, t, model.cfg.prediction)
-            v = v_u + guidance * (v - v_u)
-        z = z + (ts[i + 1] - ts[i]) * v
-    return z
 
 
 CAPTIONS = ["a big red circle at the top left", "a small cyan square at the center and a big blue triangle"]

@@ -286,7 +286,7 @@ def test_walks_and_views_are_deterministic_and_motion_is_visible():
 def test_nwm_layout_round_trips_the_executed_actions(tmp_path):
     import pickle
 
-    import realdata
+    from plumbing import realdata
     from data import robot_frame_actions
     rng = np.random.default_rng(0)
     maze = open_room(30)                                     # 12 steps from the middle never reach a wall

@@ -6,22 +6,13 @@ import pytest
 import torch
 
 import model as model_module
-import config
+from plumbing import build
 import train
-
-TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
-        "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
-        "--eval_iters=1", "--sample_steps=2", "--log_interval=1", "--warmup_iters=5", "--learning_rate=1e-2",
-        "--device=cpu"]
-
+from helpers import TINY, train_lines
 
 def run(out_dir, *extra):
     train.main([*TINY, f"--out_dir={out_dir}", *extra])
     return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
-
-
-def train_lines(lines):
-    return {r["step"]: (r["text_loss"], r["flow_loss"]) for r in lines if "val_text_loss" not in r}
 
 
 def test_unknown_key_names_it_and_lists_valid_keys():
@@ -119,7 +110,7 @@ def test_absent_losses_are_not_logged_and_tokens_count_real_positions(tmp_path):
 
 
 def test_compiled_on_the_cpu_trains_like_eager(tmp_path):
-    """--compile=True on the CPU compiles each block on its own (config.compile_model): the same losses as eager,
+    """--compile=True on the CPU compiles each block on its own (build.compile_model): the same losses as eager,
     the same checkpoint keys (nothing renamed by a wrapper)."""
     args = ("--max_iters=3", "--eval_interval=3", "--mixture={'caption_to_image': 0.5, 'image_to_caption': 0.5}")
     eager = train_lines(run(tmp_path / "eager", *args))
@@ -149,7 +140,7 @@ def test_vqa_fine_tuning_starts_from_the_checkpoint_keeps_the_encoder_frozen_and
     tower = encoders.SiglipVision(width=16, depth=1, heads=2, hidden=32, patch=8, image_size=16)
     enc = encoders.SemanticEncoder(tower, None, encoders.HALF)
     frozen = {k: v.clone() for k, v in tower.state_dict().items()}
-    monkeypatch.setattr(config, "build_encoder", lambda *a, **k: enc)
+    monkeypatch.setattr(build, "build_encoder", lambda *a, **k: enc)
     run(tmp_path / "pre", "--max_iters=2", "--eval_interval=2", "--mixture={'image_to_caption': 1.0}")
     pretrained = train.load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
     seen, real_step = [], train.train_step
@@ -230,6 +221,6 @@ def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     for key in [k for k in ckpt["model_args"] if k.startswith("moe_")]:   # as saved before MoE existed
         del ckpt["model_args"][key]
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    assert config.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
+    assert build.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
     with pytest.raises(SystemExit, match="trained with moe_experts=16 but the config asks for 8"):
         run(tmp_path, "--max_iters=4", "--moe_experts=8", "--resume")

@@ -7,10 +7,13 @@ shards streamed over HTTP survive a flaky network: a failed open or a lost conne
 backoff and the read resumes at the byte where it stopped, so a stream yields the same samples as an unbroken one.
 """
 import io
+import json
 import os
 import sys
 import time
 from urllib.parse import urlparse
+
+import torch
 
 # ----------------------------------------------------------------------------------------------------------------
 # The hub. A weights source is a local folder, or "owner/name[/folder][@revision]" on the hub; without a revision,
@@ -70,6 +73,26 @@ def weights_file(source, filename):
                          f"[@revision])")
     owner, repo, *folder = name.split("/")
     return hub_file(f"{owner}/{repo}", "/".join([*folder, filename]), revision or PINNED.get(f"{owner}/{repo}", "main"))
+
+
+def weights_folder(source, filenames):
+    """The folder that holds `filenames` of a weights source, each fetched first: a library loads the model from it."""
+    paths = [weights_file(source, name) for name in filenames]
+    return os.path.dirname(paths[0])
+
+
+def read_weights(source, filename, keep=lambda key: True):
+    """config.json and the tensors whose names pass `keep` (safetensors reads only those; .pt files load with
+    weights_only=True and may wrap their state dict in {"model": ...})."""
+    config = json.load(open(weights_file(source, "config.json")))
+    path = weights_file(source, filename)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            return config, {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state.get("state_dict", state))
+    return config, {k: v for k, v in state.items() if keep(k)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

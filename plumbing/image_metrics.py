@@ -1,10 +1,10 @@
 """
 Image metrics for a trained run: the images it draws from held-out captions, compared with the held-out images.
 
-    python image_metrics.py --out_dir=out/real --images='data/cc3m/val-{0000..0003}.tar' --num_images=5000
-    python image_metrics.py --out_dir=out/toy --images=toyworld                   # held-out toy scenes, + the oracle
-    python image_metrics.py --out_dir=out/real --images=... --fid --clip_score    # + FID and CLIP score (downloads)
-    python image_metrics.py --out_dir=out/real --mode=geneval --prompts=geneval/prompts/evaluation_metadata.jsonl
+    python -m plumbing.image_metrics --out_dir=out/real --images='data/cc3m/val-{0000..0003}.tar' --num_images=5000
+    python -m plumbing.image_metrics --out_dir=out/toy --images=toyworld                   # held-out toy scenes, + the oracle
+    python -m plumbing.image_metrics --out_dir=out/real --images=... --fid --clip_score    # + FID and CLIP score (downloads)
+    python -m plumbing.image_metrics --out_dir=out/real --mode=geneval --prompts=geneval/prompts/evaluation_metadata.jsonl
 
 Score mode draws an image for each held-out caption (caption -> image, as sample.py draws) and reports:
 - fd: the Frechet distance between Gaussians fitted to the two image sets' features in a frozen encoder's space,
@@ -23,9 +23,12 @@ import sys
 import numpy as np
 import torch
 
-from config import configure, load_for_inference, settings
-from files import cli, load_image, refuse_overwrite, save_grid
-from tracking import need, report_to_run
+from plumbing.build import load_for_inference
+from plumbing.settings import configure, settings
+from plumbing.outputs import refuse_overwrite
+from plumbing.pictures import load_image, save_grid
+from plumbing.settings import cli
+from plumbing.logs import need, report_to_run
 
 # ----------------------------------------------------------------------------------------------------------------
 # The Frechet distance between Gaussians fitted to two sets of features, and its bootstrap interval.
@@ -137,7 +140,7 @@ def clip_score(images, captions, model, batch=64):
 
 def shard_paths(spec):
     """The held-out tars' paths: comma-separated paths, globs, brace ranges or URLs, as training's *_data."""
-    from realdata import expand
+    from plumbing.realdata import expand
     try:
         return expand(spec)
     except ValueError as e:
@@ -149,7 +152,7 @@ def held_out_tars(paths, n, size, fits):
     images at `size` as training reads them; samples without an image or a caption, or whose caption does not
     fit the model (fits(caption) False), are skipped and counted."""
     from collections import Counter
-    from realdata import tar_samples
+    from plumbing.realdata import tar_samples
     stats, pairs = Counter(), []
     try:
         for path in paths:
@@ -167,7 +170,7 @@ def held_out_tars(paths, n, size, fits):
 
 def usable_pair(group, size, fits, stats):
     """A webdataset sample's (image, caption), or None with the reason counted."""
-    from realdata import IMAGE_EXTS, caption_of
+    from plumbing.realdata import IMAGE_EXTS, caption_of
     frame = next((e for e in sorted(group) if e.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
     caption = caption_of(group)
     if frame is None or caption is None or not fits(caption):

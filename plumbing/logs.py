@@ -10,6 +10,7 @@ A mirror follows its run across --resume. The checkpoint keeps the wandb run id 
 resumed process reopens the same wandb run; TensorBoard writes to out_dir/tensorboard again and hides the events
 after the checkpoint's step, which are logged again, as trim_log does for metrics.jsonl.
 """
+import json
 import os
 import time
 from types import SimpleNamespace
@@ -17,7 +18,48 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from files import append_log, read_log
+from plumbing.checkpoints import crash_point
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.jsonl: one JSON record a line, appended as the run goes.
+
+def read_log(path):
+    """[(line, record)] of a metrics.jsonl; a last line torn by a crash mid-write is dropped (resume trims it)."""
+    lines = open(path).readlines()
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append((line.rstrip("\n") + "\n", json.loads(line)))
+        except ValueError:
+            if n < len(lines):
+                raise SystemExit(f"{path}, line {n}: not a JSON record; fix or move the log aside, then resume")
+    return out
+
+
+def append_log(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    crash_point("log")
+
+
+def trim_log(path, step):
+    """Drop a resumed run's log lines after its checkpoint's step: they will be logged again."""
+    lines = [ln for ln, r in read_log(path) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+def set_log_aside(path):
+    """Move the log of a run that died before its first checkpoint to the first free path.N."""
+    aside = next(f"{path}.{i}" for i in range(1, 10 ** 6) if not os.path.exists(f"{path}.{i}"))
+    os.replace(path, aside)
+    print(f"{path} of a run without a checkpoint moved to {aside}; this run starts a new log")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optional packages and live mirrors.
 
 
 def need(module, package):

@@ -1,12 +1,12 @@
-"""The text loss a chunk of positions at a time (chunked_ce.py): the same loss and gradients as cross-entropy over
+"""The text loss a chunk of positions at a time (fastpaths.py): the same loss and gradients as cross-entropy over
 the whole micro-batch's logits, without ever keeping them."""
 import pytest
 import torch
 
-import chunked_ce
+from plumbing import fastpaths
 from data import Tokenizer, to_device
 from model import training_losses
-from test_model import C, N, mixed_row, tiny
+from helpers import C, N, mixed_row, tiny
 
 
 def batch():
@@ -17,11 +17,11 @@ def batch():
 
 def whole_logits_loss(model, b, generator):
     """The loss as it was: one chunk, i.e. float32 logits [B S, V] for the whole micro-batch and one cross-entropy."""
-    kept, chunked_ce.MAX_LOGITS = chunked_ce.MAX_LOGITS, 10 ** 12
+    kept, fastpaths.MAX_LOGITS = fastpaths.MAX_LOGITS, 10 ** 12
     try:
         return training_losses(model, b, generator)
     finally:
-        chunked_ce.MAX_LOGITS = kept
+        fastpaths.MAX_LOGITS = kept
 
 
 def losses_and_grads(model, fn, b):
@@ -40,7 +40,7 @@ def test_chunked_loss_equals_whole_logits(monkeypatch, positions, checkpointing)
     model.activation_checkpointing = checkpointing
     b = batch()
     want = losses_and_grads(model, whole_logits_loss, b)
-    monkeypatch.setattr(chunked_ce, "MAX_LOGITS", positions * model.cfg.vocab_size)
+    monkeypatch.setattr(fastpaths, "MAX_LOGITS", positions * model.cfg.vocab_size)
     got = losses_and_grads(model, training_losses, b)
     assert len(got) == len(want) > 10
     for g, w in zip(got, want):
@@ -64,7 +64,7 @@ def test_no_float32_logits_for_the_whole_micro_batch(monkeypatch):
     """With chunks of 8 positions, no float32 logits are kept between the passes (the whole-logits loss keeps its
     log-softmax over every position of the micro-batch)."""
     model, b = tiny(), batch()
-    monkeypatch.setattr(chunked_ce, "MAX_LOGITS", 8 * model.cfg.vocab_size)
+    monkeypatch.setattr(fastpaths, "MAX_LOGITS", 8 * model.cfg.vocab_size)
     assert logit_rows_kept(whole_logits_loss, model, b) == b["tokens"].numel()
     assert logit_rows_kept(training_losses, model, b) == 0
 
@@ -75,7 +75,7 @@ def test_chunked_loss_compiles_as_one_graph(monkeypatch, checkpointing):
     under bf16 autocast as on a GPU."""
     import torch._dynamo
     b = batch()
-    monkeypatch.setattr(chunked_ce, "MAX_LOGITS", 16 * Tokenizer().vocab_size)
+    monkeypatch.setattr(fastpaths, "MAX_LOGITS", 16 * Tokenizer().vocab_size)
     results = []
     for compiled in (False, True):
         model = tiny()

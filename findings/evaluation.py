@@ -14,10 +14,10 @@ import torch
 
 import plan
 import routing
-import stdlib_text
-import toyscores
+from plumbing import stdlib_corpus
+from plumbing import toyscores
 import train
-from config import load_for_inference
+from plumbing.build import load_for_inference
 from data import ToyWorldData, collate, text_example
 from model import shift_time, training_losses
 
@@ -50,7 +50,7 @@ def source_losses(model, tok, enc, cfg, source, batches, seed):
     data = validation_data(tok, enc, cfg, source, seed)
     generator, text, flow = torch.Generator().manual_seed(seed), [], []
     python = source == "text" and getattr(cfg, "text_source", "toy") == "stdlib"
-    docs = stdlib_text.validation_documents(batches * ROWS, cfg.seq_len - 2, seed) if python else None
+    docs = stdlib_corpus.validation_documents(batches * ROWS, cfg.seq_len - 2, seed) if python else None
     for i in range(batches):
         made = collate([[text_example(tok, d)] for d in docs[i * ROWS:(i + 1) * ROWS]], cfg.seq_len, data.N,
                        tok.pad) if python else data.batch(i, 0, ROWS, "val")

@@ -1,74 +1,19 @@
 """
-How every command is set up: its settings (defaults < config files < --key=value), the pieces of a training run
-built from them (tokenizer, frozen encoder, data, model), and a trained run loaded back from its checkpoint for
-sampling, planning and analysis (the checkpoint files themselves are files.py's).
+A run's pieces built from its settings (tokenizer, frozen encoder, data source, model), the model compiled, and a
+trained run loaded back from its checkpoint for sampling, planning and analysis.
 """
-import ast
 import dataclasses
 import os
-import sys
 from types import SimpleNamespace
 
 import torch
 
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
-from files import check_same_model, load_checkpoint, print_help, read_shards, run_config_file
 from model import ModelConfig, UnifiedTransformer
-from realdata import ShardData
+from plumbing.checkpoints import load_checkpoint, read_shards
+from plumbing.realdata import ShardData
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration: defaults < config files < --key=value.
-
-def configure(defaults, argv, sources=(), usage=""):
-    """Returns a namespace of the defaults overridden by argv (config file paths and --key=value). --help (-h)
-    lists the keys, their defaults and the comment beside each in `sources` (the command's files), and exits."""
-    if "--help" in argv or "-h" in argv:
-        print_help(defaults, list(sources) or [sys.argv[0]], usage)
-        raise SystemExit(0)
-    c = dict(defaults)
-
-    def set_key(key, value, origin):
-        if key not in c:
-            raise SystemExit(f"unknown config key '{key}' ({origin}); valid keys: {', '.join(sorted(c))}")
-        want = type(c[key])
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise SystemExit(f"config key '{key}' ({origin}) must be {want.__name__}, got {type(value).__name__} "
-                             f"{value!r}")
-        c[key] = value
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            if not eq:                      # a bare flag, like --resume, means True
-                raw = "True"
-            try:                            # strings are taken as typed: --device=cuda, --budgets=1e12,1e13
-                value = raw if isinstance(c.get(key), str) else ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-            set_key(key, value, f"from {arg}")
-        else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"config file '{arg}' not found (configs are in configs/, e.g. configs/toy.py)")
-            scope = run_config_file(arg)
-            for key, value in scope.items():
-                if not key.startswith("_") and not callable(value) and not isinstance(value, type(os)):
-                    set_key(key, value, f"in {arg}")
-    return SimpleNamespace(**c)
-
-
-def settings(namespace):
-    """A command's defaults: the lowercase names its module assigns a bool, int, float, str or dict (the settings
-    block of train.py, sample.py, plan.py, routing.py and scaling.py), as configure takes them."""
-    return {k: v for k, v in namespace.items()
-            if k.islower() and not k.startswith("_") and isinstance(v, (bool, int, float, str, dict))}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Building the pieces from a configuration.
 
 def resolve_device(name):
     if name != "auto":
@@ -157,6 +102,17 @@ def compile_model(model, device_type):
     for block in model.blocks:
         block.compile()
     return model
+
+
+def check_same_model(saved, current, path):
+    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
+    the checkpoint predates counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for key in current:
+        was = saved.get(key, defaults[key])
+        if was != current[key]:
+            raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
+                             f"{current[key]!r}: use the checkpoint's config or another out_dir")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import toyscores
+from plumbing import toyscores
 import train
 
 

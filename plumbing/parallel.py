@@ -4,7 +4,7 @@ or sharded (FSDP2) after being built on the meta device, so that no process ever
 that every process writes its own part of (torch.distributed.checkpoint), then resumed on any number of processes.
 
     torchrun --standalone --nproc_per_node=8 train.py configs/real.py --parallel=fsdp
-    python parallel.py export out/real out/real-export    # a sharded checkpoint's weights as one file, for sample.py
+    python -m plumbing.parallel export out/real out/real-export    # a sharded checkpoint's weights as one file, for sample.py
 
 A run's checkpoint is out_dir/ckpt.pt. One process, or DDP (every process holds the whole model anyway), writes the
 weights and optimizer state into it; FSDP writes there only the run's metadata and the name of the folder of shards
@@ -19,9 +19,11 @@ from types import SimpleNamespace
 
 import torch
 
-from config import compile_model, init_model, load_for_inference, resolve_device
-from files import (check_same_model, load_checkpoint, previous, read_shards, refuse_overwrite, save_checkpoint,
-                   save_sharded, set_log_aside, trim_log)
+from plumbing.build import compile_model, init_model, load_for_inference, resolve_device
+from plumbing.build import check_same_model
+from plumbing.checkpoints import load_checkpoint, previous, read_shards, save_checkpoint, save_sharded
+from plumbing.logs import set_log_aside, trim_log
+from plumbing.outputs import refuse_overwrite
 
 # what train.py writes into a checkpoint; other keys (a tracking run's id, ...) are carried from one to the next
 KNOWN = {"model", "optimizer", "shards", "shard_sizes", "step", "config", "model_args", "loss_center", "tokens",
@@ -221,7 +223,7 @@ def checkpoint(run, c, model, optimizer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python parallel.py export OUT_DIR DEST: a sharded checkpoint's weights as one file that sample.py reads.
+# python -m plumbing.parallel export OUT_DIR DEST: a sharded checkpoint's weights as one file that sample.py reads.
 
 def export(out_dir, dest):
     """DEST/ckpt.pt: the weights of out_dir's checkpoint (sharded or not) whole, with its metadata and without the
@@ -238,5 +240,5 @@ def export(out_dir, dest):
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "export":
-        raise SystemExit("usage: python parallel.py export OUT_DIR DEST")
+        raise SystemExit("usage: python -m plumbing.parallel export OUT_DIR DEST")
     export(sys.argv[2], sys.argv[3])

@@ -1,4 +1,4 @@
-"""remote.py against the local hub (tests/local_hub.py): downloads through huggingface_hub's cache, revisions and
+"""plumbing/hub.py against the local hub (tests/local_hub.py): downloads through huggingface_hub's cache, revisions and
 pins, tokens, one-line errors, eight processes downloading one file once; shards streamed through a flaky server."""
 import os
 import subprocess
@@ -6,11 +6,11 @@ import sys
 import time
 
 import pytest
-from local_hub import Hub, cdn_path, commit_of, hub  # noqa: F401  (the fixture)
+from local_hub import Hub, cdn_path, commit_of
 
-import remote
+import plumbing.hub
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def gets(path):
@@ -22,30 +22,30 @@ def test_downloads_land_in_the_hf_cache_resume_a_cut_and_come_once(hub, tmp_path
     data = os.urandom(300_000)
     Hub.repos["org/model"] = {"model.pt": data, "config.json": b'{"hidden_size": 8}'}
     Hub.cut[cdn_path(data)] = 1
-    path = remote.hub_file("org/model", "model.pt")
+    path = plumbing.hub.hub_file("org/model", "model.pt")
     commit = commit_of("org/model")
     assert path == str(tmp_path / f"hf/hub/models--org--model/snapshots/{commit}/model.pt")
     assert open(path, "rb").read() == data
     assert len(gets(cdn_path(data))) == 2   # huggingface_hub asked again after the cut, in the same call
-    assert remote.hub_file("org/model", "model.pt") == path and len(gets(cdn_path(data))) == 2   # cached
+    assert plumbing.hub.hub_file("org/model", "model.pt") == path and len(gets(cdn_path(data))) == 2   # cached
     before = len(Hub.requests)   # a commit that is cached needs no request at all
-    assert remote.hub_file("org/model", "model.pt", revision=commit) == path and len(Hub.requests) == before
+    assert plumbing.hub.hub_file("org/model", "model.pt", revision=commit) == path and len(Hub.requests) == before
 
 
 def test_weights_sources_pick_a_revision_and_the_defaults_are_pinned(hub, monkeypatch):
     Hub.repos["org/vae"] = {"vae/config.json": b"{}", "vae/weights.safetensors": b"w" * 100}
     commit = commit_of("org/vae")
-    path = remote.weights_file(f"org/vae/vae@{commit}", "config.json")
+    path = plumbing.hub.weights_file(f"org/vae/vae@{commit}", "config.json")
     assert path.endswith(f"snapshots/{commit}/vae/config.json") and Hub.requests[-1][1].endswith(
         f"/resolve/{commit}/vae/config.json")
-    remote.weights_file("org/vae/vae", "weights.safetensors")   # no pin: main
+    plumbing.hub.weights_file("org/vae/vae", "weights.safetensors")   # no pin: main
     assert any(p == "/org/vae/resolve/main/vae/weights.safetensors" for _, p, _ in Hub.requests)
-    monkeypatch.setitem(remote.PINNED, "org/vae", "0" * 40)     # a default without '@' reads its pinned commit
+    monkeypatch.setitem(plumbing.hub.PINNED, "org/vae", "0" * 40)     # a default without '@' reads its pinned commit
     with pytest.raises(SystemExit, match=f"^org/vae has no revision '{'0' * 40}': give a branch, tag or commit"):
-        remote.weights_file("org/vae/vae", "config.json")
-    assert remote.weights_file("org/vae/vae@main", "config.json") == path
+        plumbing.hub.weights_file("org/vae/vae", "config.json")
+    assert plumbing.hub.weights_file("org/vae/vae@main", "config.json") == path
     with pytest.raises(SystemExit, match=r"weights 'nothing': no such folder, and not a hub repository"):
-        remote.weights_file("nothing", "config.json")
+        plumbing.hub.weights_file("nothing", "config.json")
 
 
 def test_hub_failures_stop_with_one_line(hub, monkeypatch):
@@ -54,35 +54,35 @@ def test_hub_failures_stop_with_one_line(hub, monkeypatch):
     Hub.repos["org/gated"] = {"model.safetensors": b"secret weights"}
     Hub.gated["org/gated"] = "hf_right"
     with pytest.raises(SystemExit, match=f"^no repository org/nothing on {hub} .*hf auth login or HF_TOKEN"):
-        remote.hub_file("org/nothing", "model.pt")
+        plumbing.hub.hub_file("org/nothing", "model.pt")
     with pytest.raises(SystemExit, match="^org/model has no file model.pt at revision main: check"):
-        remote.hub_file("org/model", "model.pt")
+        plumbing.hub.hub_file("org/model", "model.pt")
     with pytest.raises(SystemExit, match=r"^org/gated is gated \(HTTP 401\): accept its terms .* set HF_TOKEN$"):
-        remote.hub_file("org/gated", "model.safetensors")
+        plumbing.hub.hub_file("org/gated", "model.safetensors")
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(SystemExit, match=r"^org/gated is gated \(HTTP 403\)"):
-        remote.hub_file("org/gated", "model.safetensors")
+        plumbing.hub.hub_file("org/gated", "model.safetensors")
     monkeypatch.delenv("HF_TOKEN")
     with open(constants.HF_TOKEN_PATH, "w") as f:   # where `hf auth login` saves it
         f.write("hf_right")
-    assert open(remote.hub_file("org/gated", "model.safetensors"), "rb").read() == b"secret weights"
+    assert open(plumbing.hub.hub_file("org/gated", "model.safetensors"), "rb").read() == b"secret weights"
     os.remove(constants.HF_TOKEN_PATH)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     before = len(Hub.requests)
-    assert open(remote.hub_file("org/gated", "model.safetensors"), "rb").read() == b"secret weights"   # cached
+    assert open(plumbing.hub.hub_file("org/gated", "model.safetensors"), "rb").read() == b"secret weights"   # cached
     with pytest.raises(SystemExit, match=r"^HF_HUB_OFFLINE is set and org/model/config.json at revision main is "
                                          r"not in the cache \(.*hf/hub\): download it once online"):
-        remote.hub_file("org/model", "config.json")
+        plumbing.hub.hub_file("org/model", "config.json")
     assert len(Hub.requests) == before
 
 
 CHILD = """
 import os, sys, time
-import remote
+import plumbing.hub
 open(sys.argv[1] + ".ready", "w").close()
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
-print(remote.hub_file("org/big", "model.safetensors"))
+print(plumbing.hub.hub_file("org/big", "model.safetensors"))
 """
 
 
@@ -112,8 +112,8 @@ def test_a_gated_dataset_streams_with_the_hub_token(hub, monkeypatch):
     Hub.gated["datasets/org/gated"] = "hf_right"
     url = f"{hub}/datasets/org/gated/resolve/main/p.tar"
     with pytest.raises(ValueError, match=f"^cannot open shard {url}: 401"):   # final at once: no retries
-        remote.RemoteShard(url, retries=3, max_wait=0.01)
+        plumbing.hub.RemoteShard(url, retries=3, max_wait=0.01)
     assert [p for _, p, _ in Hub.requests] == [url.removeprefix(hub)]
     monkeypatch.setenv("HF_TOKEN", "hf_right")
-    assert remote.RemoteShard(url).read() == data
-    assert remote.hub_token(Hub.cdn + cdn_path(data)) == {} and remote.hub_token(url)   # only the hub sees it
+    assert plumbing.hub.RemoteShard(url).read() == data
+    assert plumbing.hub.hub_token(Hub.cdn + cdn_path(data)) == {} and plumbing.hub.hub_token(url)   # only the hub sees it

@@ -1,4 +1,4 @@
-"""claims.py, paired_stats.py and fixed_eval.py: the verdicts on constructed differences (each of the four, and
+"""claims.py, paired_stats.py and evaluation.py: the verdicts on constructed differences (each of the four, and
 Holm), the seed count, one fixed evaluation for every arm, and the runner on a tiny budget (it trains, scores,
 reuses finished runs, resumes unfinished ones, and writes the table from the results file alone)."""
 import json
@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import claims
-import fixed_eval
-import toyscores
-import paired_stats as ps
+from findings import evaluation
+from plumbing import toyscores
+from plumbing import stats as ps
 import train
-from config import build, configure
-from files import save_checkpoint
+from plumbing.build import build
+from plumbing.settings import configure
+from plumbing.checkpoints import save_checkpoint
 
 TINY = "--n_layer=1 --d_model=32 --n_head=1 --n_kv_head=1 --batch_size=2 --sample_steps=2"
 RUN = ["--iters_scale=0.004", "--seeds=1", "--eval_batches=1", "--eval_prompts=2", "--episodes=1", f"--extra={TINY}"]
@@ -86,7 +87,7 @@ def tiny_checkpoint(folder, **changes):
 def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, monkeypatch):
     """Two arms (modality FFNs, seed 0; one shared FFN, seed 7): the same validation batches, flow times and noise,
     prompts and sampler noise reach both models."""
-    seen, losses, drawn, bos = {}, fixed_eval.training_losses, toyscores.draw, claims.Tokenizer("bytes").bos
+    seen, losses, drawn, bos = {}, evaluation.training_losses, toyscores.draw, claims.Tokenizer("bytes").bos
 
     def spy_losses(model, batch, generator=None, times=None):
         seen[key].append((batch["tokens"].clone(), batch["latents"].clone(), times, generator.get_state().clone()))
@@ -97,12 +98,12 @@ def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, mo
         seen[key].append((list(captions), generator.get_state().clone()))
         return drawn(model, tok, captions, steps, guidance, generator)
 
-    monkeypatch.setattr(fixed_eval, "training_losses", spy_losses)
+    monkeypatch.setattr(evaluation, "training_losses", spy_losses)
     monkeypatch.setattr(toyscores, "draw", spy_draw)
     sizes = claims.SimpleNamespace(batches=2, prompts=3, episodes=1)
     for key, changes in (("a", dict(seed=0)), ("b", dict(seed=7, ffn="shared"))):
         seen[key] = []
-        fixed_eval.score(tiny_checkpoint(tmp_path / key, **changes),
+        evaluation.score(tiny_checkpoint(tmp_path / key, **changes),
                          dict(sources=("caption_to_image",), oracle=("unseen_scenes", "held_out_bindings")), sizes)
     assert len(seen["a"]) == len(seen["b"]) == 2 + 2   # two batches, then prompts of trained and held-out bindings
     for x, y in zip(seen["a"], seen["b"]):
@@ -114,8 +115,8 @@ def test_rescoring_under_another_evaluation_seed(tmp_path):
     shift beside the spread over training seeds."""
     folder, sizes = tiny_checkpoint(tmp_path / "run"), claims.SimpleNamespace(batches=2, prompts=2, episodes=1)
     ev = dict(sources=("text", "caption_to_image"))
-    first, again = fixed_eval.score(folder, ev, sizes, 0), fixed_eval.score(folder, ev, sizes, 0)
-    other = fixed_eval.score(folder, ev, sizes, 1)
+    first, again = evaluation.score(folder, ev, sizes, 0), evaluation.score(folder, ev, sizes, 0)
+    other = evaluation.score(folder, ev, sizes, 1)
     assert first == again and first["caption_to_image_flow_loss"] != other["caption_to_image_flow_loss"]
     # claim 4's difference at seed 0 moves from -0.10 to -0.11 (relative: text_video worse by 10%, then 11%)
     loss = lambda x, again=None: dict(text_text_loss=x, **({"_rescored": dict(text_text_loss=again)} if again else {}))
@@ -269,13 +270,13 @@ def test_fixed_flow_times_and_the_times_argument(tmp_path):
     """The evaluation's flow times are the training distribution's n-quantiles, shuffled; training_losses given the
     times its generator would have drawn returns the same losses as drawing them."""
     import model as model_module
-    from config import load_for_inference
+    from plumbing.build import load_for_inference
     c = claims.SimpleNamespace(time_sampling="uniform", time_shift=4.0)
-    times = fixed_eval.stratified_times(8, c, torch.Generator().manual_seed(0))
+    times = evaluation.stratified_times(8, c, torch.Generator().manual_seed(0))
     grid = model_module.shift_time((torch.arange(8) + 0.5) / 8, 4.0)
     assert torch.equal(times.sort().values, grid) and not torch.equal(times, grid)
     model, tok, enc, cfg = load_for_inference(tiny_checkpoint(tmp_path / "run"), "cpu")
-    data = fixed_eval.validation_data(tok, enc, cfg, "caption_to_image", 0)
+    data = evaluation.validation_data(tok, enc, cfg, "caption_to_image", 0)
     batch = train.get_batch(data, enc, 0, 0, cfg, "cpu", "val")
     drawn = model_module.sample_time(len(batch["cond"]), cfg, "cpu", torch.Generator().manual_seed(5))
     with torch.no_grad():

@@ -2,9 +2,9 @@
 Real data at scale, beside data.py's toy world: the readers, the resumable per-slot streams and the loader threads,
 and the commands that fill data/.
 
-    python realdata.py prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2     # .txt/.jsonl -> llm.c token shards
-    python realdata.py download-fineweb --shards=1                              # llm.c's FineWeb-Edu GPT-2 shards
-    python realdata.py preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2   # images -> latent shards
+    python -m plumbing.realdata prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2     # .txt/.jsonl -> llm.c token shards
+    python -m plumbing.realdata download-fineweb --shards=1                              # llm.c's FineWeb-Edu GPT-2 shards
+    python -m plumbing.realdata preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2   # images -> latent shards
 """
 import functools
 import glob
@@ -28,8 +28,10 @@ from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, vqa_example,
                   weighted_sources)
 from encoders import build_encoder
-from files import cli, load_image, part_file, print_help, refuse_overwrite
-from remote import RemoteShard, hub_file
+from plumbing.outputs import part_file, refuse_overwrite
+from plumbing.pictures import load_image
+from plumbing.settings import cli, command_name, print_help
+from plumbing.hub import RemoteShard, hub_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def read_shard(path):
     header = np.fromfile(path, np.int32, 256) if os.path.isfile(path) else np.zeros(0, np.int32)
     if len(header) < 256 or header[0] != SHARD_MAGIC or header[1] not in SHARD_DTYPES:
         raise ValueError(f"{path} is not a token shard (llm.c layout, magic {SHARD_MAGIC}): make shards with "
-                         f"python realdata.py prepare-text")
+                         f"python -m plumbing.realdata prepare-text")
     dtype, n = SHARD_DTYPES[int(header[1])], int(header[2])
     if os.path.getsize(path) < 1024 + n * np.dtype(dtype).itemsize:
         raise ValueError(f"{path} is truncated (its header promises {n} tokens): prepare or download it again")
@@ -396,7 +398,7 @@ class Prefetcher:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Commands that fill data/ (docs/real-data.md):  python realdata.py prepare-text FILES  |  download-fineweb
+# Commands that fill data/ (docs/real-data.md):  python -m plumbing.realdata prepare-text FILES  |  download-fineweb
 
 def documents(path):
     """A .txt file is one document; a .jsonl file holds one per line, in its "text" field. A file that is not UTF-8
@@ -580,17 +582,17 @@ def run_command(commands, argv, script):
     try:
         return fn(**command_kwargs(argv[1:]))
     except (ValueError, TypeError) as e:      # a bad file, or a key the command does not take
-        raise SystemExit(f"{script} {name}: {e}")
+        raise SystemExit(f"python {script} {name}: {e}")
 
 
 def main(argv):
     done = run_command({"prepare-text": prepare_text, "download-fineweb": download_fineweb,
-                        "preencode": preencode_command}, argv, "realdata.py")
+                        "preencode": preencode_command}, argv, command_name(__file__))
     if isinstance(done, list):
         print(f"{len(done)} shard(s): {', '.join(done[:3])}{' ...' if len(done) > 3 else ''}")
     else:
         print(dict(done))
 
 
-if __name__ == "__main__":   # python realdata.py prepare-text --inputs=docs/*.jsonl (docs/real-data.md)
+if __name__ == "__main__":   # python -m plumbing.realdata prepare-text --inputs=docs/*.jsonl (docs/real-data.md)
     cli(main, sys.argv[1:])

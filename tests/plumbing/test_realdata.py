@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from local_hub import Hub, cdn_path, hub  # noqa: F401  (the local hub and shard server on 127.0.0.1; its fixture)
+from local_hub import Hub, cdn_path
 
 import data
-import realdata
+from plumbing import realdata
 import train
 from data import Example, Tokenizer, action_text, robot_frame_actions
-from realdata import ShardData, read_shard, write_shard
+from plumbing.realdata import ShardData, read_shard, write_shard
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, N, C = 16, 16, 48          # 16x16 images in 4x4 pixel patches: 16 tokens of 48 channels
 
 

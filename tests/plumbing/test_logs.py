@@ -1,4 +1,4 @@
-"""tracking.py: a toy run mirrored to TensorBoard and to wandb (offline), killed after a checkpoint and resumed into
+"""plumbing/logs.py's live mirrors: a toy run mirrored to TensorBoard and to wandb (offline), killed after a checkpoint and resumed into
 the same run; each read back from the files the packages wrote."""
 import glob
 import json
@@ -10,12 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import config
-import tracking
+from plumbing import build
+from plumbing import logs
 import train
-from test_train import TINY
+from helpers import ROOT, TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("wandb")          # both are in requirements.txt: CI runs these tests
 pytest.importorskip("tensorboard")
 
@@ -90,8 +89,8 @@ def test_a_run_mirrored_to_tensorboard_and_wandb_offline_resumes_into_the_same_r
     assert [row["step"] for row in rows if "samples/path" in row] == [8]
 
     # a later command's pictures (plan.py's rollouts) join the same run at the checkpoint's step
-    cfg = config.load_for_inference(str(d), "cpu")[3]
-    tracking.report_to_run(cfg, str(d), {"probe": 1.5}, {"rollout": str(d / "samples.png")})
+    cfg = build.load_for_inference(str(d), "cpu")[3]
+    logs.report_to_run(cfg, str(d), {"probe": 1.5}, {"rollout": str(d / "samples.png")})
     assert [e.step for e in tensorboard_events(d / "tensorboard").Images("rollout")] == [8]
     assert [e.step for e in tensorboard_events(d / "tensorboard").Scalars("grad_norm")] == list(steps)
     latest = sorted(glob.glob(str(d / "wandb" / "offline-run-*")))
@@ -106,12 +105,12 @@ def test_a_missing_package_stops_with_one_line(tmp_path, monkeypatch, setting, p
     c = train.configure(train.DEFAULTS, [f"--{setting}", f"--out_dir={tmp_path}"])
     with pytest.raises(SystemExit, match=f"^{package} is not installed .*: pip install {package}, or turn its "
                                          f"setting off$"):
-        tracking.Tracker(c, str(tmp_path / "metrics.jsonl"))
+        logs.Tracker(c, str(tmp_path / "metrics.jsonl"))
 
 
 def test_off_by_default_and_a_bad_mode_names_the_choices(tmp_path):
     c = train.configure(train.DEFAULTS, [f"--out_dir={tmp_path}"])
-    assert tracking.Tracker(c, str(tmp_path / "m.jsonl")).sinks == [] and "wandb" not in os.listdir(tmp_path)
+    assert logs.Tracker(c, str(tmp_path / "m.jsonl")).sinks == [] and "wandb" not in os.listdir(tmp_path)
     c = SimpleNamespace(**{**vars(c), "wandb_log": True, "wandb_mode": "offlne"})
     with pytest.raises(SystemExit, match="wandb_mode='offlne': use '' .*online, offline or disabled"):
-        tracking.Tracker(c, str(tmp_path / "m.jsonl"))
+        logs.Tracker(c, str(tmp_path / "m.jsonl"))

@@ -14,7 +14,7 @@ scores it, after fine-tuning on VQA (§2, App. E.6; configs/toy_vqa.py).
 import numpy as np
 
 import toyworld
-from files import save_annotated
+from plumbing.pictures import save_annotated
 from sample import describe, draw
 
 SPLITS = ("unseen_scenes", "held_out_bindings")

@@ -1,28 +1,28 @@
-"""stdlib_text.py and the toy world's two claims-suite variants: Python's source as text (held-out files never drawn
+"""stdlib_corpus.py and the toy world's two claims-suite variants: Python's source as text (held-out files never drawn
 in training, only they in validation) and maze walks without their actions as video."""
 import numpy as np
 import pytest
 
-import stdlib_text
+from plumbing import stdlib_corpus
 import toyworld
 from data import FRAME, Tokenizer, ToyWorldData
 
 
 def test_the_split_is_fixed_disjoint_and_a_tenth():
-    train, val = stdlib_text.files("train"), stdlib_text.files("val")
+    train, val = stdlib_corpus.files("train"), stdlib_corpus.files("val")
     assert not set(train[0]) & set(val[0]) and len(train[0]) > 100 and len(val[0]) > 10
     assert 0.03 < val[1].sum() / (train[1].sum() + val[1].sum()) < 0.25      # a tenth of the files, by size too
-    assert all(stdlib_text.held_out(p) for p in val[0]) and not any(stdlib_text.held_out(p) for p in train[0])
-    assert stdlib_text.held_out("os.py") == (__import__("zlib").crc32(b"os.py") % 10 == 0)   # the path decides
+    assert all(stdlib_corpus.held_out(p) for p in val[0]) and not any(stdlib_corpus.held_out(p) for p in train[0])
+    assert stdlib_corpus.held_out("os.py") == (__import__("zlib").crc32(b"os.py") % 10 == 0)   # the path decides
 
 
-READ = stdlib_text.read.__wrapped__   # uncached
+READ = stdlib_corpus.read.__wrapped__   # uncached
 
 
 def replay(split, steps, monkeypatch):
     """The files a ToyWorldData with Python's source as text reads for `steps` batches of one split."""
     opened = []
-    monkeypatch.setattr(stdlib_text, "read", lambda path: opened.append(path) or READ(path))
+    monkeypatch.setattr(stdlib_corpus, "read", lambda path: opened.append(path) or READ(path))
     tok = Tokenizer("bytes")
     data = ToyWorldData(tok, 256, 16, {"text": 0.5, "caption_to_image": 0.5}, seed=3, max_shapes=2,
                         text_source="stdlib")
@@ -34,12 +34,12 @@ def test_training_never_draws_a_held_out_file(monkeypatch):
     """Replay training batches: every document comes from a training file; validation batches only from held-out
     ones. The documents are real source, fill most of a row, and fit it."""
     opened, text = replay("train", 40, monkeypatch)
-    assert len(opened) > 100 and not any(stdlib_text.held_out(p) for p in opened)
+    assert len(opened) > 100 and not any(stdlib_corpus.held_out(p) for p in opened)
     assert any("def " in t or "import " in t for t in text)
     opened, _ = replay("val", 10, monkeypatch)
-    assert opened and all(stdlib_text.held_out(p) for p in opened)
+    assert opened and all(stdlib_corpus.held_out(p) for p in opened)
     rng = np.random.default_rng(0)
-    lengths = [len(stdlib_text.document(rng, "train", 254).encode()) for _ in range(200)]
+    lengths = [len(stdlib_corpus.document(rng, "train", 254).encode()) for _ in range(200)]
     assert max(lengths) <= 254 and np.mean(lengths) > 200
 
 
@@ -52,7 +52,8 @@ def test_walks_as_video_and_a_bad_source_stops():
     ex = data.example(np.random.default_rng(1))
     assert ex.ids == [tok.bos] + [tok.boi, FRAME, tok.eoi] * 4 + [tok.eos]
     import train
-    from config import build, configure
+    from plumbing.build import build
+    from plumbing.settings import configure
     c = configure(train.DEFAULTS, ["configs/toy.py", "--text_source=code"])
     with pytest.raises(SystemExit, match="text_source='code'"):
         build(c, "cpu")
@@ -62,8 +63,8 @@ def test_validation_documents_are_a_systematic_sample_of_held_out_files(monkeypa
     """Evenly spread over the held-out bytes: many files, none of training's, the same for one seed, shifted for
     another."""
     opened = []
-    monkeypatch.setattr(stdlib_text, "read", lambda path: opened.append(path) or READ(path))
-    docs = stdlib_text.validation_documents(256, 254, seed=0)
+    monkeypatch.setattr(stdlib_corpus, "read", lambda path: opened.append(path) or READ(path))
+    docs = stdlib_corpus.validation_documents(256, 254, seed=0)
     assert len(docs) == 256 and all(len(d.encode()) <= 254 for d in docs) and np.mean([len(d) for d in docs]) > 200
-    assert all(stdlib_text.held_out(p) for p in opened) and len(set(opened)) > 0.5 * len(stdlib_text.files("val")[0])
-    assert docs == stdlib_text.validation_documents(256, 254, seed=0) != stdlib_text.validation_documents(256, 254, 1)
+    assert all(stdlib_corpus.held_out(p) for p in opened) and len(set(opened)) > 0.5 * len(stdlib_corpus.files("val")[0])
+    assert docs == stdlib_corpus.validation_documents(256, 254, seed=0) != stdlib_corpus.validation_documents(256, 254, 1)

@@ -3,9 +3,9 @@ Memory and time of a training run before it starts: for a config and a number of
 parameters, gradients, optimizer state and activations, whether they fit, the largest micro-batch that does, and
 the run's wall time and GPU-hours at an assumed MFU.
 
-    python memplan.py configs/paper_moe.py --gpus=64                       # the paper's MoE on 8 nodes of 8
-    python memplan.py configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3 --moe_experts=1008
-    python memplan.py configs/real.py --gpus=8 --gpu_memory_gib=80 --batch_size=16
+    python -m plumbing.memplan configs/paper_moe.py --gpus=64                       # the paper's MoE on 8 nodes of 8
+    python -m plumbing.memplan configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3 --moe_experts=1008
+    python -m plumbing.memplan configs/real.py --gpus=8 --gpu_memory_gib=80 --batch_size=16
 
 Parameters are counted on the meta device (nothing allocated). Under FSDP2 (parallel="fsdp") every GPU holds
 1/gpus of the float32 master weights, gradients (kept sharded while micro-batches accumulate) and AdamW's m and v,
@@ -29,12 +29,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-import chunked_ce
+from plumbing import fastpaths
 import train
-from config import configure, settings
+from plumbing.settings import configure, settings
 from data import FRAME, SPECIAL_TOKENS, Example, Tokenizer, collate, to_device
 from encoders import SEMANTIC, build_encoder
-from files import cli, read_log
+from plumbing.logs import read_log
+from plumbing.settings import cli
 from model import ModelConfig, UnifiedTransformer, training_losses
 
 # ---- the plan
@@ -175,9 +176,9 @@ def activation_bytes(cfg, fit, rows, seq_len, checkpointing, precision):
     T, d, L = rows * seq_len, cfg.d_model, cfg.n_layer
     stream = 2 if precision == "bf16" else 4                          # bytes of a residual-stream entry
     logits = T * cfg.vocab_size
-    loss = 4 * logits if logits <= chunked_ce.MAX_LOGITS else T * d * stream   # one chunk: its log-softmax
+    loss = 4 * logits if logits <= fastpaths.MAX_LOGITS else T * d * stream   # one chunk: its log-softmax
     layer = kept_bytes(fit, d, 1, T) - kept_bytes(fit, d, 0, T)
-    transient = max(layer, LOSS_CHUNK_BYTES * min(logits, chunked_ce.MAX_LOGITS))
+    transient = max(layer, LOSS_CHUNK_BYTES * min(logits, fastpaths.MAX_LOGITS))
     if not checkpointing:
         return kept_bytes(fit, d, L, T) + loss + transient
     return kept_bytes(fit, d, 1, T) + loss + L * T * d * stream + transient
@@ -291,7 +292,7 @@ def report(c, argv):
 
 def main(argv):
     c = configure({**settings(globals()), **train.DEFAULTS}, argv, [__file__, train.__file__],
-                  "usage: python memplan.py CONFIG [--gpus=8 --gpu_memory_gib=80 --tokens=57e9 --mfu=0.4 ...]")
+                  "usage: python -m plumbing.memplan CONFIG [--gpus=8 --gpu_memory_gib=80 --tokens=57e9 --mfu=0.4 ...]")
     if c.gpus < 1 or not 0 < c.mfu <= 1 or c.parallel not in ("ddp", "fsdp"):
         raise SystemExit("gpus must be >= 1, mfu in (0, 1] and parallel 'ddp' or 'fsdp'")
     if c.metrics and not os.path.isfile(c.metrics):

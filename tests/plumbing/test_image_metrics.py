@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import image_metrics as im
+from plumbing import image_metrics as im
 import toyworld
 import train
 from encoders import HALF, SemanticEncoder, SiglipVision
-from test_train import TINY
+from helpers import TINY
 
 
 def gaussians(rng, n, mean, cov):

@@ -2,7 +2,7 @@
 activation figure against a measurement it did not fit)."""
 import pytest
 
-import memplan
+from plumbing import memplan
 import train
 
 PLAN_DEFAULTS = {**train.DEFAULTS, **memplan.settings(vars(memplan))}

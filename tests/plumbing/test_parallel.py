@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]   # as the driver under torchrun too
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]   # as conftest.py does, for this file as torchrun's driver too
 import train  # noqa: E402
-from test_train import TINY, train_lines  # noqa: E402
+from helpers import ROOT, TINY, train_lines  # noqa: E402
 
 FFN = {"modality": [], "moe": ["--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--moe_shared=per_modality"]}
 DTYPES = ("float32", "bfloat16")
@@ -169,13 +169,13 @@ def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
 def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
     """parallel.py export: the sharded weights whole in one file, which load_for_inference reads as it reads the
     sharded checkpoint; it does not resume a run (it holds no optimizer state)."""
-    import config
-    import parallel
+    from plumbing import build
+    from plumbing import parallel
     parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "export"))
-    sharded = config.load_for_inference(str(runs / "fsdp-moe-float32-True"), "cpu")[0].state_dict()
+    sharded = build.load_for_inference(str(runs / "fsdp-moe-float32-True"), "cpu")[0].state_dict()
     single = torch.load(tmp_path / "export" / "ckpt.pt", weights_only=False)
     assert "optimizer" not in single and single["step"] == 4
-    exported = config.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
+    exported = build.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
     assert sharded.keys() == exported.keys() and all(torch.equal(sharded[k], exported[k]) for k in sharded)
     with pytest.raises(SystemExit, match="holds weights only"):
         train.main(args(tmp_path / "export", "moe", "float32", 6, "--resume"))
@@ -207,8 +207,8 @@ def test_initialisation_is_gpt2s_in_distribution():
         reference.flow_head.bias.zero_()
     with torch.device("meta"):
         model = UnifiedTransformer(cfg)
-    import config
-    model = config.init_model(model, "cpu", seed=1)
+    from plumbing import build
+    model = build.init_model(model, "cpu", seed=1)
     for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
         if q.std() == 0:
             assert torch.equal(p, q), name
