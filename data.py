@@ -16,8 +16,8 @@ import numpy as np
 import tiktoken
 import torch
 
-from plumbing import stdlib_corpus
 import toyworld
+from plumbing import stdlib_corpus
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer: tiktoken, with encodings built in code so that nothing has to be downloaded: "bytes" (256 byte tokens,

@@ -6,7 +6,8 @@ encoder, flow matching runs in that latent space, and a frozen decoder maps gene
 (section 3). This file is the seam: every encoder has encode(images) -> [B, N, C] and decode(latents) -> images,
 plus .tokens_per_frame and .latent_dim. In order: raw pixel patches (the built-in one, nothing to download); the
 semantic encoders (SigLIP 2, the paper's; DINOv2, WebSSL) and the RAE decoder that turns their latents back into
-pixels; VAEs; build_encoder. Downloads are remote.py's, weight files files.py's, pre-encoding shards realdata.py's.
+pixels; VAEs; build_encoder. Downloads and weight files are plumbing/hub.py's, pre-encoding shards
+plumbing/realdata.py's.
 """
 import re
 

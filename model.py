@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from plumbing.fastpaths import RMSNormCPU, summed_cross_entropy, use_written_backward
 from moe import MoEFFN, grouped_swiglu
+from plumbing.fastpaths import RMSNormCPU, summed_cross_entropy, use_written_backward
 
 
 @dataclass
@@ -369,7 +369,7 @@ class UnifiedTransformer(nn.Module):
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
         Generation adds pos [B, S] (rotary positions) and a KVCache; mask: attention_mask(doc, frame), if prebuilt.
         Returns next-token logits [B, S, V], or given targets [B, S] their summed cross-entropy (a chunk of positions
-        at a time: chunked_ce.py), and the flow head's prediction (x or v) for every frame [F, N, C]."""
+        at a time: plumbing/fastpaths.py), and the flow head's prediction (x or v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
         v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]

@@ -18,16 +18,15 @@ import numpy as np
 import torch
 
 import toyworld as tw
-from plumbing.build import load_for_inference
-from plumbing.settings import configure, settings
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
+from model import KVCache
+from plumbing.build import load_for_inference
+from plumbing.logs import report_to_run
 from plumbing.outputs import refuse_overwrite, write_lines
 from plumbing.pictures import save_rollout
-from plumbing.settings import cli
-from model import KVCache
-from plumbing.stats import bootstrap_ci, mean_ci   # bootstrap_ci: this module's name for it too
+from plumbing.settings import cli, configure, settings
+from plumbing.stats import mean_ci
 from sample import append_tokens, draw_image, prefill, prompt_batch
-from plumbing.logs import report_to_run
 
 # ----------------------------------------------------------------------------------------------------------------
 # Episodes: a goal-directed walk in a held-out maze. Its first 4 frames are the context, the next `horizon` steps

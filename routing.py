@@ -12,14 +12,13 @@ import sys
 import numpy as np
 import torch
 
-from plumbing.build import load_for_inference
-from plumbing.settings import configure, settings
 from data import ToyWorldData
-from plumbing.outputs import refuse_overwrite
-from plumbing.pictures import routing_figure
-from plumbing.settings import cli
 from model import add_noise, sample_time
 from moe import MoEFFN
+from plumbing.build import load_for_inference
+from plumbing.outputs import refuse_overwrite
+from plumbing.pictures import routing_figure
+from plumbing.settings import cli, configure, settings
 from train import get_batch
 
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plumbing.build import load_for_inference
-from plumbing.settings import configure, settings
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example, vqa_example
+from model import KVCache, shift_time, velocity
+from plumbing.build import load_for_inference
 from plumbing.outputs import refuse_overwrite
 from plumbing.pictures import load_image, save_gif, save_grid
-from plumbing.settings import cli
-from model import KVCache, shift_time, velocity
+from plumbing.settings import cli, configure, settings
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts. A prompt is a data.Example whose frames are latents [N, C]; rows are left-padded so every row's next

@@ -23,11 +23,10 @@ import torch
 
 import train
 from plumbing.build import build
-from plumbing.settings import configure, settings
 from plumbing.logs import read_log
 from plumbing.outputs import refuse_overwrite, write_lines
 from plumbing.pictures import pyplot, save_figure
-from plumbing.settings import cli
+from plumbing.settings import cli, configure, settings
 
 # ----------------------------------------------------------------------------------------------------------------
 # Planning: FLOPs from the model itself (model.flops_per_token), so MoE counts its active parameters only.

@@ -18,12 +18,10 @@ import numpy as np
 import torch
 
 from plumbing.build import build, gpu_peak_flops
-from plumbing.settings import configure, settings
-from plumbing.checkpoints import load_checkpoint
-from plumbing.settings import cli  # noqa: F401 (tests read checkpoints here)
-from plumbing.parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
-from plumbing.toyscores import oracle_scores, summary
 from plumbing.logs import Tracker, log_progress
+from plumbing.parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
+from plumbing.settings import cli, configure, settings
+from plumbing.toyscores import oracle_scores, summary
 
 # ---- I/O
 out_dir = "out/toy"
@@ -33,7 +31,7 @@ eval_iters = 8                # held-out batches for the validation losses
 eval_samples = 256            # toy world: held-out items per split its oracle scores at the end (<= 64 before)
 resume = False                # continue the run in out_dir from its checkpoint
 init_from = ""                # a run's out_dir: start from its weights, as a new run (fine-tuning, e.g. on VQA)
-wandb_log = False             # mirror metrics.jsonl and the sample grids to Weights & Biases (tracking.py)
+wandb_log = False             # mirror metrics.jsonl and the sample grids to Weights & Biases (plumbing/logs.py)
 wandb_project = "beyond-lm"
 wandb_run_name = ""           # "": out_dir's name
 wandb_mode = ""               # "": wandb's default (WANDB_MODE); "offline": only written, to out_dir/wandb
@@ -208,7 +206,7 @@ def held_out_losses(model, data, enc, c, device, batches, generator):
 
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     """Held-out losses; on the toy world also its oracle's scores of what the model draws, writes and answers on
-    unseen scenes and held-out bindings (toyscores.py), with the same noise in every run."""
+    unseen scenes and held-out bindings (plumbing/toyscores.py), with the same noise in every run."""
     model.eval()
     gen = torch.Generator(device).manual_seed(0)
     text, flow = held_out_losses(model, data, enc, c, device, c.eval_iters if getattr(data, "has_val", True) else 0,

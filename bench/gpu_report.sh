@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Every figure docs/performance.md still lists as missing, from one GPU, in parts that each fit within 8 minutes
+# Every figure docs/multi-gpu.md still lists as missing, from one GPU, in parts that each fit within 8 minutes
 # on one H200 (estimates; not yet timed there). Logs go to $OUT (or out/gpu); nothing is downloaded (random
 # weights of the real shapes, the toy world).
 #   bash bench/gpu_report.sh            # = tests speed: the GPU-only tests, then every speed figure     ~8 min
 #   bash bench/gpu_report.sh tests      # the GPU-only tests (tests/test_gpu.py)                          ~2 min
 #   bash bench/gpu_report.sh speed      # training steps, attention and MoE layers, sampling              ~6 min
 #   bash bench/gpu_report.sh tests scale   # issue 25's check: the GPU tests, then 20 eager steps under torchrun
-#     at configs/real.py's shapes with DDP and with FSDP2, peak memory against memplan.py's prediction,
+#     at configs/real.py's shapes with DDP and with FSDP2, peak memory against plumbing/memplan.py's prediction,
 #     tokens/s, MFU (scale.log; each run's metrics.jsonl under $OUT/scale_*)                 ~2 + ~4 min
-#   EXTRA="--device=cpu --compile=False ..." bash bench/gpu_report.sh scale   # a CPU dry run (docs/scale.md)
+#   EXTRA="--device=cpu --compile=False ..." bash bench/gpu_report.sh scale   # a CPU dry run (docs/multi-gpu.md)
 #   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
 #   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
 #   NANOGPT=<checkout> bash bench/gpu_report.sh nanogpt   # against nanoGPT at ~300M, 4,096 positions   ~5 min
@@ -48,8 +48,8 @@ part_scale() {
     rm -rf "$out/scale_$parallel"
     run torchrun --standalone --nproc_per_node=1 train.py $real $steps --parallel=$parallel \
         --out_dir="$out/scale_$parallel" $extra
-    run python memplan.py $real $steps --parallel=$parallel --gpus=1 --metrics="$out/scale_$parallel/metrics.jsonl" \
-        $extra
+    run python -m plumbing.memplan $real $steps --parallel=$parallel --gpus=1 \
+        --metrics="$out/scale_$parallel/metrics.jsonl" $extra
     rm -rf "$out/scale_$parallel"/ckpt*
   done
 }

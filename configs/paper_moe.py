@@ -2,7 +2,7 @@
 # MoE FFN, G = 16 (experts 4 d_model / G = 512 wide), 16 active per token: the token's modality-shared expert (one
 # for text, one for vision: the paper's best, Table 2) and the router's top 15 of the other 254. The expert count is
 # the one knob of Table 5's sparsity sweep: --moe_experts=32|64|128|256|512|1008 (2.30 ... 51.46B total, 1.5B
-# active with LLaMA-3's vocabulary; 13.59B at 256, the model of sections 6.2-6.3; tests/test_memplan.py).
+# active with LLaMA-3's vocabulary; 13.59B at 256, the model of sections 6.2-6.3; tests/plumbing/test_memplan.py).
 # Batch as Appendix E.7: 512 rows of 4096 tokens per step; 27,248 steps = 57B tokens, on 64 H200s in the paper.
 #   python -m plumbing.memplan configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3
 import os

@@ -35,6 +35,6 @@ min_lr_ratio = 0.05
 eval_interval = 1000
 eval_iters = 20
 compile = True
-# 18 GiB per GPU with activation checkpointing, 49 GiB without (python -m plumbing.memplan configs/real.py; docs/scale.md):
-# without it, a step computes ~1/4 less (no second forward pass) and still fits 80 GB
+# 18 GiB per GPU with activation checkpointing, 49 GiB without (python -m plumbing.memplan configs/real.py;
+# docs/multi-gpu.md): without it, a step computes ~1/4 less (no second forward pass) and still fits 80 GB
 activation_checkpointing = True

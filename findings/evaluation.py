@@ -14,12 +14,11 @@ import torch
 
 import plan
 import routing
-from plumbing import stdlib_corpus
-from plumbing import toyscores
 import train
-from plumbing.build import load_for_inference
 from data import ToyWorldData, collate, text_example
 from model import shift_time, training_losses
+from plumbing import stdlib_corpus, toyscores
+from plumbing.build import load_for_inference
 
 EVAL_SEED = 0
 ROWS = 16            # rows per validation batch
@@ -65,9 +64,9 @@ def source_losses(model, tok, enc, cfg, source, batches, seed):
 
 @torch.no_grad()
 def oracle_scores(model, tok, enc, cfg, n, seed, splits=toyscores.SPLITS):
-    """The toy world's oracle (toyscores.py) on the first n items of each held-out split drawn from the evaluation
-    seed: generation (`gen_<split>`: caption -> image) and understanding (`caption_<split>`: a clean render ->
-    caption), on unseen scenes of trained bindings and on held-out bindings."""
+    """The toy world's oracle (plumbing/toyscores.py) on the first n items of each held-out split drawn from the
+    evaluation seed: generation (`gen_<split>`: caption -> image) and understanding (`caption_<split>`: a clean
+    render -> caption), on unseen scenes of trained bindings and on held-out bindings."""
     data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {"caption_to_image": 1, "image_to_caption": 1}, seed,
                         cfg.image_size, cfg.max_shapes, eval_seed=seed)
     scores = toyscores.oracle_scores(model, tok, enc, data, cfg, n, torch.Generator().manual_seed(seed), None, splits)

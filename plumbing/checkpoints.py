@@ -119,8 +119,8 @@ def load_checkpoint(path):
         raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out(path)}")
     if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
         raise SystemExit(f"{path} is a format {ckpt.get('format', 1)} checkpoint and this code reads format "
-                         f"{CHECKPOINT_FORMAT} (plumbing/checkpoints.py's CHECKPOINT_FORMAT says what changed): train it again, or use "
-                         f"the code it was trained with")
+                         f"{CHECKPOINT_FORMAT} (plumbing/checkpoints.py's CHECKPOINT_FORMAT says what changed): train "
+                         f"it again, or use the code it was trained with")
     folder = os.path.join(os.path.dirname(path), ckpt.get("shards", ""))
     for name, size in ckpt.get("shard_sizes", {}).items():   # a folder cut short or copied in part
         if not os.path.isfile(os.path.join(folder, name)) or os.path.getsize(os.path.join(folder, name)) != size:

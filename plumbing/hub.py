@@ -1,7 +1,7 @@
 """
-Files over the network, beside files.py. Published weights come from the Hugging Face hub through huggingface_hub:
-its cache (HF_HOME, shared with transformers and diffusers, so nothing is fetched twice), its token (`hf auth
-login` or HF_TOKEN), its endpoint (HF_ENDPOINT) and offline switch (HF_HUB_OFFLINE); each published default is
+Files over the network, and the weight files they bring. Published weights come from the Hugging Face hub through
+huggingface_hub: its cache (HF_HOME, shared with transformers and diffusers, so nothing is fetched twice), its token
+(`hf auth login` or HF_TOKEN), its endpoint (HF_ENDPOINT) and offline switch (HF_HUB_OFFLINE); each published default is
 pinned to a commit. What is this project's own: which files, and one line for each way a download fails. Webdataset
 shards streamed over HTTP survive a flaky network: a failed open or a lost connection is retried with exponential
 backoff and the read resumes at the byte where it stopped, so a stream yields the same samples as an unbroken one.

@@ -2,9 +2,10 @@
 Image metrics for a trained run: the images it draws from held-out captions, compared with the held-out images.
 
     python -m plumbing.image_metrics --out_dir=out/real --images='data/cc3m/val-{0000..0003}.tar' --num_images=5000
-    python -m plumbing.image_metrics --out_dir=out/toy --images=toyworld                   # held-out toy scenes, + the oracle
-    python -m plumbing.image_metrics --out_dir=out/real --images=... --fid --clip_score    # + FID and CLIP score (downloads)
-    python -m plumbing.image_metrics --out_dir=out/real --mode=geneval --prompts=geneval/prompts/evaluation_metadata.jsonl
+    python -m plumbing.image_metrics --out_dir=out/toy --images=toyworld         # held-out toy scenes, + the oracle
+    python -m plumbing.image_metrics --out_dir=out/real --images=... --fid --clip_score  # + FID, CLIP score (downloads)
+    python -m plumbing.image_metrics --out_dir=out/real --mode=geneval \
+        --prompts=geneval/prompts/evaluation_metadata.jsonl
 
 Score mode draws an image for each held-out caption (caption -> image, as sample.py draws) and reports:
 - fd: the Frechet distance between Gaussians fitted to the two image sets' features in a frozen encoder's space,
@@ -24,11 +25,10 @@ import numpy as np
 import torch
 
 from plumbing.build import load_for_inference
-from plumbing.settings import configure, settings
+from plumbing.logs import need, report_to_run
 from plumbing.outputs import refuse_overwrite
 from plumbing.pictures import load_image, save_grid
-from plumbing.settings import cli
-from plumbing.logs import need, report_to_run
+from plumbing.settings import cli, configure, settings
 
 # ----------------------------------------------------------------------------------------------------------------
 # The Frechet distance between Gaussians fitted to two sets of features, and its bootstrap interval.

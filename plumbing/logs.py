@@ -177,9 +177,9 @@ OFF = dict(wandb_log=False, wandb_project="", wandb_run_name="", wandb_mode="", 
 
 
 def report_to_run(cfg, out_dir, record=None, pictures=None):
-    """Numbers or pictures that a later command made from a run's checkpoint (plan.py's rollouts, image_metrics.py's
-    scores), added to the run's sinks at the checkpoint's step, where the run was tracked. cfg: the run's config
-    as config.load_for_inference returns it (with the checkpoint's step and tracking_id)."""
+    """Numbers or pictures that a later command made from a run's checkpoint (plan.py's rollouts, image metrics),
+    added to the run's sinks at the checkpoint's step, where the run was tracked. cfg: the run's config as
+    plumbing.build.load_for_inference returns it (with the checkpoint's step and tracking_id)."""
     c = SimpleNamespace(**{**OFF, **vars(cfg)})
     sinks = open_sinks(c, out_dir, c.tracking_id, c.checkpoint_step, training=False)
     for sink in sinks:

@@ -18,8 +18,8 @@ bytes per token and per micro-batch, per layer and outside the layers, which sca
 per token, quadratic per micro-batch: weight copies) and micro-batch. The measurement is eager PyTorch with
 SDPA's flash kernel standing in for FlexAttention (both keep q, k, v, the output and the log-sum-exp); compiled
 steps may keep less. With activation checkpointing a block keeps only its input, and one block's activations live
-again while its backward pass runs. tests/test_memplan.py checks the prediction against a measurement at another
-width, length, depth and batch.
+again while its backward pass runs. tests/plumbing/test_memplan.py checks the prediction against a measurement at
+another width, length, depth and batch.
 """
 import dataclasses
 import os
@@ -29,14 +29,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from plumbing import fastpaths
 import train
-from plumbing.settings import configure, settings
 from data import FRAME, SPECIAL_TOKENS, Example, Tokenizer, collate, to_device
 from encoders import SEMANTIC, build_encoder
-from plumbing.logs import read_log
-from plumbing.settings import cli
 from model import ModelConfig, UnifiedTransformer, training_losses
+from plumbing import fastpaths
+from plumbing.logs import read_log
+from plumbing.settings import cli, configure, settings
 
 # ---- the plan
 gpus = 8                      # GPUs the run shards its state over (FSDP2) or replicates it on (DDP)

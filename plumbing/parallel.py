@@ -4,11 +4,11 @@ or sharded (FSDP2) after being built on the meta device, so that no process ever
 that every process writes its own part of (torch.distributed.checkpoint), then resumed on any number of processes.
 
     torchrun --standalone --nproc_per_node=8 train.py configs/real.py --parallel=fsdp
-    python -m plumbing.parallel export out/real out/real-export    # a sharded checkpoint's weights as one file, for sample.py
+    python -m plumbing.parallel export out/real out/real-export    # sharded weights as one file, for sample.py
 
 A run's checkpoint is out_dir/ckpt.pt. One process, or DDP (every process holds the whole model anyway), writes the
 weights and optimizer state into it; FSDP writes there only the run's metadata and the name of the folder of shards
-beside it (files.save_sharded). Either kind resumes on any number of processes, sharded or not: the data is a
+beside it (checkpoints.save_sharded). Either kind resumes on any number of processes, sharded or not: the data is a
 function of (seed, step, global micro-batch slot), so a run goes on exactly as it would have.
 """
 import datetime
@@ -19,8 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from plumbing.build import compile_model, init_model, load_for_inference, resolve_device
-from plumbing.build import check_same_model
+from plumbing.build import check_same_model, compile_model, init_model, load_for_inference, resolve_device
 from plumbing.checkpoints import load_checkpoint, previous, read_shards, save_checkpoint, save_sharded
 from plumbing.logs import set_log_aside, trim_log
 from plumbing.outputs import refuse_overwrite
@@ -53,7 +52,7 @@ def setup_processes(c):
             run.dev = f"cuda:{local_rank}"
             torch.cuda.set_device(run.dev)
         # a process that waits longer than this for the others (a hang, a dead peer) stops instead of waiting forever;
-        # a program that made the group itself (tests/test_parallel.py runs many trainings in one) keeps it
+        # a program that made the group itself (tests/plumbing/test_parallel.py runs many trainings in one) keeps it
         run.own_group = not torch.distributed.is_initialized()
         if run.own_group:
             init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",

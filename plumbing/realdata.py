@@ -2,9 +2,9 @@
 Real data at scale, beside data.py's toy world: the readers, the resumable per-slot streams and the loader threads,
 and the commands that fill data/.
 
-    python -m plumbing.realdata prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2     # .txt/.jsonl -> llm.c token shards
-    python -m plumbing.realdata download-fineweb --shards=1                              # llm.c's FineWeb-Edu GPT-2 shards
-    python -m plumbing.realdata preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2   # images -> latent shards
+    python -m plumbing.realdata prepare-text --inputs=docs/*.jsonl --tokenizer=gpt2    # .txt/.jsonl -> token shards
+    python -m plumbing.realdata download-fineweb --shards=1                             # FineWeb-Edu GPT-2 shards
+    python -m plumbing.realdata preencode --shards='data/cc3m/*.tar' --out=data/cc3m-siglip2   # -> latent shards
 """
 import functools
 import glob
@@ -28,10 +28,10 @@ from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, vqa_example,
                   weighted_sources)
 from encoders import build_encoder
+from plumbing.hub import RemoteShard, hub_file
 from plumbing.outputs import part_file, refuse_overwrite
 from plumbing.pictures import load_image
 from plumbing.settings import cli, command_name, print_help
-from plumbing.hub import RemoteShard, hub_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def download_fineweb(out_dir="data/fineweb",   # where the shards are linked
                      repo="karpathy/fineweb-edu-100B-gpt2-token-shards",   # the hub dataset
                      endpoint=None):           # another hub endpoint (a mirror; HF_ENDPOINT works too)
     """llm.c's FineWeb-Edu GPT-2 token shards (100M tokens each): the val shard and the first `shards` train ones,
-    downloaded once into the Hugging Face cache (remote.hub_file) and linked into out_dir."""
+    downloaded once into the Hugging Face cache (hub.hub_file) and linked into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name in ["edu_fineweb_val_000000.bin"] + [f"edu_fineweb_train_{i:06d}.bin" for i in range(1, shards + 1)]:

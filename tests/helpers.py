@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from data import Example, FRAME, Tokenizer, caption_to_image, collate, text_example, to_device
+from data import FRAME, Example, Tokenizer, caption_to_image, collate, text_example, to_device
 from model import ModelConfig, UnifiedTransformer, shift_time, velocity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,12 @@ def mixed_row(tok):
 def train_lines(lines):
     """{step: (text loss, flow loss)} of a run's training records (its evaluation records left out)."""
     return {r["step"]: (r["text_loss"], r["flow_loss"]) for r in lines if "val_text_loss" not in r}
+
+
+def grad_norms(lines):
+    """{step: the gradient's norm before clipping} of a run's training records: what a loss alone does not show (a
+    gradient summed over processes instead of averaged is clipped and fed to AdamW, indifferent to its scale)."""
+    return {r["step"]: r["grad_norm"] for r in lines if "grad_norm" in r}
 
 
 def full_pass(model, tok, examples, zt=None, t=None):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import data as data_module
-from data import (FRAME, Example, ToyWorldData, Tokenizer, caption_to_image, collate, image_to_caption, pack_rows,
+from data import (FRAME, Tokenizer, ToyWorldData, caption_to_image, collate, image_to_caption, pack_rows,
                   text_example, video_example)
 
 N = 4
@@ -183,6 +183,7 @@ def replayed_scenes(config, steps, monkeypatch):
     return drawn, [m for t in text for m in re.findall(pattern, t)], data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(__import__("glob").glob("configs/toy*.py")))
 def test_no_evaluation_scene_is_ever_trained_on(config, monkeypatch):
     """Replay training batches of every toy config (VQA fine-tuning's included): no held-out binding is drawn

@@ -11,8 +11,7 @@ from local_hub import Hub, commit_of
 
 import encoders
 import plumbing.hub
-from plumbing import pictures
-from plumbing import realdata
+from plumbing import pictures, realdata
 
 
 def test_pixel_patches_round_trip():
@@ -128,6 +127,7 @@ def test_rae_decoder_matches_transformers_vit_mae_decoder(tmp_path):
         encoders.RAEDecoder.from_published({}, {"decoder.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow
 def test_semantic_encoder_from_local_folders_normalises_and_decodes(tmp_path):
     """build_encoder reads a tower folder and a decoder folder with the published file names; encode applies the
     tower's mean/std and resizes to its input size, decode maps back through the decoder to uint8 pixels."""
@@ -190,7 +190,7 @@ def publish(repo, folder, prefix=""):
 
 
 def test_the_default_encoders_come_from_the_hub_at_their_pinned_commits(hub, tmp_path, monkeypatch):
-    """With weights="" the published defaults are downloaded (through plumbing/hub.py) at the commit plumbing.hub.PINNED names
+    """With weights="" the published defaults are downloaded (through plumbing/hub.py) at the commit PINNED names
     (here the local hub's), the RAE decoder at main; a VAE's files arrive in one folder that diffusers reads."""
     transformers, diffusers = pytest.importorskip("transformers"), pytest.importorskip("diffusers")
     import plumbing.hub

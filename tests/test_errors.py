@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import data
-from plumbing import realdata
 import train
 from helpers import ROOT
+from plumbing import realdata
 
 TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
         "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
@@ -56,6 +56,7 @@ def snapshot(root):
 T = " ".join(TINY)
 NOT_CKPT = r"{w}/{d}/ckpt.pt is not a readable checkpoint \(\w+\): start a fresh run with another --out_dir"
 # (command, arguments ({w}: the workspace), exit code, the last line printed (a regex), run as a subprocess)
+RD, IM = "plumbing.realdata", "plumbing.image_metrics"   # the support commands, run as python -m
 CASES = [
     # train.py: config files that fail to run, damaged checkpoints, a run's files
     ("train", "{w}/syntax.py", 1, r"config file {w}/syntax.py, line 2: SyntaxError: '\(' was never closed", True),
@@ -100,34 +101,34 @@ CASES = [
     ("plan", "--out_dir={w}/run --episodes=0", 1, r"episodes, horizon, .* must be >= 1", False),
     ("plan", "{w}/syntax.py", 1, r"config file {w}/syntax.py, line 2: SyntaxError", False),
     # data.py: inputs that hold no text, outputs already there, all or nothing
-    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
+    (RD, "prepare-text --inputs={w}/good.txt --out_dir={w}/shards --tokenizer=bytes", 1,
      r"{w}/shards/text_000000.bin exists: pass --overwrite", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
-     r"data.py prepare-text: {w}/empty.txt holds no text", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+    (RD, "prepare-text --inputs={w}/empty.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
+     r"python -m plumbing.realdata prepare-text: {w}/empty.txt holds no text", False),
+    (RD, "prepare-text --inputs={w}/blank.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
      r"{w}/blank.txt holds no text", False),
     ("data", "prepare-text --inputs={w}/binary.txt --out_dir={w}/shards --tokenizer=bytes --overwrite", 1,
-     r"data.py prepare-text: {w}/binary.txt is not UTF-8 text \(invalid start byte\)", True),
-    ("plumbing.realdata", "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
+     r"python -m plumbing.realdata prepare-text: {w}/binary.txt is not UTF-8 text \(invalid start byte\)", True),
+    (RD, "prepare-text --inputs={w}/nul.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/nul.txt is not UTF-8 text \(a NUL byte\)", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    (RD, "prepare-text --inputs={w}/latin1.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/latin1.txt is not UTF-8 text", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
+    (RD, "prepare-text --inputs={w}/notext.jsonl --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/notext.jsonl holds no text", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
+    (RD, "prepare-text --inputs={w}/good.txt,{w}/empty.txt --out_dir={w}/new --tokenizer=bytes", 1,
      r"{w}/empty.txt holds no text", False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
+    (RD, "prepare-text --inputs={w}/nope/*.txt --out_dir={w}/new", 1, r"no file matches '{w}/nope/\*.txt'",
      False),
-    ("plumbing.realdata", "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
+    (RD, "prepare-text --inputs={w}/good.txt --out_dir={w}/new --shards=3", 1,
      r"unexpected keyword argument 'shards'", False),
-    ("plumbing.realdata", "prepare-txt", 1, r"usage: python -m plumbing.realdata prepare-text \| download-fineweb", False),
+    (RD, "prepare-txt", 1, r"usage: python -m plumbing.realdata prepare-text \| download-fineweb", False),
     # plumbing/realdata.py preencode
-    ("plumbing.realdata", "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
+    (RD, "preencode --shards={w}/binary.txt --out={w}/latents --encoder=pixels --image_size=16", 1,
      r"python -m plumbing.realdata preencode: cannot open shard {w}/binary.txt", True),
-    ("plumbing.realdata", "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
-    ("plumbing.realdata", "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
+    (RD, "preencode --shards={w}/nope.tar --out={w}/latents", 1, r"no file matches '{w}/nope.tar'", False),
+    (RD, "preencode --shards={w}/good.txt --out={w}/latents --encoder=clip", 1, r"unknown encoder 'clip'",
      False),
-    ("plumbing.realdata", "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
+    (RD, "preencode --shards={w}/good.txt", 1, r"missing 1 required positional argument: 'out'", False),
     # scaling.py and routing.py
     ("scaling", "plan configs/toy.py --sweep_dir={w}/sweep", 1, r"{w}/sweep/plan.jsonl exists: pass --overwrite",
      False),
@@ -135,14 +136,14 @@ CASES = [
     ("scaling", "plan {w}/zero.py", 1, r"config file {w}/zero.py, line 1: ZeroDivisionError", False),
     ("routing", "--out_dir={w}/cut", 1, NOT_CKPT.replace("{d}", "cut"), False),
     # plumbing/image_metrics.py
-    ("plumbing.image_metrics", "--out_dir={w}/run --mode=fid", 1, r"unknown mode 'fid': use score or geneval", False),
-    ("plumbing.image_metrics", "--out_dir={w}/run --pool=max", 1, r"pool='max': use mean or flat", False),
-    ("plumbing.image_metrics", "--out_dir={w}/run --mode=geneval", 1, r"geneval mode needs --prompts=", False),
-    ("plumbing.image_metrics", "--out_dir={w}/run --mode=geneval --prompts={w}/good.txt --out={w}/g", 1,
+    (IM, "--out_dir={w}/run --mode=fid", 1, r"unknown mode 'fid': use score or geneval", False),
+    (IM, "--out_dir={w}/run --pool=max", 1, r"pool='max': use mean or flat", False),
+    (IM, "--out_dir={w}/run --mode=geneval", 1, r"geneval mode needs --prompts=", False),
+    (IM, "--out_dir={w}/run --mode=geneval --prompts={w}/good.txt --out={w}/g", 1,
      r"--prompts='{w}/good.txt': not GenEval's evaluation_metadata.jsonl \(JSONDecodeError", False),
-    ("plumbing.image_metrics", "--out_dir={w}/run --images={w}/nope.tar --out={w}/m", 1, r"no file matches '{w}/nope.tar'",
+    (IM, "--out_dir={w}/run --images={w}/nope.tar --out={w}/m", 1, r"no file matches '{w}/nope.tar'",
      False),
-    ("plumbing.image_metrics", "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt", False),
+    (IM, "--out_dir={w}/nothing", 1, r"no checkpoint at {w}/nothing/ckpt.pt", False),
 ]
 
 
@@ -160,7 +161,8 @@ def run_command(name, argv, subprocess_=False):
     return 0, ""
 
 
-@pytest.mark.parametrize("name,args,code,line,sub", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name,args,code,line,sub", [pytest.param(*c, marks=pytest.mark.slow) if c[4] else c
+                                                     for c in CASES], ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name, args, code, line, sub):
     monkeypatch.chdir(ROOT)
     before = snapshot(ws)
@@ -176,10 +178,10 @@ def test_bad_input_stops_with_one_line_and_changes_nothing(ws, monkeypatch, name
     ("sample", "-h", ["--num_samples=8", "--overwrite=False", "replace the pictures"]),
     ("plan", "--help", ["--horizon=6", "planning steps (NWM: 8)"]),
     ("scaling", "plan --help", ["--depths=2,3,4,6", "--learning_rate=0.0003", "the sweep's compute budgets"]),
-    ("plumbing.realdata", "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
-    ("plumbing.realdata", "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
+    (RD, "prepare-text --help", ["--tokenizer=gpt2", "a tiktoken encoding name", "--overwrite=False"]),
+    (RD, "preencode -h", ["--encoder=siglip2", "the frozen encoder"]),
     ("routing", "--help", ["--batches=8"]),
-    ("plumbing.image_metrics", "--help", ["--resamples=200", "bootstrap resamples"]),
+    (IM, "--help", ["--resamples=200", "bootstrap resamples"]),
 ])
 def test_every_command_answers_help(capsys, name, args, expect):
     assert run_command(name, args.split())[0] == 0
@@ -187,6 +189,7 @@ def test_every_command_answers_help(capsys, name, args, expect):
     assert out.startswith("usage: python") and all(e in out for e in expect), out
 
 
+@pytest.mark.slow
 def test_help_in_a_subprocess_exits_0():
     code, last = run_command("train", ["-h"], subprocess_=True)
     assert code == 0 and "--peak_flops=0.0" in last
@@ -209,6 +212,7 @@ def launch(out_dir, *extra, crash=""):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_killed_before_a_checkpoint_and_during_one_resumes_with_each_step_once(tmp_path):
     args = ["--max_iters=6", "--eval_interval=3"]
     d = tmp_path / "run"

@@ -3,12 +3,13 @@ attention path, and the whole forward pass against a reference written the slow,
 import os
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from data import Tokenizer, collate, text_example, to_device
-from model import apply_rope, dense_mask, plain_causal, rope_angles, timestep_embedding, training_losses
 from helpers import C, N, mixed_row, tiny
+from model import apply_rope, dense_mask, plain_causal, rope_angles, timestep_embedding, training_losses
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
@@ -67,6 +68,7 @@ def text_rows(tok, lengths, S=24):
     return dict(batch, latents=torch.zeros(0, N, C))
 
 
+@pytest.mark.slow
 def test_rope_equals_the_reference_eager_and_compiled():
     torch.manual_seed(0)
     B, H, S, D = 2, 3, 7, 8
@@ -177,6 +179,7 @@ def test_forward_equals_the_reference_implementation():
         torch.testing.assert_close(flow, ref_flow.float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_step_reports_tokens_per_second_and_top_ops(capsys):
     import bench_step
     tok_s = bench_step.main(["configs/toy.py", "--n_layer=1", "--batch_size=2", "--steps=1", "--warmup=0",

@@ -4,11 +4,11 @@ the loop, and no host sync in a training step. Their CPU stand-ins are in test_m
 import pytest
 import torch
 
-from plumbing import fastpaths
 from data import Tokenizer, to_device
+from helpers import C, N, mixed_row, tiny
 from model import training_losses
 from moe import grouped_swiglu
-from helpers import C, N, mixed_row, tiny
+from plumbing import fastpaths
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data import Example, FRAME, Tokenizer, collate, text_example, to_device
+from data import FRAME, Example, Tokenizer, collate, text_example, to_device
 from helpers import C, N, mixed_row, tiny
 from model import ModelConfig, add_noise, may_attend, sample_time, shift_time, training_losses, velocity
 
@@ -184,6 +184,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ffn, checkpointing", [("shared", False), ("modality", False), ("moe", False),
                                                 ("modality", True), ("moe", True)])
 def test_compiles_as_one_graph_and_matches_eager(ffn, checkpointing):

@@ -8,9 +8,9 @@ import torch
 
 import moe
 import routing
-from moe import GROUPED_MM, grouped_swiglu, runs_in_bf16
 import train
 from model import ModelConfig, UnifiedTransformer
+from moe import GROUPED_MM, grouped_swiglu, runs_in_bf16
 
 
 def layer(**kw):
@@ -159,7 +159,6 @@ def test_granularity_is_the_papers_and_g_active_experts_equal_a_4d_ffn():
 
 
 def test_router_learns_and_bias_balancing_moves_toward_even_load(tmp_path):
-    from data import Tokenizer
     m, _ = layer(moe_balance="bias", moe_score="sigmoid")
     model = torch.nn.Module()
     model.ffn = m
@@ -202,6 +201,7 @@ def test_specialization_classes_cv_and_correlation():
     assert routing.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1) and routing.pearson([1, 2, 3], [3, 2, 1]) == -1
 
 
+@pytest.mark.slow
 def test_tiny_moe_run_and_routing_analysis(tmp_path, capsys):
     train.main(["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
                 "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",

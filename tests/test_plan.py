@@ -9,6 +9,7 @@ import train
 from data import Tokenizer
 from encoders import PixelPatches
 from model import ModelConfig, UnifiedTransformer
+from plumbing.stats import bootstrap_ci
 
 ENC = PixelPatches(32, 8)
 
@@ -52,16 +53,17 @@ def test_episodes_need_turns_that_the_baselines_cannot_make():
 
 
 def test_bootstrap_interval_of_the_mean():
-    assert plan.bootstrap_ci([0.7] * 20) == pytest.approx((0.7, 0.7))
+    assert bootstrap_ci([0.7] * 20) == pytest.approx((0.7, 0.7))
     coins = np.array([0, 1] * 200)        # mean 0.5, standard error 0.5 / sqrt(400) = 0.025: 95% within +-0.049
-    lo, hi = plan.bootstrap_ci(coins)
+    lo, hi = bootstrap_ci(coins)
     assert lo == pytest.approx(0.451, abs=0.01) and hi == pytest.approx(0.549, abs=0.01)
-    lo4, hi4 = plan.bootstrap_ci(coins[:100])   # a quarter of the episodes: twice as wide
+    lo4, hi4 = bootstrap_ci(coins[:100])   # a quarter of the episodes: twice as wide
     assert (hi4 - lo4) == pytest.approx(2 * (hi - lo), rel=0.2)
-    pairs = plan.bootstrap_ci(np.stack([coins, 2 * coins], 1))   # columns resampled together, by episode
+    pairs = bootstrap_ci(np.stack([coins, 2 * coins], 1))   # columns resampled together, by episode
     assert np.allclose(pairs[1], [hi, 2 * hi])
 
 
+@pytest.mark.slow
 def test_cem_with_the_simulator_reaches_easy_goals():
     """Goals two W steps straight ahead in an open room: the simulator as world model must end far closer to them
     than standing still does (in mazes and at horizon 8 CEM on a pixel-latent score is much weaker; see plan.py)."""
@@ -180,6 +182,7 @@ def nav_run(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
     from PIL import Image
     common = [f"--out_dir={nav_run}", f"--out={tmp_path}", "--steps=1"]

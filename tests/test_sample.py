@@ -5,8 +5,8 @@ import torch
 
 import sample
 import train
-from helpers import full_pass, reference_draw
 from data import FRAME, Example, Tokenizer, collate, image_to_caption
+from helpers import full_pass, reference_draw
 from model import KVCache, ModelConfig, UnifiedTransformer
 
 N, C = 4, 6
@@ -152,6 +152,7 @@ def run_dir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_command_line_modes_write_their_files(run_dir, tmp_path, capsys):
     from PIL import Image
     out = tmp_path / "o"

@@ -107,17 +107,20 @@ def test_parse_rejects_text_outside_the_grammar(text, fragment):
 # ---- the oracle ----
 
 
+@pytest.mark.slow
 def test_oracle_reads_true_renders():
     scores = [tw.score_image(tw.render(s), tw.caption(s)) for s in scenes(500, seed=2)]
     assert np.mean(scores) >= 0.95
 
 
+@pytest.mark.slow
 def test_oracle_tolerates_blur_and_noise():
     rng = np.random.default_rng(3)
     scores = [tw.score_image(degrade(tw.render(s), rng), tw.caption(s)) for s in scenes(500, seed=3)]
     assert np.mean(scores) >= 0.9
 
 
+@pytest.mark.slow
 def test_oracle_on_noise_and_mismatched_captions_is_near_chance():
     rng = np.random.default_rng(4)
     truth, other = scenes(500, seed=4), scenes(500, seed=5)
@@ -128,6 +131,7 @@ def test_oracle_on_noise_and_mismatched_captions_is_near_chance():
     assert np.mean(mismatch) < 0.3
 
 
+@pytest.mark.slow
 def test_oracle_works_at_64_pixels():
     rng = np.random.default_rng(6)
     clean, blurred = [], []

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import model as model_module
-from plumbing import build
 import train
-from helpers import TINY, train_lines
+from helpers import TINY, grad_norms, train_lines
+from plumbing import build
+from plumbing.checkpoints import load_checkpoint
 
 def run(out_dir, *extra):
     train.main([*TINY, f"--out_dir={out_dir}", *extra])
@@ -47,6 +48,7 @@ def test_config_file_then_overrides():
     assert c.device == "cpu" and c.out_dir == "out/toy"
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
     full = run(tmp_path / "a", "--max_iters=16", "--eval_interval=8")
     losses = train_lines(full)
@@ -109,6 +111,7 @@ def test_absent_losses_are_not_logged_and_tokens_count_real_positions(tmp_path):
                                                   (c.batch_size * c.seq_len))
 
 
+@pytest.mark.slow
 def test_compiled_on_the_cpu_trains_like_eager(tmp_path):
     """--compile=True on the CPU compiles each block on its own (build.compile_model): the same losses as eager,
     the same checkpoint keys (nothing renamed by a wrapper)."""
@@ -117,7 +120,7 @@ def test_compiled_on_the_cpu_trains_like_eager(tmp_path):
     compiled = train_lines(run(tmp_path / "compiled", *args, "--compile=True"))
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-4)
-    keys = [set(train.load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"]) for d in ("eager", "compiled")]
+    keys = [set(load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"]) for d in ("eager", "compiled")]
     assert keys[0] == keys[1]
 
 
@@ -135,14 +138,13 @@ def test_vqa_fine_tuning_starts_from_the_checkpoint_keeps_the_encoder_frozen_and
     """The understanding protocol's stage (App. E.6): --init_from loads a trained run's weights into a new run (step
     0, its own schedule), the frozen encoder's weights never move, every frame is clean (no flow loss), and only
     the answers are learned, never the questions."""
-    import numpy as np
     import encoders
     tower = encoders.SiglipVision(width=16, depth=1, heads=2, hidden=32, patch=8, image_size=16)
     enc = encoders.SemanticEncoder(tower, None, encoders.HALF)
     frozen = {k: v.clone() for k, v in tower.state_dict().items()}
     monkeypatch.setattr(build, "build_encoder", lambda *a, **k: enc)
     run(tmp_path / "pre", "--max_iters=2", "--eval_interval=2", "--mixture={'image_to_caption': 1.0}")
-    pretrained = train.load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
+    pretrained = load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))["model"]
     seen, real_step = [], train.train_step
 
     def spy(run_, c, model, raw_model, *rest):
@@ -171,7 +173,8 @@ def test_vqa_fine_tuning_starts_from_the_checkpoint_keeps_the_encoder_frozen_and
 
 
 def launch(tmp_path, name, *extra, procs=1):
-    """train.py in a subprocess: alone, or under torchrun with `procs` gloo processes."""
+    """train.py in a subprocess: alone, or under torchrun with `procs` gloo processes. Returns {step: (text loss,
+    flow loss, gradient norm)}: the norm shows a gradient summed over processes (2x), which losses do not."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,14 +184,18 @@ def launch(tmp_path, name, *extra, procs=1):
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:   # show why (the processes' own output), not only that it failed
         pytest.fail(f"{' '.join(runner)} train.py exited with {done.returncode}:\n{done.stderr[-4000:]}")
-    return train_lines(json.loads(line) for line in open(tmp_path / name / "metrics.jsonl"))
+    lines = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+    norms = grad_norms(lines)
+    return {step: (*losses, norms[step]) for step, losses in train_lines(lines).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel,centering", [("ddp", False), ("fsdp", False), ("ddp", True)])
 def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel, centering):
-    """torchrun with 2 gloo processes (DDP, or FSDP2) and the same global batch logs the same losses as one
-    process; its checkpoint then resumes on one process exactly as the one-process run's own checkpoint does.
-    With loss centering, the center moves once per step from the whole global batch, on every process alike."""
+    """torchrun with 2 gloo processes (DDP, or FSDP2) and the same global batch logs the same losses and gradient
+    norms (measured: equal, or within 1.1e-7 for FSDP2) as one process; its checkpoint then resumes on one process
+    exactly as the one-process run's own checkpoint does. With loss centering, the center moves once per step from
+    the whole global batch, on every process alike."""
     args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2", f"--loss_centering={centering}"]
     one = launch(tmp_path, "one", *args)
     two = launch(tmp_path, "two", *args, f"--parallel={parallel}", procs=2)
@@ -204,6 +211,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, parallel, centering
         assert one[s] == pytest.approx(two[s], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_moe_bias_balancing_on_two_processes_matches_one(tmp_path):
     """The auxiliary-loss-free biases follow the load of the whole step, every micro-batch of every process, so
     the experts chosen (and the losses) do not depend on how the global batch is split."""
@@ -215,6 +223,7 @@ def test_moe_bias_balancing_on_two_processes_matches_one(tmp_path):
         assert one[s] == pytest.approx(two[s], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     run(tmp_path, "--max_iters=2", "--eval_interval=2")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)

@@ -1,21 +1,22 @@
-"""claims.py, paired_stats.py and evaluation.py: the verdicts on constructed differences (each of the four, and
-Holm), the seed count, one fixed evaluation for every arm, and the runner on a tiny budget (it trains, scores,
-reuses finished runs, resumes unfinished ones, and writes the table from the results file alone)."""
+"""claims.py, its machinery in findings/ and plumbing/stats.py: the verdicts on constructed differences (each of
+the four, and Holm), the seed count, one fixed evaluation for every arm, and the runner on a tiny budget (it trains,
+scores, reuses finished runs, resumes unfinished ones, and writes the table from the results file alone)."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import claims
-from findings import evaluation
-from plumbing import toyscores
-from plumbing import stats as ps
 import train
+from data import Tokenizer
+from findings import evaluation, report, runs
+from plumbing import stats as ps, toyscores
 from plumbing.build import build
-from plumbing.settings import configure
 from plumbing.checkpoints import save_checkpoint
+from plumbing.settings import configure, settings
 
 TINY = "--n_layer=1 --d_model=32 --n_head=1 --n_kv_head=1 --batch_size=2 --sample_steps=2"
 RUN = ["--iters_scale=0.004", "--seeds=1", "--eval_batches=1", "--eval_prompts=2", "--episodes=1", f"--extra={TINY}"]
@@ -84,10 +85,11 @@ def tiny_checkpoint(folder, **changes):
     return str(folder)
 
 
+@pytest.mark.slow
 def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, monkeypatch):
     """Two arms (modality FFNs, seed 0; one shared FFN, seed 7): the same validation batches, flow times and noise,
     prompts and sampler noise reach both models."""
-    seen, losses, drawn, bos = {}, evaluation.training_losses, toyscores.draw, claims.Tokenizer("bytes").bos
+    seen, losses, drawn, bos = {}, evaluation.training_losses, toyscores.draw, Tokenizer("bytes").bos
 
     def spy_losses(model, batch, generator=None, times=None):
         seen[key].append((batch["tokens"].clone(), batch["latents"].clone(), times, generator.get_state().clone()))
@@ -100,7 +102,7 @@ def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, mo
 
     monkeypatch.setattr(evaluation, "training_losses", spy_losses)
     monkeypatch.setattr(toyscores, "draw", spy_draw)
-    sizes = claims.SimpleNamespace(batches=2, prompts=3, episodes=1)
+    sizes = SimpleNamespace(batches=2, prompts=3, episodes=1)
     for key, changes in (("a", dict(seed=0)), ("b", dict(seed=7, ffn="shared"))):
         seen[key] = []
         evaluation.score(tiny_checkpoint(tmp_path / key, **changes),
@@ -110,23 +112,25 @@ def test_the_evaluation_is_identical_across_arms_and_training_seeds(tmp_path, mo
         assert all(torch.equal(p, q) if torch.is_tensor(p) else p == q for p, q in zip(x, y))
 
 
+@pytest.mark.slow
 def test_rescoring_under_another_evaluation_seed(tmp_path):
     """The same checkpoint scores the same under one evaluation seed, otherwise under another; the runner sets the
     shift beside the spread over training seeds."""
-    folder, sizes = tiny_checkpoint(tmp_path / "run"), claims.SimpleNamespace(batches=2, prompts=2, episodes=1)
+    folder, sizes = tiny_checkpoint(tmp_path / "run"), SimpleNamespace(batches=2, prompts=2, episodes=1)
     ev = dict(sources=("text", "caption_to_image"))
     first, again = evaluation.score(folder, ev, sizes, 0), evaluation.score(folder, ev, sizes, 0)
     other = evaluation.score(folder, ev, sizes, 1)
     assert first == again and first["caption_to_image_flow_loss"] != other["caption_to_image_flow_loss"]
     # claim 4's difference at seed 0 moves from -0.10 to -0.11 (relative: text_video worse by 10%, then 11%)
     loss = lambda x, again=None: dict(text_text_loss=x, **({"_rescored": dict(text_text_loss=again)} if again else {}))
-    runs = {"4/text_only": {0: loss(1.0, 1.0), 1: loss(1.0)}, "4/text_video": {0: loss(1.1, 1.11), 1: loss(1.3)}}
-    shift, sd = claims.evaluation_check(4, claims.CLAIMS[4]["tests"][0], runs)
+    got = {"4/text_only": {0: loss(1.0, 1.0), 1: loss(1.0)}, "4/text_video": {0: loss(1.1, 1.11), 1: loss(1.3)}}
+    shift, sd = report.evaluation_check(claims, 4, claims.CLAIMS[4]["tests"][0], got)
     assert shift == pytest.approx(0.01) and sd == pytest.approx(np.std([-0.1, -0.3], ddof=1))
 
 
 # ---- the runner and the table -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
     claims.main(["--claim=1", "--jobs=2", *RUN, *paths(tmp_path)])
     results = tmp_path / "claims.jsonl"
@@ -134,24 +138,24 @@ def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
     assert sorted(r["run"] for r in first) == ["1/modality", "1/shared"]
     for r in first:
         assert r["suite"] == claims.SUITE and r["seed"] == 0 and r["machine"]
-        assert r["metrics"]["step"] == round(claims.arms(1)[r["arm"]]["changes"]["max_iters"] * 0.004)
+        assert r["metrics"]["step"] == round(runs.arms(claims, 1)[r["arm"]]["changes"]["max_iters"] * 0.004)
         assert {"text_text_loss", "caption_to_image_flow_loss", "gen_unseen_scenes",
                 "caption_unseen_scenes"} <= set(r["metrics"])
         assert r["rescored"].keys() == r["metrics"].keys() - {"step", "tokens"}   # seed 0: scored twice
-        assert r["settings"]["text_source"] == "stdlib" and r["fingerprint"] == claims.fingerprint(
-            claims.arms(1)[r["arm"]], claims.configure(claims.settings(vars(claims)), [*RUN, *paths(tmp_path)]))
+        assert r["settings"]["text_source"] == "stdlib" and r["fingerprint"] == runs.fingerprint(
+            claims, runs.arms(claims, 1)[r["arm"]], configure(settings(vars(claims)), [*RUN, *paths(tmp_path)]))
     table = open(tmp_path / "claims.md").read()
     assert "| modality | 1 |" in table and "| shared | 1 |" in table and "**pending**" in table
 
     # a finished run is never trained again: same lines, train.py not started
-    monkeypatch.setattr(claims, "train_run", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(runs, "train_run", lambda *a: pytest.fail("a finished run was trained again"))
     claims.main(["--claim=1", *RUN, *paths(tmp_path)])
     assert lines(results) == first
 
     # a claim that asks for a larger evaluation re-scores the kept checkpoints (their folder names the training
     # alone), keeps their training seconds, and its table reads the new lines only
     monkeypatch.undo()
-    monkeypatch.setattr(claims, "one_thread", lambda *a, **k: pytest.fail("a trained run was trained again"))
+    monkeypatch.setattr(runs, "one_thread", lambda *a, **k: pytest.fail("a trained run was trained again"))
     monkeypatch.setitem(claims.CLAIMS[1]["evaluation"], "prompts", 3)
     claims.main(["--claim=1", *RUN, *paths(tmp_path)])
     larger = {r["run"]: r for r in lines(results)[2:]}
@@ -165,8 +169,8 @@ def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
 
     # a run with a checkpoint but no line or training time resumes from it: train.py --resume at max_iters trains
     # no step and writes no checkpoint (without --resume it would refuse the out_dir), and the run's line comes back
-    c = claims.configure(claims.settings(vars(claims)), [*RUN, *paths(tmp_path)])
-    where = claims.out_dir(claims.arms(1)[first[1]["arm"]], 0, c)
+    c = configure(settings(vars(claims)), [*RUN, *paths(tmp_path)])
+    where = runs.out_dir(claims, runs.arms(claims, 1)[first[1]["arm"]], 0, c)
     os.remove(os.path.join(where, "train_s.json"))
     ckpt = os.path.join(where, "ckpt.pt")
     stamp = os.path.getmtime(ckpt)
@@ -179,14 +183,15 @@ def test_trains_scores_then_reuses_and_resumes(tmp_path, monkeypatch):
 
 def constructed(tmp_path, values, fingerprint=None):
     """Claim 4's two arms with hand-made text losses, one line per (arm, seed), written as the runner writes them."""
-    c = claims.configure(claims.settings(vars(claims)), paths(tmp_path))
+    c = configure(settings(vars(claims)), paths(tmp_path))
     with open(tmp_path / "claims.jsonl", "w") as f:
         for name, losses in values.items():
-            spec = claims.arms(4)[name]
+            spec = runs.arms(claims, 4)[name]
             for seed, loss in enumerate(losses):
                 f.write(json.dumps(dict(suite=claims.SUITE, run=spec["run"], seed=seed, metrics=dict(
                     text_text_loss=loss), rescored=dict(text_text_loss=loss + 1e-4) if seed == 0 else None,
-                    fingerprint=fingerprint or claims.fingerprint(spec, c), wall_s=60.0, machine="test cpu")) + "\n")
+                    fingerprint=fingerprint or runs.fingerprint(claims, spec, c), wall_s=60.0,
+                    machine="test cpu")) + "\n")
 
 
 def test_table_from_constructed_results(tmp_path):
@@ -213,15 +218,15 @@ def test_table_from_constructed_results(tmp_path):
 def test_equal_in_task_data_and_equal_active_compute():
     """Claim 4's text + video arm trains as many steps as give it text-only's text positions; claim 2's MoE has the
     dense model's active parameters to within one expert."""
-    specs = {n: claims.SimpleNamespace(**{**claims.recipe(sp["config"])[0], **sp["changes"]})
-             for n, sp in claims.arms(4).items()}
-    text = {n: claims.task_positions(c, "text") * c.max_iters for n, c in specs.items()}
+    specs = {n: SimpleNamespace(**{**runs.recipe(sp["config"])[0], **sp["changes"]})
+             for n, sp in runs.arms(claims, 4).items()}
+    text = {n: runs.task_positions(c, "text") * c.max_iters for n, c in specs.items()}
     assert text["text_video"] == pytest.approx(text["text_only"], rel=0.01)
-    assert claims.token_shares(specs["text_video"])["text"] == pytest.approx(0.5, abs=0.02)
-    moe = claims.SimpleNamespace(**{**claims.recipe(claims.TOY)[0], **claims.arms(2)["moe"]["changes"]})
-    dense = claims.active_params(claims.SimpleNamespace(**{**vars(moe), "ffn": "shared"}))
+    assert runs.token_shares(specs["text_video"])["text"] == pytest.approx(0.5, abs=0.02)
+    moe = SimpleNamespace(**{**runs.recipe(claims.TOY)[0], **runs.arms(claims, 2)["moe"]["changes"]})
+    dense = runs.active_params(SimpleNamespace(**{**vars(moe), "ffn": "shared"}))
     expert = 3 * moe.d_model * (4 * moe.d_model // moe.moe_granularity) * moe.n_layer
-    assert abs(claims.active_params(moe) - dense) < expert
+    assert abs(runs.active_params(moe) - dense) < expert
 
 
 def test_bad_input_stops_with_one_line(tmp_path):
@@ -234,8 +239,8 @@ def test_bad_input_stops_with_one_line(tmp_path):
 def test_sweep_demonstration_from_constructed_runs(tmp_path):
     """Claim 8's CPU sweep from hand-made results (one seed per point): the exponents come out, labelled as a
     demonstration."""
-    c = claims.configure(claims.settings(vars(claims)), paths(tmp_path))
-    arms = claims.sweep_arms()
+    c = configure(settings(vars(claims)), paths(tmp_path))
+    arms = runs.sweep_arms(claims)
     mid = {b: sorted(sp["sweep"]["N"] for sp in arms.values() if sp["sweep"]["budget"] == b)[1]
            for b in {sp["sweep"]["budget"] for sp in arms.values()}}
     with open(tmp_path / "claims.jsonl", "w") as f:
@@ -244,7 +249,7 @@ def test_sweep_demonstration_from_constructed_runs(tmp_path):
             m = dict(s, tokens=s["C"] / (6 * s["N"]), text_text_loss=1 + np.log(s["N"] / mid[s["budget"]]) ** 2,
                      caption_to_image_flow_loss=1 + 2 * np.log(s["N"] / mid[s["budget"]]) ** 2)
             f.write(json.dumps(dict(suite=claims.SUITE, run=sp["run"], seed=0, metrics=m, wall_s=1.0, machine="cpu",
-                                    fingerprint=claims.fingerprint(sp, c))) + "\n")
+                                    fingerprint=runs.fingerprint(claims, sp, c))) + "\n")
     claims.main(["--table_only=True", *paths(tmp_path)])
     table = open(tmp_path / "claims.md").read().split("## 8.")[1]
     assert "not evidence for or against the claim" in table and "| text |" in table and "| vision |" in table
@@ -256,14 +261,15 @@ def test_a_claim_whose_models_have_not_learned_reads_inconclusive():
         out = {}
         for name, p in (("nav_only", 0.030), ("nav_video", 0.020), ("nav_10pct", 0.0301), ("nav_50pct", 0.030)):
             mean = {s: 0.01 if (name, s) == ("nav_10pct", bad_seed) else 0.05 for s in range(5)}
-            out[claims.arms(6)[name]["run"]] = {s: dict(predict_1=p * (1 + 0.01 * s), predict_4=2 * p, mean_1=mean[s])
-                                                for s in range(5)}
+            out[runs.arms(claims, 6)[name]["run"]] = {
+                s: dict(predict_1=p * (1 + 0.01 * s), predict_4=2 * p, mean_1=mean[s]) for s in range(5)}
         return out
-    first = [r for r in claims.analysis(got()) if r["claim"] == 6][0]
+    first = [r for r in report.analysis(claims, got()) if r["claim"] == 6][0]
     assert first["test"]["a"] == "nav_video" and first["verdict"] == "holds"
-    rows = [r for r in claims.analysis(got(bad_seed=2)) if r["claim"] == 6]
+    rows = [r for r in report.analysis(claims, got(bad_seed=2)) if r["claim"] == 6]
     assert {r["verdict"] for r in rows} == {"inconclusive"}
-    assert claims.unmet(6, got(bad_seed=2)) == ["nav_10pct seed 2: predict_1 0.0307, not lower than mean_1 0.0100"]
+    assert report.unmet(claims, 6, got(bad_seed=2)) == [
+        "nav_10pct seed 2: predict_1 0.0307, not lower than mean_1 0.0100"]
 
 
 def test_fixed_flow_times_and_the_times_argument(tmp_path):
@@ -271,7 +277,7 @@ def test_fixed_flow_times_and_the_times_argument(tmp_path):
     times its generator would have drawn returns the same losses as drawing them."""
     import model as model_module
     from plumbing.build import load_for_inference
-    c = claims.SimpleNamespace(time_sampling="uniform", time_shift=4.0)
+    c = SimpleNamespace(time_sampling="uniform", time_shift=4.0)
     times = evaluation.stratified_times(8, c, torch.Generator().manual_seed(0))
     grid = model_module.shift_time((torch.arange(8) + 0.5) / 8, 4.0)
     assert torch.equal(times.sort().values, grid) and not torch.equal(times, grid)

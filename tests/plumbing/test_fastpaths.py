@@ -3,10 +3,10 @@ the whole micro-batch's logits, without ever keeping them."""
 import pytest
 import torch
 
-from plumbing import fastpaths
 from data import Tokenizer, to_device
-from model import training_losses
 from helpers import C, N, mixed_row, tiny
+from model import training_losses
+from plumbing import fastpaths
 
 
 def batch():
@@ -69,6 +69,7 @@ def test_no_float32_logits_for_the_whole_micro_batch(monkeypatch):
     assert logit_rows_kept(training_losses, model, b) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_chunked_loss_compiles_as_one_graph(monkeypatch, checkpointing):
     """The chunks' recomputation compiles inside the whole model's graph (fullgraph: no break) and matches eager,

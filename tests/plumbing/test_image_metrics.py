@@ -1,6 +1,6 @@
-"""image_metrics.py: the Frechet distance against closed forms and torchmetrics, its bootstrap interval against the
-spread of fresh samples, and the command end to end on a tiny trained toy checkpoint and a tiny local tar, with a
-random-weight SigLIP-shaped tower as the feature extractor (no download)."""
+"""plumbing/image_metrics.py: the Frechet distance against closed forms and torchmetrics, its bootstrap interval
+against the spread of fresh samples, and the command end to end on a tiny trained toy checkpoint and a tiny local
+tar, with a random-weight SigLIP-shaped tower as the feature extractor (no download)."""
 import io
 import json
 import os
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from plumbing import image_metrics as im
 import toyworld
 import train
 from encoders import HALF, SemanticEncoder, SiglipVision
 from helpers import TINY
+from plumbing import image_metrics as im
 
 
 def gaussians(rng, n, mean, cov):
@@ -41,6 +41,7 @@ def test_with_more_dimensions_than_samples_the_samples_space_gives_the_same_dist
                                                                              *im.moments(x2, w2)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_frechet_distance_of_samples_matches_torchmetrics():
     """Non-commuting sample covariances: the same number as torchmetrics' FID with the features fed as they are."""
     fid = pytest.importorskip("torchmetrics.image.fid")
@@ -109,6 +110,7 @@ def tiny_tower():
     return SemanticEncoder(SiglipVision(width=32, depth=1, heads=2, hidden=64, patch=4, image_size=16), None, HALF)
 
 
+@pytest.mark.slow
 def test_the_command_scores_a_checkpoint_against_a_held_out_tar(run_dir, tmp_path):
     tar = toy_tar(tmp_path / "held-out.tar", 6, extra=[("0000a.txt", b"a caption without its image")])
     tower = tiny_tower()
@@ -136,6 +138,35 @@ def test_the_toy_world_is_scored_in_the_runs_pixel_space_with_the_oracle(run_dir
              "--device=cpu", f"--out={tmp_path}"])
     out = json.load(open(tmp_path / "image_metrics.json"))
     assert (out["features"], out["dims"]) == ("pixels", 16 * 16 * 3) and 0 <= out["gen_accuracy"] <= 1
+
+
+def test_the_toy_worlds_gen_accuracy_is_the_oracles_on_the_split_asked(run_dir, tmp_path, monkeypatch):
+    """With a drawing that is the true render of each held-out caption, gen_accuracy is the oracle's score of those
+    renders (at 16 px it reads these 1-shape scenes well: > 0.8) and fd is 0; with the render of the next caption's
+    scene it falls to near chance (each image is scored against its own caption); the captions are those of the split
+    asked."""
+    held_out, shown = im.held_out_toy, {}
+
+    def recording(*args):
+        shown["real"], shown["captions"] = held_out(*args)
+        return shown["real"], shown["captions"]
+
+    def scored(split, shift):
+        monkeypatch.setattr(im, "draw_images", lambda model, tok, enc, captions, c: np.roll(shown["real"], shift, 0))
+        out = tmp_path / f"{split}-{shift}"
+        im.main([f"--out_dir={run_dir}", "--num_images=16", "--resamples=0", "--pool=flat", f"--split={split}",
+                 "--device=cpu", f"--out={out}"])
+        return json.load(open(out / "image_metrics.json"))
+    monkeypatch.setattr(im, "held_out_toy", recording)
+    for split in ("unseen_scenes", "held_out_bindings"):
+        right = scored(split, 0)
+        truth = [toyworld.parse_caption(t) for t in shown["captions"]]
+        assert all(toyworld.held_out(objects) == (split == "held_out_bindings") for objects in truth)
+        oracle = np.mean([toyworld.score_image(x, t) for x, t in zip(shown["real"], shown["captions"])])
+        assert right["gen_accuracy"] == pytest.approx(oracle) and oracle > 0.8   # measured 1.0 and 0.86
+        assert right["fd"] == pytest.approx(0, abs=1e-6)
+        wrong = scored(split, 1)["gen_accuracy"]
+        assert wrong < 0.6   # measured 0.39 and 0.25: one object each, so the count always agrees (1 check of 4)
 
 
 def test_geneval_mode_writes_genevals_folder_layout(run_dir, tmp_path):

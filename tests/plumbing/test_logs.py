@@ -1,5 +1,5 @@
-"""plumbing/logs.py's live mirrors: a toy run mirrored to TensorBoard and to wandb (offline), killed after a checkpoint and resumed into
-the same run; each read back from the files the packages wrote."""
+"""plumbing/logs.py's live mirrors: a toy run mirrored to TensorBoard and to wandb (offline), killed after a
+checkpoint and resumed into the same run; each read back from the files the packages wrote."""
 import glob
 import json
 import os
@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from plumbing import build
-from plumbing import logs
 import train
 from helpers import ROOT, TINY
+from plumbing import build, logs
+from plumbing.checkpoints import load_checkpoint
 
 pytest.importorskip("wandb")          # both are in requirements.txt: CI runs these tests
 pytest.importorskip("tensorboard")
@@ -49,6 +49,7 @@ def tensorboard_events(folder):
     return events
 
 
+@pytest.mark.slow
 def test_a_run_mirrored_to_tensorboard_and_wandb_offline_resumes_into_the_same_run(tmp_path):
     d, args = tmp_path / "run", [*TINY, "--max_iters=8", "--eval_interval=4", "--tensorboard_log", "--wandb_log",
                                  "--wandb_mode=offline"]
@@ -57,14 +58,14 @@ def test_a_run_mirrored_to_tensorboard_and_wandb_offline_resumes_into_the_same_r
     killed = subprocess.run([sys.executable, "train.py", *args, f"--out_dir={d}"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    run_id = train.load_checkpoint(str(d / "ckpt.pt"))["tracking_id"]
+    run_id = load_checkpoint(str(d / "ckpt.pt"))["tracking_id"]
     assert run_id
     train.main([*args, f"--out_dir={d}", "--resume"])
     log = [json.loads(line) for line in open(d / "metrics.jsonl")]
     steps = {r["step"]: r for r in log if "val_text_loss" not in r}
     evals = {r["step"]: r for r in log if "val_text_loss" in r}
     assert list(steps) == [1, 2, 3, 4, 5, 6, 7, 8] and list(evals) == [4, 8]
-    assert train.load_checkpoint(str(d / "ckpt.pt"))["tracking_id"] == run_id
+    assert load_checkpoint(str(d / "ckpt.pt"))["tracking_id"] == run_id
 
     # TensorBoard: each step once (the killed process's steps 5 and 6 hidden), the losses of metrics.jsonl
     events = tensorboard_events(d / "tensorboard")

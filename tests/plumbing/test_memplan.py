@@ -2,8 +2,8 @@
 activation figure against a measurement it did not fit)."""
 import pytest
 
-from plumbing import memplan
 import train
+from plumbing import memplan
 
 PLAN_DEFAULTS = {**train.DEFAULTS, **memplan.settings(vars(memplan))}
 LLAMA3_VOCAB = 128_256   # the paper's tokenizer (section 2.2: LLaMA-3's BPE)
@@ -48,6 +48,7 @@ def test_paper_configs_follow_appendix_e2():
     assert config("configs/real.py").activation_checkpointing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, precision", [(["configs/real.py"], "autocast"),
                                              (["configs/paper_moe.py", "--moe_experts=64"], "bf16")])
 def test_predicted_activations_equal_a_measurement_at_another_size(argv, precision):
@@ -74,6 +75,7 @@ def test_fsdp_shards_the_state_and_checkpointing_saves_activations():
     assert memplan.plan(c, sizes, rows, False)["total"] <= usable < memplan.plan(c, sizes, rows + 1, False)["total"]
 
 
+@pytest.mark.slow
 def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(f'{{"step": {s}, "tokens_per_s": {t}, "mfu": 0.3, "peak_memory_gib": {m}}}\n'
@@ -88,3 +90,19 @@ def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path)
         memplan.main(["configs/toy.py", "--mfu=2"])
     with pytest.raises(SystemExit, match="no such file"):
         memplan.main(["configs/toy.py", f"--metrics={tmp_path / 'none.jsonl'}"])
+
+
+def test_run_time_is_tokens_times_flops_per_token_over_the_gpus_peak_at_the_mfu():
+    """seconds = tokens x FLOPs per token / (gpus x peak x mfu), GPU-hours = seconds x gpus / 3600: at two GPU counts,
+    so a count left out of either shows; a stand-in model gives the FLOPs per token, so only run_time is tested."""
+    from types import SimpleNamespace
+    model = SimpleNamespace(flops_per_token=lambda seq_len: 3e9 * seq_len / 4096)
+    for gpus in (8, 64):
+        c = config("configs/paper_dense.py", f"--gpus={gpus}", "--tokens=57e9", "--mfu=0.4", "--peak_flops=5e14")
+        tokens, per_token, seconds, gpu_hours = memplan.run_time(c, model)
+        assert (tokens, per_token) == (57e9, 3e9)
+        assert seconds == pytest.approx(57e9 * 3e9 / (gpus * 5e14 * 0.4), rel=1e-12)
+        assert gpu_hours == pytest.approx(57e9 * 3e9 / (5e14 * 0.4) / 3600, rel=1e-12)   # the same at any count
+    c = config("configs/paper_dense.py", "--gpus=2", "--mfu=0.5")   # tokens 0: max_iters steps; peak 0: the H100's
+    steps = c.max_iters * c.batch_size * c.seq_len * c.gradient_accumulation_steps
+    assert memplan.run_time(c, model)[::2] == pytest.approx((steps, steps * 3e9 / (2 * 989e12 * 0.5)), rel=1e-12)

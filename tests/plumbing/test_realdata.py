@@ -1,5 +1,6 @@
-"""Real data (realdata.py): token shards and the prepare/download commands, webdataset tars (good, broken, streamed
-over HTTP, pre-encoded latents), video and NWM navigation, disjoint slots, exact resumption, a train.py smoke run."""
+"""Real data (plumbing/realdata.py): token shards and the prepare/download commands, webdataset tars (good, broken,
+streamed over HTTP, pre-encoded latents), video and NWM navigation, disjoint slots, exact resumption, a train.py
+smoke run."""
 import io
 import json
 import os
@@ -15,11 +16,11 @@ from PIL import Image
 from local_hub import Hub, cdn_path
 
 import data
-from plumbing import realdata
 import train
 from data import Example, Tokenizer, action_text, robot_frame_actions
-from plumbing.realdata import ShardData, read_shard, write_shard
 from helpers import ROOT
+from plumbing import realdata
+from plumbing.realdata import ShardData, read_shard, write_shard
 
 SIZE, N, C = 16, 16, 48          # 16x16 images in 4x4 pixel patches: 16 tokens of 48 channels
 
@@ -78,6 +79,7 @@ def text_of(tok, ex):
 # ---------------------------------------------------------------------------------------------------------------
 # Token shards
 
+@pytest.mark.slow
 def test_prepare_text_command_writes_llmc_shards_that_read_back(tmp_path):
     docs = [f"document {i}: " + "words " * (i % 17) for i in range(40)]
     (tmp_path / "a.txt").write_text(docs[0])
@@ -125,6 +127,7 @@ def test_shard_versions_and_bad_shards(tmp_path):
         take("text", d)
 
 
+@pytest.mark.slow
 def test_download_fineweb_links_shards_from_the_hugging_face_cache(hub, tmp_path):  # noqa: F811
     shards = {}
     for name in ("edu_fineweb_val_000000.bin", "edu_fineweb_train_000001.bin"):
@@ -424,6 +427,7 @@ def batches(d, steps, slots):
     return out
 
 
+@pytest.mark.slow
 def test_a_resumed_stream_continues_exactly(world):
     slots = (0, 1)
     whole = make(MIXTURE, seq_len=400, n_slots=2, **world)
@@ -474,6 +478,7 @@ def real_run(world, out_dir, *extra):
     return [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_train_smoke_run_on_real_data_resumes_exactly(world, tmp_path):
     full = real_run(world, tmp_path / "a", "--max_iters=4", "--eval_interval=4")
     losses = {r["step"]: (r["text_loss"], r["flow_loss"]) for r in full if "val_text_loss" not in r}

@@ -1,0 +1,84 @@
+"""The README against the repository: its tree lists every Python file, and the numbers it quotes are the ones in
+the committed records under results/."""
+import os
+import re
+
+import pytest
+
+from helpers import ROOT
+
+README = open(os.path.join(ROOT, "README.md")).read()
+
+
+def tree():
+    """The README's tree: the code block after 'The tree is the architecture'."""
+    after = README[README.index("The tree is the architecture"):]
+    return after[after.index("```\n") + 4:after.index("\n```", after.index("```\n") + 4)]
+
+
+def code_files():
+    """The repository's Python and shell files outside tests/ (and outside what runs write: out/, data/)."""
+    found = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__")) and d not in ("out", "data", "tests")]
+        rel = os.path.relpath(folder, ROOT)
+        found |= {os.path.normpath(os.path.join(rel, f)) for f in files
+                  if f.endswith((".py", ".sh")) and f != "__init__.py"}
+    return found
+
+
+def listed_in_tree():
+    """The files the tree names: a root file first on its line, a folder's files after its name (continued on lines
+    indented like the comments), a package's modules indented under it."""
+    listed, folder = set(), ""
+    for line in tree().splitlines():
+        if not line.startswith(" "):
+            first, *words = line.split()
+            folder = first if first.endswith("/") else ""
+            if not folder:
+                listed.add(first)
+                continue
+        elif line.startswith(" " * 19):
+            words = line.split()
+        else:
+            listed.add(folder + line.split()[0])
+            continue
+        listed |= {folder + w for w in words if w.endswith((".py", ".sh")) and folder != "tests/"}
+    return listed
+
+
+def test_the_tree_lists_every_python_file_and_nothing_else():
+    wanted, listed = code_files(), listed_in_tree()
+    assert {"model.py", "plumbing/settings.py", "configs/toy.py", "bench/gpu_report.sh"} <= wanted
+    assert wanted - listed == set(), f"in the repository, not in the README's tree: {sorted(wanted - listed)}"
+    assert listed - wanted == set(), f"in the README's tree, not in the repository: {sorted(listed - wanted)}"
+
+
+def memplan_records():
+    """{command: (the totals with checkpointing off and on in GiB, hours of wall time, parameters)} of
+    results/memplan.txt."""
+    out = {}
+    for part in open(os.path.join(ROOT, "results", "memplan.txt")).read().split("$ python -m plumbing.memplan ")[1:]:
+        command = part.splitlines()[0]
+        total = re.search(r"^total\s+([\d.]+)\s+([\d.]+)$", part, re.M)
+        out[command] = dict(on=float(total.group(2)), hours=float(re.search(r"([\d.]+) h wall", part).group(1)),
+                            params=re.search(r"([\d.]+B) parameters", part).group(1))
+    return out
+
+
+@pytest.mark.parametrize("quoted,command,key", [
+    ("12.4 GiB per GPU to the dense model on 8", "configs/paper_dense.py --gpus=8", "on"),
+    ("45.7 GiB to the 256-expert MoE on 8", "configs/paper_moe.py --gpus=8", "on"),
+    ("24.1 on 64", "configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3", "on"),
+    ("55.2 GiB to the 1,008-expert one on 64", "configs/paper_moe.py --gpus=64 --moe_experts=1008", "on"),
+    ("6.8 h of\ncompute for the 256-expert MoE's 57B tokens on 64 GPUs at 30% MFU",
+     "configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3", "hours"),
+    ("hold 1.99B", "configs/paper_dense.py --gpus=8", "params"),
+    ("and 13.28B\nparameters", "configs/paper_moe.py --gpus=8", "params"),
+])
+def test_the_planner_figures_are_the_recorded_ones(quoted, command, key):
+    text = " ".join(README.split())
+    assert " ".join(quoted.split()) in text, f"the README no longer says {quoted!r}"
+    number = re.search(r"[\d.]+B?", quoted.replace("1,008", "")).group(0)
+    record = memplan_records()[command][key]
+    assert (number == record) if key == "params" else float(number) == round(record, 1), (quoted, record)
