@@ -190,6 +190,13 @@ def report_to_run(cfg, out_dir, record=None, pictures=None):
 # ----------------------------------------------------------------------------------------------------------------
 # The training loop's progress line.
 
+def utilization(flops, seconds, peak, devices):
+    """Model FLOPs utilisation per device: the FLOPs every device did together over the time they took, divided by
+    the peak of all of them (a step's FLOPs are the global batch's, so one device's peak alone would count each
+    device's share `devices` times)."""
+    return flops / seconds / (peak * devices)
+
+
 def log_progress(run, c, s, loader, data, pbar):
     """A line of metrics.jsonl and the progress bar: losses, speed in real tokens, padding, data wait, MFU."""
     dt, run.t0 = time.time() - run.t0, time.time()
@@ -200,11 +207,12 @@ def log_progress(run, c, s, loader, data, pbar):
     text_l, flow_l = s["text_loss"], s["flow_loss"]
     record = dict(step=run.step, text_loss=text_l, **({} if flow_l is None else {"flow_loss": flow_l}),
                   loss=c.lambda_lm * text_l + c.lambda_flow * (flow_l or 0.0), lr=s["lr"], grad_norm=s["grad_norm"],
-                  tokens=run.seen, tokens_per_s=tok_s, pad_share=pad_share, data_wait_s=data_wait / steps_done,
-                  data_share=data_wait / dt, **({"balance_loss": s["balance_loss"]} if c.ffn == "moe" else {}),
+                  tokens=run.seen, tokens_per_s=tok_s, tokens_per_s_per_device=tok_s / run.world, pad_share=pad_share,
+                  data_wait_s=data_wait / steps_done, data_share=data_wait / dt,
+                  **({"balance_loss": s["balance_loss"]} if c.ffn == "moe" else {}),
                   **{f"skipped_{k}": v for k, v in getattr(data, "stats", {}).items()})
     if run.peak:
-        record["mfu"] = run.flops_per_step * steps_done / dt / run.peak
+        record["mfu"] = utilization(run.flops_per_step * steps_done, dt, run.peak, run.world)
     if run.device_type == "cuda":
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.dev) / 2 ** 30
     run.tracker.log(record)

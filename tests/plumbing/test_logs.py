@@ -1,5 +1,6 @@
-"""plumbing/logs.py's live mirrors: a toy run mirrored to TensorBoard and to wandb (offline), killed after a
-checkpoint and resumed into the same run; each read back from the files the packages wrote."""
+"""plumbing/logs.py: the progress line's MFU and tokens/s per device; the live mirrors, a toy run mirrored to
+TensorBoard and to wandb (offline), killed after a checkpoint and resumed into the same run, each read back from the
+files the packages wrote."""
 import glob
 import json
 import os
@@ -15,8 +16,26 @@ from helpers import ROOT, TINY
 from plumbing import build, logs
 from plumbing.checkpoints import load_checkpoint
 
-pytest.importorskip("wandb")          # both are in requirements.txt: CI runs these tests
-pytest.importorskip("tensorboard")
+
+
+def test_mfu_is_per_device():
+    """A step's FLOPs are the global batch's: on 4 devices, each of peak P, F FLOPs in t seconds is F / t / (4 P)."""
+    assert logs.utilization(8e12, 2.0, 1e12, 4) == 1.0
+    assert logs.utilization(8e12, 2.0, 1e12, 1) == 4.0
+
+
+def test_the_progress_line_logs_mfu_and_tokens_per_device(monkeypatch):
+    records, now = [], iter([10.0, 10.0])
+    monkeypatch.setattr(logs.time, "time", lambda: next(now))
+    run = SimpleNamespace(t0=8.0, step=10, seen=4096, seen_at_log=0, waited=0.0, world=2, peak=1e12,
+                          flops_per_step=1e11, device_type="cpu", tracker=SimpleNamespace(log=records.append))
+    c = SimpleNamespace(log_interval=10, batch_size=8, seq_len=64, gradient_accumulation_steps=8, lambda_lm=1.0,
+                        lambda_flow=3.0, ffn="modality")
+    s = dict(text_loss=1.0, flow_loss=0.5, lr=1e-3, grad_norm=1.0)
+    logs.log_progress(run, c, s, SimpleNamespace(wait=0.0), None, SimpleNamespace(set_postfix_str=lambda text: None))
+    (r,) = records
+    assert r["tokens_per_s"] == 2048 and r["tokens_per_s_per_device"] == 1024
+    assert r["mfu"] == 10 * 1e11 / 2.0 / (1e12 * 2)   # 10 steps of 1e11 FLOPs in 2 s on two devices of 1e12
 
 
 def wandb_history(path):
@@ -51,6 +70,8 @@ def tensorboard_events(folder):
 
 @pytest.mark.slow
 def test_a_run_mirrored_to_tensorboard_and_wandb_offline_resumes_into_the_same_run(tmp_path):
+    pytest.importorskip("wandb")          # both are in requirements.txt: CI runs this test
+    pytest.importorskip("tensorboard")
     d, args = tmp_path / "run", [*TINY, "--max_iters=8", "--eval_interval=4", "--tensorboard_log", "--wandb_log",
                                  "--wandb_mode=offline"]
     # killed after the 7th line of metrics.jsonl (steps 1-4, step 4's evaluation, 5, 6): the checkpoint is step 4's
