@@ -16,6 +16,7 @@ import data
 import train
 from helpers import ROOT
 from plumbing import realdata
+from plumbing.checkpoints import load_checkpoint
 
 TINY = ["--n_layer=2", "--d_model=32", "--n_head=2", "--n_kv_head=1", "--seq_len=128", "--batch_size=4",
         "--image_size=16", "--patch_size=4", "--max_shapes=1", "--video_frames=2", "--eval_samples=2",
@@ -228,7 +229,7 @@ def test_killed_before_a_checkpoint_and_during_one_resumes_with_each_step_once(t
     log = [json.loads(x) for x in open(d / "metrics.jsonl")]
     steps = [r["step"] for r in log if "val_text_loss" not in r]
     assert steps == [1, 2, 3, 4, 5, 6] and [r["step"] for r in log if "val_text_loss" in r] == [3, 6]
-    ckpt, prev = train.load_checkpoint(str(d / "ckpt.pt")), train.load_checkpoint(str(d / "ckpt.prev.pt"))
+    ckpt, prev = load_checkpoint(str(d / "ckpt.pt")), load_checkpoint(str(d / "ckpt.prev.pt"))
     assert (ckpt["step"], prev["step"]) == (6, 3)
     train.main([*TINY, f"--out_dir={tmp_path / 'whole'}", *args])      # an unbroken run logs the same losses
     whole = [json.loads(x) for x in open(tmp_path / "whole" / "metrics.jsonl")]

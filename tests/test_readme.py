@@ -1,5 +1,6 @@
 """The README against the repository: its tree lists every Python file, and the numbers it quotes are the ones in
 the committed records under results/."""
+import json
 import os
 import re
 
@@ -82,3 +83,50 @@ def test_the_planner_figures_are_the_recorded_ones(quoted, command, key):
     number = re.search(r"[\d.]+B?", quoted.replace("1,008", "")).group(0)
     record = memplan_records()[command][key]
     assert (number == record) if key == "params" else float(number) == round(record, 1), (quoted, record)
+
+
+def toy_cell(run, key):
+    """A score of a toy run's last evaluation as the README's table writes it: mean [low, high]."""
+    last = [json.loads(line) for line in open(os.path.join(ROOT, "results", "toy", f"{run}.jsonl"))][-1]
+    lo, hi = last[f"{key}_ci"]
+    return f"{last[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def test_the_toy_table_is_the_recorded_runs():
+    rows = {"gen": ("toy", "gen"), "caption": ("toy", "caption"), "vqa": ("toy_vqa", "vqa"),
+            "caption, clean picture": ("toy_vqa", "caption")}
+    start = README.index("| after | score |")
+    lines = README[start:README.index("\n\n", start)].splitlines()[2:]   # below the header and its rule
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    assert [row[1] for row in table] == list(rows)
+    for row in table:
+        run, score = rows[row[1]]
+        for cell, split in zip(row[2:], ("unseen_scenes", "held_out_bindings")):
+            assert cell == " / ".join(toy_cell(f"{run}_s{seed}", f"{score}_{split}") for seed in (1337, 1)), row
+
+
+@pytest.mark.slow
+def test_the_findings_paragraph_is_the_results_files():
+    """Every interval the README's findings paragraph quotes, recomputed from results/claims.jsonl as docs/claims.md
+    is (findings/report.py)."""
+    import claims
+    from findings import report, runs
+    from plumbing.settings import configure, settings
+    c = configure(settings(vars(claims)), [])
+    got = runs.by_run(runs.current(claims, c)[0])
+    rows = {(r["claim"], str(r["test"]["a"]), r["test"]["metric"]): r for r in report.analysis(claims, got)}
+
+    def stats(claim, a, metric, scale=1.0):
+        s = rows[(claim, a, metric)]["stats"]
+        return sorted(scale * v for v in (s["lo"], s["hi"])), scale * s["mean"]
+    (lo, hi), mean = stats(3, "x_192ch", "gen_unseen_scenes")
+    quoted = [f"by {mean:.2f} [{lo:.2f}, {hi:.2f}] at 192 channels"]
+    (lo, hi), mean = stats(5, "both", "gen_unseen_scenes")
+    quoted.append(f"(+{mean:.3f} [{lo:.3f}, {hi:.3f}])")
+    for arm in ("nav_video", "nav_10pct"):
+        (lo, hi), mean = stats(6, arm, "predict_1", -100)
+        quoted.append(f"{mean:.0f}% [{lo:.0f}, {hi:.0f}] worse")
+    quoted.append(f"min r {0.9 + stats(7, 'routing', 'gen_und_r_min')[1]:.2f}")
+    text = " ".join(README.split())
+    for q in quoted:
+        assert q in text, f"the README's findings should say {q!r}"
