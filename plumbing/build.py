@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
+import moe
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
 from model import ModelConfig, UnifiedTransformer
@@ -69,6 +70,10 @@ def init_model(model, device, seed, fill=None):
 
 
 def _build(c, device):
+    if c.ffn == "moe" and str(device).startswith("cuda") and not moe.GROUPED_MM:
+        raise ValueError(f"ffn='moe' on a GPU needs torch >= 2.9 for its grouped expert GEMM (torch {torch.__version__}"
+                         f" would loop over the experts with a host sync in every layer): upgrade torch, or use "
+                         f"ffn='modality'")
     tok = Tokenizer(c.tokenizer)
     enc = build_encoder(c.encoder, c.image_size, c.patch_size, device, c.encoder_weights, c.decoder_weights)
     if c.dataset not in ("toyworld", "shards"):

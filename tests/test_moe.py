@@ -224,3 +224,16 @@ def test_float32_steps_take_the_exact_loop_on_every_device():
     assert runs_in_bf16("cuda", x, x.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert runs_in_bf16("cpu", x) and not runs_in_bf16("cuda", x)
+
+
+def test_moe_on_a_gpu_without_the_grouped_gemm_stops_with_one_line(monkeypatch):
+    """Below torch 2.9 there is no grouped expert GEMM: the MoE would loop over experts with a host sync per layer,
+    so a GPU run stops before building anything; the CPU (the tests', a laptop's) keeps the exact loop."""
+    from plumbing.build import build
+    c = train.configure(train.DEFAULTS, ["configs/toy_moe.py"])
+    monkeypatch.setattr(moe, "GROUPED_MM", False)
+    with pytest.raises(SystemExit, match=r"^bad configuration: ffn='moe' on a GPU needs torch >= 2.9 .*: upgrade"):
+        build(c, "cuda", meta=True)
+    assert build(c, "cpu", meta=True)[3].cfg.ffn == "moe"
+    monkeypatch.setattr(moe, "GROUPED_MM", True)
+    assert build(c, "cuda", meta=True)[3].cfg.ffn == "moe"   # the model stays on the meta device: no GPU touched
