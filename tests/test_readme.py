@@ -130,3 +130,16 @@ def test_the_findings_paragraph_is_the_results_files():
     text = " ".join(README.split())
     for q in quoted:
         assert q in text, f"the README's findings should say {q!r}"
+
+
+def test_the_speed_figures_are_the_recorded_ones():
+    bench = open(os.path.join(ROOT, "results", "bench.txt")).read()
+    text = " ".join(README.split())
+    nano, ours = (float(re.search(rf"^{who}\s+([\d.]+) ms", bench, re.M).group(1)) for who in ("nanoGPT", "this project"))
+    ratio = re.search(r"^this project .* ([\d.]+)x nanoGPT$", bench, re.M).group(1)
+    assert f"takes {ours:.0f} ms a step to nanoGPT's {nano:.0f}" in text and f"({float(ratio):.2f}×" in text
+    losses = [float(x) for x in re.findall(r"held-out loss ([\d.]+) nats/byte", bench)]
+    assert f"held-out loss of {losses[1]:.2f} against nanoGPT's {losses[0]:.2f} nats/byte" in text
+    cached, plain = (float(re.search(rf"^\s*{kind}:\s+([\d.]+) images/s", bench, re.M).group(1))
+                     for kind in ("cached", "uncached"))
+    assert f"draws {cached:.0f} toy images/s with its KV cache, {plain:.0f} without" in text
