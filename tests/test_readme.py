@@ -12,8 +12,8 @@ README = open(os.path.join(ROOT, "README.md")).read()
 
 
 def tree():
-    """The README's tree: the code block after 'The tree is the architecture'."""
-    after = README[README.index("The tree is the architecture"):]
+    """The README's tree: the code block after 'The tree:'."""
+    after = README[README.index("The tree:"):]
     return after[after.index("```\n") + 4:after.index("\n```", after.index("```\n") + 4)]
 
 
