@@ -75,7 +75,7 @@ class MoEFFN(nn.Module):
         """(expert ids [T, k], weights [T, k], router logits [T, n_routed]) for tokens x [T, d]. The router runs
         in fp32: its softmax decides discrete choices, which bf16 rounding would flip."""
         with torch.autocast(x.device.type, enabled=False):   # autocast would run the linear in bf16
-            logits = F.linear(x.float(), self.router.weight.float())
+            logits = self.router(x.float())   # a module call: FSDP2 gathers its float32 weight (parallel.shard)
         scores = logits.softmax(-1) if self.cfg.moe_score == "softmax" else logits.sigmoid()
         # the balance bias steers which experts are chosen, never how much their outputs weigh
         top = torch.topk(scores + self.balance_bias, self.k_routed, dim=-1).indices

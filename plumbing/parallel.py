@@ -100,14 +100,20 @@ def first_on_each_node(run, make):
 
 def shard(model, dtype):
     """FSDP2: each block's parameters sharded over the processes and gathered just in time, in `dtype` (bfloat16:
-    half the traffic), their gradients reduced in float32."""
+    half the traffic), their gradients reduced in float32. Inputs are never cast: rotary angles and flow times reach
+    their functions in float32 (rounded to bfloat16 they would differ from sampling's, and CUDA's complex multiply
+    rejects bfloat16), and autocast computes the rest in `dtype`. Routers gather their weights in float32: their
+    softmax makes discrete choices, which rounded weights would flip."""
     import warnings
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # the flow head's output is a view; nothing writes into it in place, which is what the warning is about
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32) if dtype != "float32" else \
-        MixedPrecisionPolicy()
+    mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32, cast_forward_inputs=False) \
+        if dtype != "float32" else MixedPrecisionPolicy()
+    exact = MixedPrecisionPolicy(torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in model.blocks:
+        if hasattr(block.ffn, "router"):
+            fully_shard(block.ffn.router, mp_policy=exact)
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
