@@ -155,3 +155,27 @@ def test_the_test_figures_are_the_recorded_ones():
     seconds = float(full.group(2))
     line = re.search(r"^python -m pytest -q tests  .*$", README, re.M).group(0)
     assert f"{int(seconds // 60)} min {seconds % 60:.0f} s" in line, line
+
+
+def test_the_world_model_figures_are_the_recorded_ones():
+    """The prediction errors and the planning table the README quotes are plan.py's tables in results/nav/."""
+    predict = open(os.path.join(ROOT, "results", "nav", "predict.md")).read()
+    plan = open(os.path.join(ROOT, "results", "nav", "plan.md")).read()
+    text = " ".join(README.split())
+
+    def mse(ahead, predictor):
+        return re.search(rf"^\| {ahead} \| {re.escape(predictor)}[^|]* \| ([^|]+) \|", predict, re.M).group(1).strip()
+    model = [mse(k, "trained model") for k in (1, 4)]
+    assert f"one action ahead {model[0]} against {mse(1, 'copy').split()[0]} for copying the last frame and " \
+           f"{mse(1, 'mean frame').split()[0]} for the mean frame" in text
+    assert f"four ahead {model[1]} against {mse(4, 'copy').split()[0]} and {mse(4, 'mean frame').split()[0]}" in text
+    assert f"eight ahead {mse(8, 'trained model').split()[0]}, the mean frame's level" in text
+    final = {row.split("|")[1].strip(): row.split("|")[4].strip() for row in plan.splitlines() if row.count("|") == 6}
+    for planner, quoted in (("CEM, trained model", "CEM, trained model"), ("CEM, simulator (oracle)", "(the ceiling)"),
+                            ("CEM's start (forward)", "(forward)")):
+        assert re.search(rf"{re.escape(quoted)} \| {re.escape(final[planner])} \|", text), planner
+    assert f"| random actions / no motion | {final['random actions']} / {final['no motion']} |" in text
+    gap = re.search(r"^- CEM, simulator \(oracle\): ([\d.]+ \[[\d.]+, [\d.]+\])", plan, re.M).group(1)
+    assert f"trails the simulator by {gap}" in text
+    beaten = [-float(d) for d in re.findall(r"^- (?:CEM's start|random|no motion)[^:]*: (-?[\d.]+)", plan, re.M)]
+    assert len(beaten) == 3 and f"beats every baseline by {min(beaten):.2f} or more" in text
