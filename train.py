@@ -29,7 +29,9 @@ eval_interval = 250           # steps between evaluations (and checkpoints); the
 log_interval = 10
 eval_iters = 8                # held-out batches for the validation losses
 eval_samples = 256            # toy world: held-out items per split its oracle scores at the end (<= 64 before)
-resume = False                # continue the run in out_dir from its checkpoint
+# --resume=auto continues the run in out_dir if it holds a checkpoint and starts it otherwise: one command line for
+# a first launch and every restart or requeue (torchrun --max_restarts, SLURM --requeue)
+resume = ""                   # --resume: continue the run in out_dir; --resume=auto: only if there is a checkpoint
 init_from = ""                # a run's out_dir: start from its weights, as a new run (fine-tuning, e.g. on VQA)
 wandb_log = False             # mirror metrics.jsonl and the sample grids to Weights & Biases (plumbing/logs.py)
 wandb_project = "beyond-lm"

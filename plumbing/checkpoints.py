@@ -12,13 +12,15 @@ import torch
 # one before is kept as ckpt.prev.pt, so a checkpoint damaged later (a full disk, a bad copy) never costs the run.
 
 def crash_point(name, _passes={}):
-    """Test-only (tests/test_errors.py): BLM_CRASH_AT=name:k kills this process the k-th time it passes `name`."""
-    point, _, k = os.environ.get("BLM_CRASH_AT", "").rpartition(":")
+    """Test-only (tests/test_errors.py, tests/plumbing/test_parallel.py): BLM_CRASH_AT=name:k kills this process the
+    k-th time it passes `name`; BLM_CRASH_AT=name:k:parent sends SIGTERM to its parent instead, as a cluster's
+    scheduler stops torchrun (which stops every process it started)."""
+    point, k, whom = (os.environ.get("BLM_CRASH_AT", "") + "::").split(":")[:3]
     if point == name:
         _passes[name] = _passes.get(name, 0) + 1
         if _passes[name] == int(k):
             import signal
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getppid(), signal.SIGTERM) if whom == "parent" else os.kill(os.getpid(), signal.SIGKILL)
 
 
 def previous(path):

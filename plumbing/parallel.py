@@ -175,11 +175,21 @@ def load_weights(path, ckpt, model, whole):
 # ----------------------------------------------------------------------------------------------------------------
 # Resuming and checkpointing a run.
 
+def resuming(c, path):
+    """Whether this run continues the one in out_dir: --resume (a bare flag reads "True"), or --resume=auto and out_dir
+    holds a checkpoint (a damaged one then stops with the way out, as --resume does)."""
+    if c.resume not in ("", "False", "True", "auto"):
+        raise SystemExit(f"resume={c.resume!r}: use --resume (continue the run in out_dir), --resume=auto (continue it "
+                         f"if there is one, else start it), or leave it out")
+    return c.resume == "True" or c.resume == "auto" and any(os.path.exists(p) for p in (path, previous(path)))
+
+
 def resume_or_start(run, c, model, data):
-    """With --resume, reads the checkpoint's step, loss center, tokens seen and data position, and returns it (wrap
+    """When resuming, reads the checkpoint's step, loss center, tokens seen and data position, and returns it (wrap
     loads its weights); a new run refuses an out_dir that holds one, and sets aside the log of a run that had none."""
     run.step, run.center, run.seen, saved, ckpt = 0, None, 0, {}, None   # seen: real (non-padding) tokens
-    if c.resume:
+    resume = resuming(c, run.ckpt_path)
+    if resume:
         ckpt = load_checkpoint(run.ckpt_path)
         check_same_model(ckpt["model_args"], vars(model.cfg), run.ckpt_path)
         run.step, run.center, run.seen = ckpt["step"], ckpt["loss_center"], ckpt.get("tokens", 0)
@@ -196,7 +206,7 @@ def resume_or_start(run, c, model, data):
     elif run.master and os.path.exists(run.log_path):
         set_log_aside(run.log_path)
     run.init_from = None
-    if c.init_from and not c.resume:   # a new run from another run's weights (wrap loads them): fine-tuning
+    if c.init_from and not resume:   # a new run from another run's weights (wrap loads them): fine-tuning
         path = os.path.join(c.init_from, "ckpt.pt")
         run.init_from = path, load_checkpoint(path)
         check_same_model(run.init_from[1]["model_args"], vars(model.cfg), path)

