@@ -39,8 +39,8 @@ def setup_processes(c):
     if c.dtype not in ("auto", "float32", "bfloat16"):
         raise SystemExit(f"dtype={c.dtype!r}: use 'bfloat16' or 'float32' (float16 would need a gradient scaler, "
                          f"which bfloat16's range makes unnecessary)")
-    if c.parallel not in ("ddp", "fsdp"):
-        raise SystemExit(f"parallel={c.parallel!r}: use 'ddp' or 'fsdp'")
+    if c.parallel not in ("ddp", "fsdp", "hsdp"):
+        raise SystemExit(f"parallel={c.parallel!r}: use 'ddp', 'fsdp' or 'hsdp'")
     if run.ddp:
         run.rank, run.world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if c.gradient_accumulation_steps % run.world:
@@ -58,15 +58,29 @@ def setup_processes(c):
             init_process_group(backend="nccl" if run.dev.startswith("cuda") else "gloo",
                                timeout=datetime.timedelta(seconds=c.dist_timeout_s))
     run.accum, run.master, run.fsdp = c.gradient_accumulation_steps // run.world, run.rank == 0, \
-        run.ddp and c.parallel == "fsdp"
+        run.ddp and c.parallel in ("fsdp", "hsdp")
     run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
     run.device_type = torch.device(run.dev).type
+    run.mesh = hsdp_mesh(c, run) if run.ddp and c.parallel == "hsdp" else None
     run.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if run.device_type == "cuda" else "float32")
     run.autocast = nullcontext() if run.dtype == "float32" else \
         torch.autocast(run.device_type, getattr(torch, run.dtype))
     run.ckpt_path, run.log_path = os.path.join(c.out_dir, "ckpt.pt"), os.path.join(c.out_dir, "metrics.jsonl")
     torch.manual_seed(c.seed)   # whatever draws before the model (an encoder's random weights) draws alike everywhere
     return run
+
+
+def hsdp_mesh(c, run):
+    """HSDP's 2-D device mesh: the processes in groups of `shard_processes` (0: one node's, torchrun's
+    LOCAL_WORLD_SIZE), each group holding one sharded copy of the model, the copies replicated across groups.
+    Gradients are reduce-scattered within a group (NVLink, inside a node) and all-reduced across groups (the network
+    between nodes), so the network carries one shard's gradients, not all-gathers of every weight."""
+    from torch.distributed.device_mesh import init_device_mesh
+    shard = c.shard_processes or int(os.environ.get("LOCAL_WORLD_SIZE", run.world))
+    if shard < 1 or run.world % shard:
+        raise SystemExit(f"shard_processes={shard}: the {run.world} processes must split into equal groups (a "
+                         f"divisor of {run.world}, e.g. the GPUs of one node)")
+    return init_device_mesh(run.device_type, (run.world // shard, shard), mesh_dim_names=("replicate", "shard"))
 
 
 @contextmanager
@@ -98,12 +112,13 @@ def first_on_each_node(run, make):
 # ----------------------------------------------------------------------------------------------------------------
 # The model as it trains: sharded or replicated, made on the device, resumed.
 
-def shard(model, dtype):
+def shard(model, dtype, mesh=None):
     """FSDP2: each block's parameters sharded over the processes and gathered just in time, in `dtype` (bfloat16:
     half the traffic), their gradients reduced in float32. Inputs are never cast: rotary angles and flow times reach
     their functions in float32 (rounded to bfloat16 they would differ from sampling's, and CUDA's complex multiply
     rejects bfloat16), and autocast computes the rest in `dtype`. Routers gather their weights in float32: their
-    softmax makes discrete choices, which rounded weights would flip."""
+    softmax makes discrete choices, which rounded weights would flip. mesh: HSDP's 2-D mesh (hsdp_mesh), or None
+    for all processes in one group."""
     import warnings
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # the flow head's output is a view; nothing writes into it in place, which is what the warning is about
@@ -113,9 +128,9 @@ def shard(model, dtype):
     exact = MixedPrecisionPolicy(torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in model.blocks:
         if hasattr(block.ffn, "router"):
-            fully_shard(block.ffn.router, mp_policy=exact)
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+            fully_shard(block.ffn.router, mesh=mesh, mp_policy=exact)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
 
@@ -133,7 +148,7 @@ def wrap(run, c, model, ckpt, make_optimizer):
     process only its shard), the checkpoint's state loaded into it and its optimizer, then DDP-replicated and
     compiled if asked. Returns (the model, the model as it trains, its optimizer)."""
     if run.fsdp:
-        shard(model, run.dtype)
+        shard(model, run.dtype, run.mesh)
     init_model(model, run.dev, c.seed, fill_shard if run.fsdp else None)
     optimizer = make_optimizer(model, fused=run.device_type == "cuda" and not run.fsdp)
     if ckpt is not None:

@@ -52,14 +52,15 @@ def args(out_dir, ffn, dtype, max_iters, *extra):
 
 
 def torchrun(runs, procs=2, **env):
-    """Every run (a list of train.py arguments) in turn, in one launch of `procs` gloo processes; its exit status."""
+    """Every run (a list of train.py arguments) in turn, in one launch of `procs` gloo processes; the finished
+    process (its returncode, its stderr)."""
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                            os.path.abspath(__file__), json.dumps(runs)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env})
     if done.returncode and not env:
         pytest.fail(f"torchrun exited with {done.returncode}:\n{done.stderr[-4000:]}")
     assert "terminate called" not in done.stderr
-    return done.returncode
+    return done
 
 
 def logged(out_dir):
@@ -173,7 +174,7 @@ def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
     unnamed folder is removed at the next save."""
     out = tmp_path / "run"
     flags = ["--parallel=fsdp"]
-    assert torchrun([args(out, "modality", "float32", 4, *flags)], BLM_CRASH_AT="shards:2") != 0
+    assert torchrun([args(out, "modality", "float32", 4, *flags)], BLM_CRASH_AT="shards:2").returncode != 0
     assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 2 and (out / "ckpt.shards.4.tmp").exists()
     train.main(args(out, "modality", "float32", 4, "--resume"))
     assert_same_run(out, runs / "one-modality-float32", 1e-5, last=4)
@@ -241,7 +242,7 @@ def test_fsdp_gathers_in_the_training_precision_and_reduces_gradients_in_float32
     from model import ModelConfig, UnifiedTransformer
     from plumbing import parallel
     policies = {}
-    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mp_policy: policies.__setitem__(module, mp_policy))
+    monkeypatch.setattr(fsdp, "fully_shard", lambda module, mesh, mp_policy: policies.__setitem__(module, mp_policy))
     with torch.device("meta"):
         model = UnifiedTransformer(ModelConfig(d_model=32, n_layer=2))
     parallel.shard(model, "bfloat16")
@@ -266,8 +267,37 @@ def test_angles_and_flow_times_reach_their_functions_in_float32(runs):
     and hand CUDA's complex multiply a type it rejects."""
     for p, f, d, ac in MATRIX:
         for rank in (0, 1):
-            seen = json.load(open(runs / f"{p}-{f}-{d}-{ac}" / f"dtypes.{rank}.json"))
-            assert seen == {"apply_rope": ["float32"], "timestep_embedding": ["float32"]}, (p, f, d, ac, seen)
+            seen = json.load(open(runs / f"{p}-{f}-{d}-{ac}" / f"probes.{rank}.json"))
+            assert {k: seen[k] for k in ("apply_rope", "timestep_embedding")} == \
+                {"apply_rope": ["float32"], "timestep_embedding": ["float32"]}, (p, f, d, ac, seen)
+
+
+def test_hsdp_on_four_processes_matches_one_and_its_checkpoints_move_between_layouts(tmp_path):
+    """HSDP on 4 processes, 2 copies x 2 shards: the run logs what one process logs through evaluation, checkpoint
+    and resume; its step-2 checkpoint resumes on 4 FSDP processes (one group of 4) and that one on one process,
+    each going on as the one-process run does."""
+    hsdp = ["--parallel=hsdp", "--shard_processes=2", "--gradient_accumulation_steps=4"]
+    run, other = tmp_path / "hsdp", tmp_path / "fsdp4"
+    torchrun([args(run, "modality", "float32", 2, *hsdp)], procs=4)
+    shutil.copytree(run, other)
+    torchrun([args(run, "modality", "float32", 4, *hsdp, "--resume"),
+              args(other, "modality", "float32", 4, "--parallel=fsdp", "--gradient_accumulation_steps=4", "--resume")],
+             procs=4)
+    train.main(args(other, "modality", "float32", 6, "--gradient_accumulation_steps=4", "--resume"))
+    one = tmp_path / "one"
+    train.main(args(one, "modality", "float32", 6, "--gradient_accumulation_steps=4"))
+    assert_same_run(run, one, 1e-5, last=4)
+    assert_same_run(other, one, 1e-5)
+    ckpt = load_checkpoint(str(run / "ckpt.pt"))
+    assert ckpt["step"] == 4 and len(os.listdir(run / ckpt["shards"])) == 4 + 1   # every process's part, and the index
+    for folder, mesh in ((run, ["2x2"]), (other, ["2x2", "4"])):   # the meshes the weights lived on (its copy: both)
+        assert all(json.load(open(folder / f"probes.{r}.json"))["mesh"] == mesh for r in range(4))
+
+
+def test_shard_processes_must_divide_the_processes(tmp_path):
+    done = torchrun([args(tmp_path / "bad", "modality", "float32", 1, "--parallel=hsdp", "--shard_processes=3")],
+                    BLM_EXPECT_FAILURE="1")
+    assert done.returncode != 0 and "shard_processes=3: the 2 processes must split into equal groups" in done.stderr
 
 
 def test_a_run_stopped_by_sigterm_goes_on_exactly_when_the_same_command_line_runs_again(tmp_path):
@@ -275,9 +305,9 @@ def test_a_run_stopped_by_sigterm_goes_on_exactly_when_the_same_command_line_run
     log line, the last checkpoint step 2's) stops every process; the same command line then resumes it, and the run
     logs what one unbroken process logs, each step once."""
     run = args(tmp_path / "run", "modality", "float32", 6, "--parallel=fsdp", "--resume=auto")
-    assert torchrun([run], BLM_CRASH_AT="log:5:parent") != 0
+    assert torchrun([run], BLM_CRASH_AT="log:5:parent").returncode != 0
     assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")][-1] == 4
-    assert torchrun([run]) == 0
+    assert torchrun([run]).returncode == 0
     train.main(args(tmp_path / "one", "modality", "float32", 6))
     assert_same_run(tmp_path / "run", tmp_path / "one", 1e-5)
     steps = [r["step"] for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "val_text_loss" not in r]
@@ -286,10 +316,11 @@ def test_a_run_stopped_by_sigterm_goes_on_exactly_when_the_same_command_line_run
 
 def test_the_sbatch_script_starts_one_torchrun_per_node_that_resumes_itself(tmp_path):
     """configs/slurm.sbatch under stand-ins for scontrol, srun and torchrun that print what they were given: one
-    torchrun per node at a rendezvous on the first node, the config, FSDP, the shared out_dir and --resume=auto."""
+    torchrun per node at a rendezvous on the first node, the config, HSDP, the shared out_dir and --resume=auto."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    for name, body in (("scontrol", 'printf "node-a\\nnode-b\\n"'), ("srun", '"$@"'), ("torchrun", 'echo torchrun "$@"')):
+    stand_ins = (("scontrol", 'printf "node-a\\nnode-b\\n"'), ("srun", '"$@"'), ("torchrun", 'echo torchrun "$@"'))
+    for name, body in stand_ins:
         (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_ / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
@@ -299,7 +330,7 @@ def test_the_sbatch_script_starts_one_torchrun_per_node_that_resumes_itself(tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["torchrun", "--nnodes=2", "--nproc_per_node=8", "--max_restarts=3",
                                    "--rdzv_backend=c10d", "--rdzv_endpoint=node-a:29500", "--rdzv_id=7", "train.py",
-                                   "configs/paper_moe.py", "--parallel=fsdp", "--out_dir=/shared/run", "--resume=auto",
+                                   "configs/paper_moe.py", "--parallel=hsdp", "--out_dir=/shared/run", "--resume=auto",
                                    "--max_iters=10"]
     unset = subprocess.run(["bash", "configs/slurm.sbatch"], cwd=ROOT, env={**env, "OUT": ""}, capture_output=True,
                            text=True)
@@ -316,23 +347,31 @@ def test_float16_is_refused_with_one_line(tmp_path):
         train.main([*TINY, f"--out_dir={tmp_path}", "--dtype=float16", "--max_iters=1"])
 
 
-def spy_on_dtypes(seen):
-    """Record the dtype of what reaches the rotary embedding (its angles) and the time embedding (the flow times)."""
+def spy(seen):
+    """Record the dtype of what reaches the rotary embedding (its angles) and the time embedding (the flow times),
+    and the shape of the device mesh a sharded model's weights live on."""
     import model
+    from plumbing import parallel
     for name, position in (("apply_rope", 1), ("timestep_embedding", 0)):
         def spied(*a, fn=getattr(model, name), name=name, position=position, **k):
             seen.setdefault(name, set()).add(str(a[position].dtype).removeprefix("torch."))
             return fn(*a, **k)
         setattr(model, name, spied)
 
+    def shard(m, dtype, mesh=None, fn=parallel.shard):
+        fn(m, dtype, mesh)
+        seen.setdefault("mesh", set()).add("x".join(map(str, next(m.parameters()).device_mesh.shape)))
+        return m
+    parallel.shard = shard
+
 
 if __name__ == "__main__":   # the driver torchrun launches: train.main for each run in turn, in one process group
     torch.distributed.init_process_group("gloo")   # made once: a group made again reuses the first one's store keys
     seen = {}
-    spy_on_dtypes(seen)
+    spy(seen)
     for run_args in json.loads(sys.argv[1]):
         out = next(a.split("=", 1)[1] for a in run_args if a.startswith("--out_dir="))
-        record = os.path.join(out, f"dtypes.{torch.distributed.get_rank()}.json")
+        record = os.path.join(out, f"probes.{torch.distributed.get_rank()}.json")
         seen.clear()
         seen.update({k: set(v) for k, v in json.load(open(record)).items()} if os.path.exists(record) else {})
         train.main(run_args)   # a resumed run adds to what the run before it saw
