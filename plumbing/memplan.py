@@ -120,11 +120,15 @@ def narrowed(cfg, width, n_layer, seq_len):
 
 def saved_bytes(cfg, rows, seq_len, precision):
     """Bytes autograd keeps between the forward and backward pass of the training loss, on the CPU: "bf16" as
-    FSDP2 computes (bf16 weights under bf16 autocast), "autocast" as DDP (float32 weights), "float32"."""
+    FSDP2 computes (bf16 weights under bf16 autocast, the MoE routers' in float32: parallel.shard), "autocast" as DDP
+    (float32 weights), "float32"."""
     torch.manual_seed(0)
     model = UnifiedTransformer(cfg)
     if precision == "bf16":
         model.to(torch.bfloat16)
+        for block in model.blocks:
+            if hasattr(block.ffn, "router"):
+                block.ffn.router.float()
     model.attention_mask = lambda doc, frame, cache=None: "causal"   # FlexAttention keeps no [S, S] mask either
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept = {}
