@@ -12,7 +12,7 @@ import moe
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
 from model import ModelConfig, UnifiedTransformer
-from plumbing.checkpoints import load_checkpoint, read_shards
+from plumbing.checkpoints import load_checkpoint, read_shards, read_weights_file
 from plumbing.realdata import ShardData
 
 
@@ -136,5 +136,7 @@ def load_for_inference(out_dir, device="auto"):
     state = {"model": ckpt["model"]} if "model" in ckpt else {"model": model.state_dict()}
     if "shards" in ckpt:   # a sharded checkpoint's weights, read whole on this one process
         read_shards(path, ckpt, state)
+    if "weights" in ckpt:   # an export (plumbing/parallel.py): safetensors, in float32 or bfloat16
+        state["model"] = {k: v.float() for k, v in read_weights_file(path, ckpt).items()}
     model.load_state_dict(state["model"])
     return model.eval(), tok, enc, c

@@ -115,7 +115,7 @@ def load_checkpoint(path):
     try:   # mmap: every process of a run may read the file, but its pages are shared, not copied
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         if not (isinstance(ckpt, dict) and {"config", "model_args"} <= ckpt.keys() and
-                ("model" in ckpt or "shards" in ckpt)):
+                ("model" in ckpt or "shards" in ckpt or "weights" in ckpt)):
             raise ValueError("not a training checkpoint")
     except Exception as e:   # cut short, overwritten, empty: torch raises any of a dozen errors
         raise SystemExit(f"{path} is not a readable checkpoint ({type(e).__name__}): {way_out(path)}")
@@ -135,3 +135,36 @@ def way_out(path):
     prev = previous(path)
     return (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
             "start a fresh run with another --out_dir")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exported weights: safetensors beside a ckpt.pt of metadata ("weights" names the file), written a tensor at a time, so
+# that exporting a model of any size needs the memory of its largest tensor, not of the model.
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+
+
+def write_safetensors(path, tensors):
+    """tensors: [(name, dtype, shape, read)], read() giving the tensor. The safetensors header (each tensor's dtype,
+    shape and byte range) is known from the shapes alone, so it is written first and each tensor's bytes follow as
+    it is read; the file appears under its name only when whole."""
+    import json
+    import math
+    header, start = {}, 0
+    for name, dtype, shape, _ in tensors:
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        header[name] = dict(dtype=SAFETENSORS_DTYPES[dtype], shape=list(shape), data_offsets=[start, start + size])
+        start += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path + ".tmp", "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for name, dtype, shape, read in tensors:
+            f.write(read().to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    os.replace(path + ".tmp", path)
+
+
+def read_weights_file(path, ckpt):
+    """The state dict of an exported checkpoint's safetensors file (read lazily, tensor by tensor)."""
+    from safetensors.torch import load_file
+    return load_file(os.path.join(os.path.dirname(path), ckpt["weights"]))

@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import torch
 
-from plumbing.build import check_same_model, compile_model, init_model, load_for_inference, resolve_device
-from plumbing.checkpoints import load_checkpoint, previous, read_shards, save_checkpoint, save_sharded
+from plumbing.build import check_same_model, compile_model, init_model, resolve_device
+from plumbing.checkpoints import (load_checkpoint, previous, read_shards, read_weights_file, save_checkpoint,
+                                  save_sharded, write_safetensors)
 from plumbing.logs import set_log_aside, trim_log
 from plumbing.outputs import refuse_overwrite
 
@@ -184,6 +185,8 @@ def load_weights(path, ckpt, model, whole):
     if "shards" in ckpt:
         weights = get_model_state_dict(model)
         read_shards(path, ckpt, {"model": weights})
+    if "weights" in ckpt:   # an export
+        weights = {k: v.float() for k, v in read_weights_file(path, ckpt).items()}
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
 
 
@@ -253,22 +256,42 @@ def checkpoint(run, c, model, optimizer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python -m plumbing.parallel export OUT_DIR DEST: a sharded checkpoint's weights as one file that sample.py reads.
+# python -m plumbing.parallel export OUT_DIR DEST [float32|bfloat16]: a checkpoint's weights as one file that
+# sample.py reads.
 
-def export(out_dir, dest):
-    """DEST/ckpt.pt: the weights of out_dir's checkpoint (sharded or not) whole, with its metadata and without the
-    optimizer state, read on this one process; sample.py --out_dir=DEST reads it on any machine."""
-    target = os.path.join(dest, "ckpt.pt")
-    refuse_overwrite([target])
-    model = load_for_inference(out_dir, "cpu")[0]
-    meta = {k: v for k, v in load_checkpoint(os.path.join(out_dir, "ckpt.pt")).items()
-            if k not in ("model", "optimizer", "shards", "shard_sizes", "format")}
+def export(out_dir, dest, dtype="float32"):
+    """DEST/model.safetensors: the weights of out_dir's checkpoint (sharded or not), in `dtype`, without the optimizer
+    state, and DEST/ckpt.pt its metadata; sample.py --out_dir=DEST reads them on any machine. No model is built:
+    each tensor is read from the shards (or the checkpoint's file, mapped) and written on its own, so the memory an
+    export needs is that of its largest tensor, whatever the model's size."""
+    import torch.distributed.checkpoint as dcp
+    if dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"export dtype {dtype!r}: use float32 or bfloat16")
+    path, target = os.path.join(out_dir, "ckpt.pt"), os.path.join(dest, "ckpt.pt")
+    refuse_overwrite([target, os.path.join(dest, "model.safetensors")])
+    ckpt = load_checkpoint(path)
+    if "shards" in ckpt:
+        folder = os.path.join(out_dir, ckpt["shards"])
+        saved = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+        shapes = {k[len("model."):]: v.size for k, v in saved.items() if k.startswith("model.")}
+
+        def read(name):
+            state = {"model": {name: torch.empty(shapes[name])}}
+            read_shards(path, ckpt, state)
+            return state["model"][name]
+    elif "model" in ckpt:
+        shapes, read = {k: v.shape for k, v in ckpt["model"].items()}, lambda name: ckpt["model"][name]
+    else:
+        raise SystemExit(f"{path} is an export already: copy it, or export the run's own out_dir")
     os.makedirs(dest, exist_ok=True)
-    save_checkpoint(target, dict(meta, model=model.state_dict()))
-    print(f"wrote {target}: sample with python sample.py --out_dir={dest}")
+    write_safetensors(os.path.join(dest, "model.safetensors"),
+                      [(k, getattr(torch, dtype), shapes[k], lambda k=k: read(k)) for k in sorted(shapes)])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "shards", "shard_sizes", "format")}
+    save_checkpoint(target, dict(meta, weights="model.safetensors", weights_dtype=dtype))
+    print(f"wrote {dest}/model.safetensors and {target}: sample with python sample.py --out_dir={dest}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "export":
-        raise SystemExit("usage: python -m plumbing.parallel export OUT_DIR DEST")
-    export(sys.argv[2], sys.argv[3])
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "export":
+        raise SystemExit("usage: python -m plumbing.parallel export OUT_DIR DEST [float32|bfloat16]")
+    export(*sys.argv[2:])

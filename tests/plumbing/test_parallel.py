@@ -182,18 +182,28 @@ def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
 
 
 def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
-    """python -m plumbing.parallel export: the sharded weights whole in one file, which load_for_inference reads as
-    it reads the sharded checkpoint; it does not resume a run (it holds no optimizer state)."""
-    from plumbing import build
-    from plumbing import parallel
+    """python -m plumbing.parallel export: the sharded weights in one safetensors file (float32: equal; bfloat16:
+    rounded), which load_for_inference reads as it reads the sharded checkpoint, and --init_from too; a
+    one-file checkpoint exports alike; an export holds no optimizer state, so it does not resume a run."""
+    from safetensors import safe_open
+    from plumbing import build, parallel
     parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "export"))
+    parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "half"), "bfloat16")
+    parallel.export(str(runs / "one-moe-float32"), str(tmp_path / "one"))
     sharded = build.load_for_inference(str(runs / "fsdp-moe-float32-True"), "cpu")[0].state_dict()
-    single = torch.load(tmp_path / "export" / "ckpt.pt", weights_only=False)
-    assert "optimizer" not in single and single["step"] == 4
+    meta = torch.load(tmp_path / "export" / "ckpt.pt", weights_only=True)
+    assert "optimizer" not in meta and "model" not in meta and meta["step"] == 4
     exported = build.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
     assert sharded.keys() == exported.keys() and all(torch.equal(sharded[k], exported[k]) for k in sharded)
+    with safe_open(str(tmp_path / "half" / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 and torch.equal(f.get_tensor(k), sharded[k].bfloat16())
+                   for k in sharded)
+    one = build.load_for_inference(str(runs / "one-moe-float32"), "cpu")[0].state_dict()
+    assert all(torch.equal(one[k], v) for k, v in build.load_for_inference(str(tmp_path / "one"), "cpu")[0]
+               .state_dict().items())
     with pytest.raises(SystemExit, match="holds weights only"):
         train.main(args(tmp_path / "export", "moe", "float32", 6, "--resume"))
+    train.main(args(tmp_path / "tuned", "moe", "float32", 1, f"--init_from={tmp_path / 'export'}"))
 
 
 def test_initialisation_is_gpt2s_in_distribution():
