@@ -137,6 +137,6 @@ def load_for_inference(out_dir, device="auto"):
     if "shards" in ckpt:   # a sharded checkpoint's weights, read whole on this one process
         read_shards(path, ckpt, state)
     if "weights" in ckpt:   # an export (plumbing/parallel.py): safetensors, in float32 or bfloat16
-        state["model"] = {k: v.float() for k, v in read_weights_file(path, ckpt).items()}
+        state["model"] = read_weights_file(path, ckpt)
     model.load_state_dict(state["model"])
     return model.eval(), tok, enc, c

@@ -165,6 +165,7 @@ def write_safetensors(path, tensors):
 
 
 def read_weights_file(path, ckpt):
-    """The state dict of an exported checkpoint's safetensors file (read lazily, tensor by tensor)."""
+    """The state dict of an exported checkpoint's safetensors file, in float32 (the model's own precision) whichever
+    precision the export was written in."""
     from safetensors.torch import load_file
-    return load_file(os.path.join(os.path.dirname(path), ckpt["weights"]))
+    return {k: v.float() for k, v in load_file(os.path.join(os.path.dirname(path), ckpt["weights"])).items()}

@@ -1,10 +1,11 @@
 """
-Training on many processes, beside train.py: torchrun's processes set up and torn down, the model replicated (DDP)
-or sharded (FSDP2) after being built on the meta device, so that no process ever holds all of it, and checkpoints
-that every process writes its own part of (torch.distributed.checkpoint), then resumed on any number of processes.
+Training on many processes, beside train.py: torchrun's processes set up and torn down, the model replicated (DDP),
+sharded (FSDP2) or both (HSDP: sharded within a group of processes, replicated across groups) after being built on
+the meta device, so that no process ever holds all of it, and checkpoints that every process writes its own part of
+(torch.distributed.checkpoint), then resumed on any number of processes.
 
     torchrun --standalone --nproc_per_node=8 train.py configs/real.py --parallel=fsdp
-    python -m plumbing.parallel export out/real out/real-export    # sharded weights as one file, for sample.py
+    python -m plumbing.parallel export out/real out/real-export    # the weights as safetensors, for sample.py
 
 A run's checkpoint is out_dir/ckpt.pt. One process, or DDP (every process holds the whole model anyway), writes the
 weights and optimizer state into it; FSDP writes there only the run's metadata and the name of the folder of shards
@@ -186,7 +187,7 @@ def load_weights(path, ckpt, model, whole):
         weights = get_model_state_dict(model)
         read_shards(path, ckpt, {"model": weights})
     if "weights" in ckpt:   # an export
-        weights = {k: v.float() for k, v in read_weights_file(path, ckpt).items()}
+        weights = read_weights_file(path, ckpt)
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
 
 
