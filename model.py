@@ -325,8 +325,14 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm, self.attn = RMSNorm(cfg.d_model, eps=1e-6), Attention(cfg, layer)
         self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, eps=1e-6), make_ffn(cfg)
+        self.checkpointing = False   # recompute in the backward pass: less memory (model.activation_checkpointing)
 
     def forward(self, x, rot, mask, modality, cache=None, commit=True):
+        if self.checkpointing and torch.is_grad_enabled():   # inside the block: compiled with it (build.compile_model)
+            return torch.utils.checkpoint.checkpoint(self.layer, x, rot, mask, modality, use_reentrant=False)
+        return self.layer(x, rot, mask, modality, cache, commit)
+
+    def layer(self, x, rot, mask, modality, cache=None, commit=True):
         x = x + self.attn(self.attn_norm(x), rot, mask, cache, commit)
         y, stats = self.ffn(self.ffn_norm(x), modality)
         return x + y, stats
@@ -346,10 +352,19 @@ class UnifiedTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(d, eps=1e-6)
-        self.activation_checkpointing = False                             # a training option, set by train.py
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)          # text out: next-token logits
         self.flow_head = nn.Linear(d, cfg.latent_dim)                     # visual latents out: x or v
         self.init_weights()
+
+    @property
+    def activation_checkpointing(self):
+        return self.blocks[0].checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, on):
+        """A training option (train.py): every block recomputes its activations in the backward pass."""
+        for block in self.blocks:
+            block.checkpointing = on
 
     @torch.no_grad()
     def init_weights(self, fill=lambda p, mean, std: p.normal_(mean, std) if std else p.fill_(mean)):
@@ -380,10 +395,7 @@ class UnifiedTransformer(nn.Module):
         rot = rope_angles(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta)
         modality, stats = (frame >= 0).long().masked_fill(doc < 0, -1), []   # padding: routed, never counted
         for block in self.blocks:
-            if self.activation_checkpointing and torch.is_grad_enabled():   # recompute in backward: less memory
-                x, s = torch.utils.checkpoint.checkpoint(block, x, rot, mask, modality, use_reentrant=False)
-            else:
-                x, s = block(x, rot, mask, modality, cache, commit)
+            x, s = block(x, rot, mask, modality, cache, commit)
             stats.append(s)
         self.ffn_stats = stats   # per layer, for the training step (moe.auxiliary_loss)
         if cache is not None and commit:

@@ -9,7 +9,9 @@ Shared experts are always on: one for every token ("global"), or one for text an
 ("per_modality", the paper's best); the router picks the other k - 1.
 
 Dispatch is dropless: assignments are sorted by expert, each projection is one grouped matrix multiply over them
-(grouped_swiglu, shared with model.ModalityFFN), and the weighted outputs are added back per token.
+(grouped_swiglu, shared with model.ModalityFFN), and the weighted outputs are added back per token. Under expert
+parallelism (plumbing/experts.py) each process holds a share of the routed experts, and the sorted rows travel to
+their experts' processes and back by all-to-all; the shared experts stay with every token.
 
 What the experts learned (the routing analysis of Appendix E.8) is measured by routing.py.
 """
@@ -18,6 +20,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from plumbing import experts
 
 
 # the grouped GEMM kernel (torch._grouped_mm, bfloat16): on GPUs, and on the CPU in recent torch
@@ -63,17 +67,34 @@ class MoEFFN(nn.Module):
         if not 0 < self.k_routed <= self.n_routed:
             raise ValueError(f"moe_top_k {self.k} does not fit {cfg.moe_experts} experts with shared={cfg.moe_shared}")
         self.cfg = cfg
-        E = cfg.moe_experts                               # routed experts first, then the shared ones
-        self.w_gate_up = nn.Parameter(torch.randn(E, d, 2 * self.hidden) * 0.02)
-        self.w_down = nn.Parameter(torch.randn(E, self.hidden, d) * 0.02 / math.sqrt(2 * cfg.n_layer))
+        # routed experts' weights, then the shared ones' (the same draws, in the same order, as one [E, ...] tensor:
+        # init_weights fills them in turn); shared experts are their own tensors so that expert parallelism can
+        # split the routed ones over processes while every process keeps the shared ones
+        h, E = self.hidden, self.n_routed
+        self.w_gate_up = nn.Parameter(torch.randn(E, d, 2 * h) * 0.02)
+        if self.n_shared:
+            self.shared_w_gate_up = nn.Parameter(torch.randn(self.n_shared, d, 2 * h) * 0.02)
+        self.w_down = nn.Parameter(torch.randn(E, h, d) * 0.02 / math.sqrt(2 * cfg.n_layer))
+        if self.n_shared:
+            self.shared_w_down = nn.Parameter(torch.randn(self.n_shared, h, d) * 0.02 / math.sqrt(2 * cfg.n_layer))
         self.router = nn.Linear(d, self.n_routed, bias=False)
         self.register_buffer("balance_bias", torch.zeros(self.n_routed))   # the auxiliary-loss-free method
         self.register_buffer("load", torch.zeros(self.n_routed), persistent=False)   # the step's, bias method
+        self.expert_group = None   # expert parallelism's process group (plumbing/experts.split_experts), if split
+
+    def _load_from_state_dict(self, state, prefix, *args):
+        """Checkpoints written before the shared experts had their own tensors hold one [E, ...] tensor per
+        projection, the shared experts last: split them."""
+        if self.n_shared and state.get(prefix + "w_gate_up", torch.empty(0)).shape[:1] == (self.cfg.moe_experts,):
+            for name in ("w_gate_up", "w_down"):
+                state[prefix + name], state[prefix + "shared_" + name] = \
+                    state[prefix + name].split([self.n_routed, self.n_shared])
+        super()._load_from_state_dict(state, prefix, *args)
 
     # -- routing ----------------------------------------------------------------------------------------------
-    def route(self, x, is_vision):
-        """(expert ids [T, k], weights [T, k], router logits [T, n_routed]) for tokens x [T, d]. The router runs
-        in fp32: its softmax decides discrete choices, which bf16 rounding would flip."""
+    def route(self, x):
+        """(routed expert ids [T, k_routed], their weights [T, k_routed], router logits [T, n_routed]) for tokens
+        x [T, d]. The router runs in fp32: its softmax decides discrete choices, which bf16 rounding would flip."""
         with torch.autocast(x.device.type, enabled=False):   # autocast would run the linear in bf16
             logits = self.router(x.float())   # a module call: FSDP2 gathers its float32 weight (parallel.shard)
         scores = logits.softmax(-1) if self.cfg.moe_score == "softmax" else logits.sigmoid()
@@ -82,10 +103,6 @@ class MoEFFN(nn.Module):
         weights = scores.gather(-1, top)
         if self.cfg.moe_renorm:
             weights = weights / weights.sum(-1, keepdim=True)
-        if self.n_shared:
-            shared = self.n_routed + (is_vision.long() if self.n_shared == 2 else torch.zeros_like(top[:, 0]))
-            top = torch.cat([shared[:, None], top], dim=1)
-            weights = torch.cat([torch.ones_like(weights[:, :1]), weights], dim=1)
         return top, weights, logits
 
     def balance_losses(self, top, logits, real):
@@ -94,8 +111,7 @@ class MoEFFN(nn.Module):
         the real tokens: padding would pile one embedding's choices onto a few experts. Weighted, not indexed:
         no host sync."""
         w, n = real.float(), real.sum().clamp(min=1)
-        routed = top[:, -self.k_routed:].reshape(-1)
-        counts = expert_counts(routed, self.n_routed, w.repeat_interleave(self.k_routed))
+        counts = expert_counts(top.reshape(-1), self.n_routed, w.repeat_interleave(self.k_routed))
         f = counts / (n * self.k_routed)
         P = (logits.softmax(-1) * w[:, None]).sum(0) / n
         aux = self.cfg.moe_aux_coef * self.n_routed * (f * P).sum() if self.cfg.moe_balance == "aux" else 0.0
@@ -106,19 +122,31 @@ class MoEFFN(nn.Module):
         """modality [B, S]: 1 vision, 0 text, -1 padding (model.make_ffn); a bool is_vision works too."""
         shape = x.shape
         x, modality = x.reshape(-1, shape[-1]), modality.reshape(-1)
-        top, weights, logits = self.route(x, modality > 0)
+        top, weights, logits = self.route(x)
         stats = dict(zip(("balance_loss", "load"), self.balance_losses(top, logits, modality >= 0))) \
             if self.training else {}
         flat = top.reshape(-1)
         order = torch.argsort(flat, stable=True)                    # assignments grouped by expert
-        token = order // self.k
-        y = grouped_swiglu(x[token], self.w_gate_up, self.w_down, expert_counts(flat, len(self.w_gate_up)))
+        token, counts = order // self.k_routed, expert_counts(flat, self.n_routed)
+        if self.expert_group is None:
+            y = grouped_swiglu(x[token], self.w_gate_up, self.w_down, counts)
+        else:   # this process's experts are a share of them: rows to their processes and back, in the step's dtype
+            rows = x[token].to(torch.bfloat16) if runs_in_bf16(x.device.type, x) else x[token]
+            y = experts.dispatch(rows, counts, lambda xs, n: grouped_swiglu(xs, self.w_gate_up.to_local(),
+                                                                           self.w_down.to_local(), n),
+                                 self.expert_group)
         y = y * weights.reshape(-1)[order, None].to(y.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype)).view(shape), stats
+        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+        if self.n_shared:   # every token through its shared expert, weight 1: the one, or its modality's
+            which = (modality > 0).long() if self.n_shared == 2 else torch.zeros_like(modality, dtype=torch.long)
+            order = torch.argsort(which, stable=True)
+            y = grouped_swiglu(x[order], self.shared_w_gate_up, self.shared_w_down, expert_counts(which, self.n_shared))
+            out.index_add_(0, order, y.to(x.dtype))
+        return out.view(shape), stats
 
     def active_params(self):
         """k experts' weights and the router: with k = G, the experts alone equal a 4 d_model FFN's parameters."""
-        per_expert = (self.w_gate_up.numel() + self.w_down.numel()) // self.cfg.moe_experts   # shapes: no gather
+        per_expert = math.prod(self.w_gate_up.shape[1:]) + math.prod(self.w_down.shape[1:])   # shapes: no gather
         return self.k * per_expert + self.router.weight.numel()
 
 

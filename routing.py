@@ -59,7 +59,7 @@ def routing_counts(model, batches, bins=10):
     def hook(i):
         def record(module, args, out):
             x, modality = args[0].reshape(-1, args[0].shape[-1]), args[1].reshape(-1)   # 1 vision, 0 text, -1 pad
-            top = module.route(x, modality > 0)[0][:, -module.k_routed:]
+            top = module.route(x)[0]
             s, mod = stats[i], modality.cpu().numpy()
             chosen, vis = top.cpu().numpy(), mod == 1
             for name, rows in (("text", mod == 0), ("vision", vis)):   # padding is neither

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from plumbing.build import build, gpu_peak_flops
+from plumbing.experts import clip_gradients, reduce_gradients
 from plumbing.logs import Tracker, log_progress
 from plumbing.parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
 from plumbing.settings import cli, configure, settings
@@ -118,6 +119,7 @@ dtype = "auto"                # "auto": bfloat16 autocast on GPU, float32 on CPU
 compile = False               # torch.compile: the whole model on a GPU, each block on the CPU (needs a C++ compiler)
 parallel = "ddp"              # under torchrun: "ddp" (replicated), "fsdp" (FSDP2, sharded) or "hsdp" (both)
 shard_processes = 0           # hsdp: processes that share one sharded copy (0: one node's); the copies replicate
+expert_parallel = 1           # ffn="moe" under fsdp/hsdp: processes that split the routed experts (all-to-all)
 reduce_every_micro_batch = True   # FSDP: gradients stay sharded between micro-batches (False: whole, +4 B/param)
 activation_checkpointing = False   # recompute each block in the backward pass: less memory, ~1/3 more compute
 dist_timeout_s = 1800         # a process waiting this long for the others (a hang, a dead peer) stops the run
@@ -266,8 +268,9 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     if run.ddp:  # the losses of the whole global batch, not just this process's share
         torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
         sums /= run.world
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: a DTensor
+    if run.expert_params:   # the experts' gradients, summed over their copies (plumbing/experts.py)
+        reduce_gradients(run.expert_params, run.expert_mesh, run.world)
+    grad_norm = clip_gradients(model.parameters(), c.grad_clip)
     text_l, flow_sum, balance_l, flow_share, real, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()
     flow_l = flow_sum / flow_share if flow_share else None   # a step without frames has no flow loss
     if not all(map(math.isfinite, (text_l, flow_l or 0.0, gnorm))):
@@ -298,7 +301,6 @@ def training(run, c):
     from plumbing.realdata import Prefetcher
     # the model on the meta device: wrap makes it, sharded or whole
     tok, enc, data, model = first_on_each_node(run, lambda: build(c, run.dev, meta=True))
-    model.activation_checkpointing = c.activation_checkpointing
     announce(run, c, model)
     ckpt = resume_or_start(run, c, model, data)
     if run.master:   # metrics.jsonl and its mirrors; the wandb run's id goes into every checkpoint

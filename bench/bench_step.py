@@ -33,7 +33,7 @@ def main(argv):
     tok, enc, data, model = train.build(c, dev)
     batches = [train.get_batch(data, enc, i, 0, c, dev) for i in range(4)]
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = build.compile_model(model, torch.device(dev).type) if c.compile else model
+    run = build.compile_model(model) if c.compile else model
     gen = torch.Generator(dev).manual_seed(0)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
 

@@ -59,7 +59,7 @@ def setup(argv):
 
 def bench_training(c, dev, dtype, model, batches):
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = build.compile_model(model, torch.device(dev).type) if c.compile else model
+    run = build.compile_model(model) if c.compile else model
     gen = torch.Generator(dev).manual_seed(0)
     state = {"i": 0}
 

@@ -58,7 +58,7 @@ def nanogpt_step(c, dev, compile_it):
 
 def our_step(model, batches, c, dev, compile_it):
     optimizer = train.configure_optimizer(model, c, dev, fused=dev.startswith("cuda"))
-    run = build.compile_model(model, torch.device(dev).type) if compile_it else model
+    run = build.compile_model(model) if compile_it else model
 
     def step(i):
         text, flow = training_losses(run, batches[i % len(batches)], torch.Generator(dev).manual_seed(i))

@@ -98,12 +98,11 @@ def _build(c, device):
         return tok, enc, data, UnifiedTransformer(mcfg)
 
 
-def compile_model(model, device_type):
-    """torch.compile. On a GPU the whole model: one graph forward, one backward. On the CPU each block on its own
-    (regional compilation): the matrix multiplies and attention stay in PyTorch's kernels and the elementwise rest
-    (norms, rotary, SwiGLU's gate, residuals) fuses; compiled whole, the CPU step was slower than eager."""
-    if device_type != "cpu":
-        return torch.compile(model)
+def compile_model(model):
+    """torch.compile, each block on its own (regional compilation, as torchtitan does): every block has the same code,
+    so one compilation serves them all, and a block's activation checkpointing is compiled with it. On the CPU the
+    matrix multiplies and attention stay in PyTorch's kernels and the elementwise rest (norms, rotary, SwiGLU's
+    gate, residuals) fuses; compiled whole, the CPU step was slower than eager."""
     for block in model.blocks:
         block.compile()
     return model

@@ -23,6 +23,7 @@ import torch
 from plumbing.build import check_same_model, compile_model, init_model, resolve_device
 from plumbing.checkpoints import (load_checkpoint, previous, read_shards, read_weights_file, save_checkpoint,
                                   save_sharded, write_safetensors)
+from plumbing.experts import expert_mesh, split_experts
 from plumbing.logs import set_log_aside, trim_log
 from plumbing.outputs import refuse_overwrite
 
@@ -64,6 +65,7 @@ def setup_processes(c):
     run.slots = range(run.rank * run.accum, (run.rank + 1) * run.accum)   # this process's global micro-batches
     run.device_type = torch.device(run.dev).type
     run.mesh = hsdp_mesh(c, run) if run.ddp and c.parallel == "hsdp" else None
+    run.expert_mesh = experts_mesh(c, run)
     run.dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if run.device_type == "cuda" else "float32")
     run.autocast = nullcontext() if run.dtype == "float32" else \
         torch.autocast(run.device_type, getattr(torch, run.dtype))
@@ -83,6 +85,19 @@ def hsdp_mesh(c, run):
         raise SystemExit(f"shard_processes={shard}: the {run.world} processes must split into equal groups (a "
                          f"divisor of {run.world}, e.g. the GPUs of one node)")
     return init_device_mesh(run.device_type, (run.world // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def experts_mesh(c, run):
+    """Expert parallelism's mesh (plumbing/experts.py), or None for expert_parallel=1."""
+    ep = c.expert_parallel
+    if ep == 1:
+        return None
+    if ep < 1 or c.ffn != "moe" or not run.fsdp:
+        raise SystemExit(f"expert_parallel={ep} splits the MoE's experts over processes: it needs ffn='moe' under "
+                         f"torchrun with --parallel=fsdp or hsdp (or expert_parallel=1)")
+    if run.world % ep:
+        raise SystemExit(f"expert_parallel={ep} must divide the {run.world} processes (e.g. one node's GPUs)")
+    return expert_mesh(run.device_type, run.world, ep)
 
 
 @contextmanager
@@ -114,13 +129,14 @@ def first_on_each_node(run, make):
 # ----------------------------------------------------------------------------------------------------------------
 # The model as it trains: sharded or replicated, made on the device, resumed.
 
-def shard(model, dtype, mesh=None):
+def shard(model, dtype, mesh=None, experts=None):
     """FSDP2: each block's parameters sharded over the processes and gathered just in time, in `dtype` (bfloat16:
     half the traffic), their gradients reduced in float32. Inputs are never cast: rotary angles and flow times reach
     their functions in float32 (rounded to bfloat16 they would differ from sampling's, and CUDA's complex multiply
     rejects bfloat16), and autocast computes the rest in `dtype`. Routers gather their weights in float32: their
     softmax makes discrete choices, which rounded weights would flip. mesh: HSDP's 2-D mesh (hsdp_mesh), or None
-    for all processes in one group."""
+    for all processes in one group. experts: expert parallelism's mesh; the routed experts are then split over it
+    (experts.split_experts) and left out of FSDP2. Returns the split expert parameters ([] without)."""
     import warnings
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     # the flow head's output is a view; nothing writes into it in place, which is what the warning is about
@@ -128,12 +144,14 @@ def shard(model, dtype, mesh=None):
     mp = MixedPrecisionPolicy(getattr(torch, dtype), reduce_dtype=torch.float32, cast_forward_inputs=False) \
         if dtype != "float32" else MixedPrecisionPolicy()
     exact = MixedPrecisionPolicy(torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    split = split_experts(model, experts) if experts is not None else []
+    ignored = {"ignored_params": set(split)} if split else {}   # (a keyword torch 2.6 lacks: only when used)
     for block in model.blocks:
         if hasattr(block.ffn, "router"):
             fully_shard(block.ffn.router, mesh=mesh, mp_policy=exact)
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    return model
+        fully_shard(block, mesh=mesh, mp_policy=mp, **ignored)
+    fully_shard(model, mesh=mesh, mp_policy=mp, **ignored)
+    return split
 
 
 def fill_shard(p, mean, std):
@@ -146,18 +164,22 @@ def fill_shard(p, mean, std):
 
 
 def wrap(run, c, model, ckpt, make_optimizer):
-    """From the model on the meta device: sharded (FSDP2) first, then made on the device and initialised (each
-    process only its shard), the checkpoint's state loaded into it and its optimizer, then DDP-replicated and
-    compiled if asked. Returns (the model, the model as it trains, its optimizer)."""
-    if run.fsdp:
-        shard(model, run.dtype, run.mesh)
+    """From the model on the meta device: its blocks set to recompute (activation checkpointing) and compiled if
+    asked, sharded (FSDP2) next, then made on the device and initialised (each process only its shard), the
+    checkpoint's state loaded into it and its optimizer, then DDP-replicated. Returns (the model, the model as it
+    trains, its optimizer)."""
+    # per block, torchtitan's order: activation checkpointing inside the compiled region, FSDP2's hooks around it
+    model.activation_checkpointing = c.activation_checkpointing
+    if c.compile:
+        compile_model(model)
+    run.expert_params = shard(model, run.dtype, run.mesh, run.expert_mesh) if run.fsdp else []
     init_model(model, run.dev, c.seed, fill_shard if run.fsdp else None)
     optimizer = make_optimizer(model, fused=run.device_type == "cuda" and not run.fsdp)
     if ckpt is not None:
         load_training_state(run.ckpt_path, ckpt, model, optimizer, whole=not run.fsdp)
     elif run.init_from is not None:   # fine-tuning: another run's weights, this run's own optimizer and schedule
         load_weights(*run.init_from, model, whole=not run.fsdp)
-    trained = compile_model(model, run.device_type) if c.compile else model
+    trained = model
     if run.ddp and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         trained = DDP(trained, device_ids=[torch.device(run.dev).index] if run.device_type == "cuda" else None)

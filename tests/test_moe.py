@@ -25,14 +25,20 @@ def layer(**kw):
 
 
 def reference(m, x, is_vision):
-    """Token by token, expert by expert: y = sum over the token's k experts of weight * SwiGLU_e(x)."""
-    top, weights, _ = m.route(x, is_vision)
+    """Token by token, expert by expert: y = the token's shared expert (weight 1: the one, or its modality's) plus
+    the sum over its routed experts of weight * SwiGLU_e(x)."""
+    def swiglu(xi, w_gate_up, w_down):
+        gate, up = (xi @ w_gate_up).chunk(2)
+        return (torch.nn.functional.silu(gate) * up) @ w_down
+    top, weights, _ = m.route(x)
     out = []
     for i in range(len(x)):
         y = 0
         for e, w in zip(top[i].tolist(), weights[i]):
-            gate, up = (x[i] @ m.w_gate_up[e]).chunk(2)
-            y = y + w * ((torch.nn.functional.silu(gate) * up) @ m.w_down[e])
+            y = y + w * swiglu(x[i], m.w_gate_up[e], m.w_down[e])
+        if m.n_shared:
+            s = int(is_vision[i]) if m.n_shared == 2 else 0
+            y = y + swiglu(x[i], m.shared_w_gate_up[s], m.shared_w_down[s])
         out.append(y)
     return torch.stack(out)
 
@@ -81,14 +87,14 @@ def test_balance_and_z_loss_by_hand():
     with torch.no_grad():
         m.router.weight.copy_(math.log(3) * torch.eye(4))
     x = torch.eye(4)[[0, 0, 1, 2]]
-    top, _, logits = m.route(x, torch.zeros(4, dtype=torch.bool))
+    top, _, logits = m.route(x)
     assert top[:, 0].tolist() == [0, 0, 1, 2]
     loss, load = m.balance_losses(top, logits, torch.ones(4, dtype=torch.bool))
     assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5
     assert load.tolist() == [2, 1, 1, 0]
     # two padding positions, routed to expert 3, change neither the losses nor the load
     x = torch.eye(4)[[0, 0, 1, 2, 3, 3]]
-    top, _, logits = m.route(x, torch.zeros(6, dtype=torch.bool))
+    top, _, logits = m.route(x)
     loss, load = m.balance_losses(top, logits, torch.tensor([True] * 4 + [False] * 2))
     assert abs(loss.item() - (7 / 6 + math.log(6) ** 2)) < 1e-5 and load.tolist() == [2, 1, 1, 0]
 
@@ -130,17 +136,15 @@ def test_routing_analysis_draws_its_held_out_data_from_the_seed_it_is_given():
 
 
 def test_per_modality_shared_experts_are_the_ones_used():
+    """The router picks k - 1 of the routed experts; text tokens go through the text-shared expert alone (the
+    vision-shared one gets no gradient from them), vision tokens through the vision-shared one."""
     m, cfg = layer()
-    x = torch.randn(12, 32)
-    is_vision = torch.arange(12) % 3 == 0
-    top, weights, _ = m.route(x, is_vision)
-    n = m.n_routed
-    assert (top[:, 0] == n + is_vision.long()).all() and (weights[:, 0] == 1).all()
-    assert (top[:, 1:] < n).all() and top.shape[1] == m.k == cfg.moe_granularity
-    # text tokens only: the vision-shared expert gets no gradient, the text-shared one does
-    out, _ = m(torch.randn(1, 5, 32), torch.zeros(1, 5, dtype=torch.bool))
-    g_up, = torch.autograd.grad(out.sum(), m.w_gate_up)
-    assert g_up[n + 1].abs().sum() == 0 and g_up[n].abs().sum() > 0
+    top, weights, _ = m.route(torch.randn(12, 32))
+    assert (top < m.n_routed).all() and top.shape[1] == m.k_routed == cfg.moe_granularity - 1
+    for vision, used in ((False, 0), (True, 1)):
+        out, _ = m(torch.randn(1, 5, 32), torch.full((1, 5), vision))
+        g_up, = torch.autograd.grad(out.sum(), m.shared_w_gate_up)
+        assert g_up[1 - used].abs().sum() == 0 and g_up[used].abs().sum() > 0
 
 
 def test_granularity_is_the_papers_and_g_active_experts_equal_a_4d_ffn():

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow   # every test here starts torchrun or trains
 FFN = {"modality": [], "moe": ["--ffn=moe", "--moe_experts=6", "--moe_granularity=2", "--moe_shared=per_modality"]}
 DTYPES = ("float32", "bfloat16")
 MATRIX = [(p, f, d, ac) for p in ("ddp", "fsdp") for f in FFN for d in DTYPES for ac in (False, True)]
+EXPERT_PARALLEL = [(d, ac) for d in DTYPES for ac in (False, True)]   # MoE, FSDP2, the 4 routed experts split 2 + 2
 
 
 def tolerance(parallel, dtype, ffn, what="loss"):
@@ -85,7 +86,9 @@ def runs(tmp_path_factory):
     """The matrix's runs, in one folder: one-{ffn}-{dtype} on one process (to step 2, then resumed to 4); every
     {parallel}-{ffn}-{dtype}-{checkpointing} on two processes (likewise); from-one-{ffn}-{dtype}, the one-process
     checkpoints of step 2 resumed on two FSDP processes (one carries an extra metadata key, as a tracker would
-    store); {parallel}-{ffn}-{dtype}-whole, FSDP with gradients reduced once per step."""
+    store); {parallel}-{ffn}-{dtype}-whole, FSDP with gradients reduced once per step; ep-{dtype}-{checkpointing},
+    the MoE with its experts split over the two processes, and ep-from-one, the one-process MoE checkpoint resumed
+    so; compiled, FSDP2 over compiled blocks that recompute their activations."""
     root = tmp_path_factory.mktemp("runs")
     for ffn in FFN:
         for dtype in DTYPES:
@@ -102,6 +105,14 @@ def runs(tmp_path_factory):
     launch += [args(root / f"from-one-{f}-{d}", f, d, 4, "--parallel=fsdp", "--resume") for f in FFN for d in DTYPES]
     launch += [args(root / f"fsdp-{f}-{d}-whole", f, d, 4, "--parallel=fsdp", "--reduce_every_micro_batch=False")
                for f, d in (("modality", "float32"), ("moe", "bfloat16"))]
+    for d, ac in EXPERT_PARALLEL:
+        flags = ["--parallel=fsdp", "--expert_parallel=2", f"--activation_checkpointing={ac}"]
+        launch += [args(root / f"ep-{d}-{ac}", "moe", d, 2, *flags), args(root / f"ep-{d}-{ac}", "moe", d, 4, *flags,
+                                                                             "--resume")]
+    shutil.copytree(root / "from-one-moe-float32", root / "ep-from-one")
+    launch += [args(root / "ep-from-one", "moe", "float32", 4, "--parallel=fsdp", "--expert_parallel=2", "--resume"),
+               args(root / "compiled", "modality", "float32", 4, "--parallel=fsdp", "--compile=True",
+                    "--activation_checkpointing=True")]
     torchrun(launch)
     return root
 
@@ -112,6 +123,34 @@ def test_two_processes_match_one_in_every_configuration(runs):
     for p, f, d, ac in MATRIX:
         assert_same_run(runs / f"{p}-{f}-{d}-{ac}", runs / f"one-{f}-{d}", tolerance(p, d, f),
                         grad_rel=tolerance(p, d, f, "grad_norm"))
+
+
+def test_expert_parallel_matches_one_process(runs):
+    """Each process holds 2 of the 4 routed experts and the rows routed to the others travel by all-to-all: training
+    losses, gradient norms and balance losses at every step and validation losses at both evaluations as one
+    process logs them (float32: 1e-5, measured identical but for 2e-7; bfloat16 within FSDP2's bounds), through a
+    checkpoint and a resume, with and without activation checkpointing; a one-process checkpoint resumes so too."""
+    for d, ac in EXPERT_PARALLEL:
+        assert_same_run(runs / f"ep-{d}-{ac}", runs / f"one-moe-{d}", tolerance("fsdp", d, "moe"),
+                        grad_rel=tolerance("fsdp", d, "moe", "grad_norm"))
+        balance = [{r["step"]: r["balance_loss"] for r in map(json.loads, open(run / "metrics.jsonl"))
+                    if "balance_loss" in r} for run in (runs / f"ep-{d}-{ac}", runs / f"one-moe-{d}")]
+        assert balance[0].keys() == balance[1].keys() == {1, 2, 3, 4}
+        assert all(balance[0][k] == pytest.approx(balance[1][k], rel=tolerance("fsdp", d, "moe")) for k in balance[1])
+    assert_same_run(runs / "ep-from-one", runs / "one-moe-float32", 1e-5)
+    for rank in (0, 1):   # what reached FSDP2: the experts were split first, and it left them alone
+        seen = json.load(open(runs / "ep-float32-False" / f"probes.{rank}.json"))
+        assert seen["experts"] == ["2 of 4 routed experts per layer, outside FSDP2"]
+
+
+def test_blocks_recompute_then_compile_then_shard(runs):
+    """The order torchtitan uses: each block set to recompute its activations, then compiled (the recomputation
+    inside the compiled region), then sharded by FSDP2; on two processes it trains as one eager process does
+    (within compilation's rounding: the CPU compile test's 1e-4 on the losses, 2e-3 on the gradient norms)."""
+    assert_same_run(runs / "compiled", runs / "one-modality-float32", 1e-4, grad_rel=2e-3)
+    for rank in (0, 1):
+        assert json.load(open(runs / "compiled" / f"probes.{rank}.json"))["when sharded"] == \
+            ["blocks checkpointed and compiled"]
 
 
 def test_gradients_reduced_per_step_or_per_micro_batch_agree(runs):
@@ -304,6 +343,46 @@ def test_hsdp_on_four_processes_matches_one_and_its_checkpoints_move_between_lay
         assert all(json.load(open(folder / f"probes.{r}.json"))["mesh"] == mesh for r in range(4))
 
 
+def test_expert_parallel_checkpoints_reshard_between_sizes_and_layouts(tmp_path):
+    """A run with its 4 routed experts split 2 + 2 over 2 processes, checkpointed at step 2, goes on on 4 processes
+    with one expert each (expert_parallel=4) and, from a copy, under HSDP 2 x 2 with two copies of the 2 + 2 split
+    (whose expert gradients are summed across the copies); the first then goes on on one process. All log what one
+    process logs."""
+    moe = lambda run, steps, *flags: args(run, "moe", "float32", steps, "--gradient_accumulation_steps=4", *flags)
+    run, other = tmp_path / "ep", tmp_path / "hsdp-ep"
+    torchrun([moe(run, 2, "--parallel=fsdp", "--expert_parallel=2")])
+    shutil.copytree(run, other)
+    torchrun([moe(run, 4, "--parallel=fsdp", "--expert_parallel=4", "--resume"),
+              moe(other, 4, "--parallel=hsdp", "--shard_processes=2", "--expert_parallel=2", "--resume")], procs=4)
+    train.main(moe(run, 6, "--resume"))
+    train.main(moe(tmp_path / "one", 6))
+    assert_same_run(run, tmp_path / "one", 1e-5)
+    assert_same_run(other, tmp_path / "one", 1e-5, last=4)
+    assert json.load(open(run / "probes.1.json"))["experts"] == ["1 of 4 routed experts per layer, outside FSDP2",
+                                                                 "2 of 4 routed experts per layer, outside FSDP2"]
+
+
+def test_expert_parallel_is_refused_where_it_cannot_split(tmp_path):
+    """One line each: a dense FFN, no torchrun or DDP, a size that does not divide the processes, routed experts
+    that do not split evenly."""
+    from types import SimpleNamespace
+    from plumbing import experts, parallel
+    c = lambda **k: SimpleNamespace(**{"expert_parallel": 2, "ffn": "moe", **k})
+    run = lambda **k: SimpleNamespace(**{"fsdp": True, "world": 4, "device_type": "cpu", **k})
+    for config, process, message in ((c(ffn="modality"), run(), "needs ffn='moe' under torchrun with --parallel"),
+                                     (c(), run(fsdp=False), "needs ffn='moe' under torchrun with --parallel"),
+                                     (c(expert_parallel=3), run(), "expert_parallel=3 must divide the 4 processes")):
+        with pytest.raises(SystemExit, match=message):
+            parallel.experts_mesh(config, process)
+    from model import ModelConfig, UnifiedTransformer
+    with torch.device("meta"):   # 6 experts, 2 of them shared: 4 routed, over 3 processes
+        model = UnifiedTransformer(ModelConfig(d_model=32, n_layer=1, ffn="moe", moe_experts=5, moe_granularity=2))
+    groups = {"experts": SimpleNamespace(size=lambda: 2)}
+    with pytest.raises(SystemExit, match="expert_parallel=2: the 3 routed experts .* must split evenly over the "
+                                         "processes; use a divisor of 3"):
+        experts.split_experts(model, groups)
+
+
 def test_shard_processes_must_divide_the_processes(tmp_path):
     done = torchrun([args(tmp_path / "bad", "modality", "float32", 1, "--parallel=hsdp", "--shard_processes=3")],
                     BLM_EXPECT_FAILURE="1")
@@ -368,10 +447,18 @@ def spy(seen):
             return fn(*a, **k)
         setattr(model, name, spied)
 
-    def shard(m, dtype, mesh=None, fn=parallel.shard):
-        fn(m, dtype, mesh)
+    def shard(m, dtype, mesh=None, experts=None, fn=parallel.shard):
+        state = [b.checkpointing and b._compiled_call_impl is not None for b in m.blocks]
+        seen.setdefault("when sharded", set()).add("blocks checkpointed and compiled" if all(state) else
+                                                   "some blocks not" if any(state) else "neither")
+        split = fn(m, dtype, mesh, experts)
         seen.setdefault("mesh", set()).add("x".join(map(str, next(m.parameters()).device_mesh.shape)))
-        return m
+        if split:   # FSDP2 would have put the experts it took on its own mesh
+            ffn = m.blocks[0].ffn
+            outside = all(p.device_mesh.mesh_dim_names == ("experts",) for p in (ffn.w_gate_up, ffn.w_down))
+            seen.setdefault("experts", set()).add(f"{ffn.w_gate_up.to_local().shape[0]} of {ffn.n_routed} routed "
+                                                  f"experts per layer, {'outside' if outside else 'inside'} FSDP2")
+        return split
     parallel.shard = shard
 
 

@@ -1,0 +1,109 @@
+"""
+Expert parallelism for the MoE FFN (moe.py): each process holds a share of every MoE layer's routed experts, and the
+rows the router sends to an expert travel to the process that holds it and back, by all-to-all.
+
+    torchrun --nproc_per_node=8 train.py configs/paper_moe.py --parallel=fsdp --expert_parallel=8
+
+The processes form groups of `expert_parallel` consecutive ranks (one node's GPUs, over NVLink); each group holds
+one copy of all the routed experts, n_routed / expert_parallel of them per process, never gathered; the copies in
+other groups are kept equal by an all-reduce of the experts' gradients once per step. The routers, shared experts
+and everything else stay under FSDP2 / HSDP (parallel.shard). An expert's weights are a DTensor sharded on its first
+dimension over the group, so sharded checkpoints hold the whole tensors and resume on any expert-parallel size, or
+on one process. Dropless: every row reaches its expert, so the splits vary per step and per layer, and the sizes
+travel first (a host sync per layer, as in any dropless all-to-all).
+"""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+def expert_mesh(device_type, world, size):
+    """The 2-D mesh (copies, experts): groups of `size` consecutive ranks split the experts; the groups are copies."""
+    from torch.distributed.device_mesh import init_device_mesh
+    return init_device_mesh(device_type, (world // size, size), mesh_dim_names=("copies", "experts"))
+
+
+def split_experts(model, mesh):
+    """Every MoE layer's routed experts (on the meta device, before the model is made) replaced by this process's
+    share: a DTensor sharded on dim 0 over mesh["experts"], which init_weights and checkpoints treat as the whole
+    tensor. Returns the parameters, which FSDP2 must leave alone."""
+    from torch.distributed.tensor import DTensor, Shard
+    group, size, split = mesh["experts"], mesh["experts"].size(), []
+    for m in model.modules():
+        if not hasattr(m, "expert_group"):
+            continue
+        if m.n_routed % size:
+            raise SystemExit(f"expert_parallel={size}: the {m.n_routed} routed experts (moe_experts minus the shared "
+                             f"ones) must split evenly over the processes; use a divisor of {m.n_routed}")
+        for name in ("w_gate_up", "w_down"):
+            whole = getattr(m, name)
+            local = torch.empty(whole.shape[0] // size, *whole.shape[1:], device=whole.device, dtype=whole.dtype)
+            setattr(m, name, nn.Parameter(DTensor.from_local(local, group, [Shard(0)], run_check=False)))
+            split.append(getattr(m, name))
+        m.expert_group = group.get_group()
+    return split
+
+
+class AllToAll(torch.autograd.Function):
+    """all_to_all_single with variable splits; its backward sends the gradients back the way the rows came."""
+    @staticmethod
+    def forward(ctx, rows, send, receive, group):
+        ctx.send, ctx.receive, ctx.group = send, receive, group
+        out = rows.new_empty(sum(receive), *rows.shape[1:])
+        # through the module's attribute at call time: a byte counter wrapping it sees every call
+        dist.all_to_all_single(out, rows.contiguous(), receive, send, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return AllToAll.apply(grad, ctx.receive, ctx.send, ctx.group), None, None, None
+
+
+def dispatch(rows, counts, compute, group):
+    """rows [A, d]: this process's routed assignments sorted by expert, counts[e] of them for each of the n_routed
+    experts (process p holds experts p * n_local ... (p + 1) * n_local - 1). Sends each row to its expert's process,
+    runs compute(rows, counts) there over the rows it received grouped by its local expert, and returns the outputs
+    in the order of `rows`."""
+    size = dist.get_world_size(group)
+    n_local = len(counts) // size
+    # how many rows every process sends each of this process's experts: [size, n_local]
+    arriving = torch.empty_like(counts)
+    dist.all_to_all_single(arriving, counts, group=group)
+    arriving = arriving.view(size, n_local)
+    send, receive = counts.view(size, n_local).sum(1).tolist(), arriving.sum(1).tolist()   # the host sync
+    got = AllToAll.apply(rows, send, receive, group)   # by sending process, within it by local expert
+    expert = torch.arange(n_local, device=rows.device).repeat(size).repeat_interleave(arriving.reshape(-1))
+    order = torch.argsort(expert, stable=True)          # grouped by local expert, each in arrival order
+    done = compute(got[order], arriving.sum(0))
+    back = torch.empty_like(done).index_copy(0, order, done)   # in arrival order again
+    return AllToAll.apply(back, receive, send, group)
+
+
+def reduce_gradients(params, mesh, world):
+    """After the step's backward pass: each expert's gradient, which the all-to-all already summed over the rows of
+    its group's processes, summed over the copies and divided by the world size, as FSDP2 averages every other
+    gradient over the processes."""
+    copies = mesh["copies"]
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad.to_local()
+        if copies.size() > 1:
+            dist.all_reduce(g, group=copies.get_group())
+        g /= world
+
+
+def clip_gradients(params, max_norm):
+    """torch.nn.utils.clip_grad_norm_ over parameters that live on several device meshes (experts on theirs, the rest
+    on FSDP2's), whose norms torch's own cannot stack: each mesh's norm, then the total. The norm, before clipping,
+    as a plain tensor."""
+    groups = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p, "device_mesh", None), []).append(p)
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in ps]) for ps in groups.values()]
+    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+    total = norms[0] if len(norms) == 1 else torch.stack(norms).norm()
+    for ps in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(ps, max_norm, total)
+    return total
