@@ -320,7 +320,9 @@ def training(run, c):
             log_progress(run, c, s, loader, data, pbar)
         if run.step % c.eval_interval == 0 or last:
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
-                with run.autocast:       # in the precision it trains in (a sharded model's weights are in it)
+                # in the precision it trains in (a sharded model's weights are in it), uncompiled: sampling's shapes
+                # change at every position, and compiled blocks would recompile for them
+                with run.autocast, torch.compiler.set_stance("force_eager"):
                     scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
             if run.master:
                 run.tracker.log(dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),

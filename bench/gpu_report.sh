@@ -9,6 +9,9 @@
 #     at configs/real.py's shapes with DDP and with FSDP2, peak memory against plumbing/memplan.py's prediction,
 #     tokens/s, MFU (scale.log; each run's metrics.jsonl under $OUT/scale_*)                 ~2 + ~4 min
 #   EXTRA="--device=cpu --compile=False ..." bash bench/gpu_report.sh scale   # a CPU dry run (docs/multi-gpu.md)
+#   bash bench/gpu_report.sh fsdp       # issue 36's check: FSDP2 bf16 evaluated uncompiled and trained compiled with
+#     recomputation (tests), the grouped GEMM at one paper MoE layer's shapes, then 10 compiled steps of an MoE at
+#     real.py's shapes under FSDP2 with activation checkpointing and an evaluation (fsdp.log)             ~6 min
 #   bash bench/gpu_report.sh nav        # a toy navigation model (trimmed: 3,000 steps), then planning    ~8 min
 #   bash bench/gpu_report.sh sweep      # a trimmed toy IsoFLOP sweep (2 budgets x 4 sizes), dense and MoE ~8 min
 #   NANOGPT=<checkout> bash bench/gpu_report.sh nanogpt   # against nanoGPT at ~300M, 4,096 positions   ~5 min
@@ -54,6 +57,20 @@ part_scale() {
   done
 }
 
+part_fsdp() {
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  run python -m pytest -q tests/test_gpu.py -k "sharded or grouped"
+  # one layer of configs/paper_moe.py: d_model 2048, 256 experts of 512 (G = 16), 16 active, 4 x 4,096 tokens
+  run python bench/bench_moe.py --device=cuda --tokens=16384 --d_model=2048 --experts=256 --granularity=16 \
+      --steps=5 --warmup=2
+  rm -rf "$out/fsdp_moe"
+  run torchrun --standalone --nproc_per_node=1 train.py $real --ffn=moe --moe_experts=64 --moe_granularity=16 \
+      --parallel=fsdp --compile=True --activation_checkpointing=True --batch_size=4 --gradient_accumulation_steps=1 \
+      --max_iters=10 --log_interval=5 --eval_interval=10 --eval_iters=1 --eval_samples=2 --sample_steps=2 \
+      --out_dir="$out/fsdp_moe"
+  rm -rf "$out/fsdp_moe"/ckpt*
+}
+
 part_nanogpt() {
   local size="--n_layer=24 --d_model=1024 --n_head=16 --n_kv_head=16 --seq_len=4096 --batch_size=4 --rounds=5"
   run python bench/bench_vs_nanogpt.py --nanogpt="${NANOGPT:?set NANOGPT to a nanoGPT checkout}" --device=cuda \
@@ -83,7 +100,7 @@ part_sweep() {
 [ $# -gt 0 ] || set -- tests speed
 for part in "$@"; do
   case $part in
-    tests|speed|scale|nanogpt|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
-    *) echo "unknown part '$part': use tests, speed, scale, nanogpt, nav or sweep" >&2; exit 2 ;;
+    tests|speed|scale|fsdp|nanogpt|nav|sweep) "part_$part" 2>&1 | tee "$out/$part.log" ;;
+    *) echo "unknown part '$part': use tests, speed, scale, fsdp, nanogpt, nav or sweep" >&2; exit 2 ;;
   esac
 done

@@ -1,6 +1,9 @@
 """The GPU's own code paths, where a GPU is present (skipped elsewhere; CI has none): FlexAttention's training path
 against the dense one, the compiled step (with the text loss in chunks, too) against eager, grouped GEMMs against
-the loop, and no host sync in a training step. Their CPU stand-ins are in test_model.py and test_moe.py."""
+the loop, no host sync in a training step, and FSDP2 in bf16 evaluating uncompiled and training compiled with
+recomputation. Their CPU stand-ins are in test_model.py, test_moe.py and plumbing/test_parallel.py."""
+import copy
+
 import pytest
 import torch
 
@@ -91,3 +94,33 @@ def test_training_step_never_waits_for_the_host(ffn):
         step(model, batch, torch.bfloat16)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.fixture
+def one_gpu_group(tmp_path):
+    """A process group of one GPU (NCCL), for FSDP2 without torchrun."""
+    import torch.distributed as dist
+    dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("ffn", ["modality", "moe"])
+def test_sharded_bf16_model_evaluates_uncompiled_and_trains_compiled_with_recomputation(ffn, one_gpu_group):
+    """What CPU autocast hides: FSDP2 in bf16 hands CUDA's kernels only what they accept (the rotary angles reach
+    view_as_complex in float32), so an uncompiled sharded model evaluates, as the whole model does; and blocks set
+    to recompute, compiled, then sharded (parallel.wrap's order) train as the eager sharded model does."""
+    from plumbing import build, parallel
+    batch, bf16 = gpu_batch(), torch.bfloat16
+    whole = gpu_model(attention="flex", ffn=ffn, moe_granularity=2)
+    sharded = copy.deepcopy(whole)
+    parallel.shard(sharded, "bfloat16")
+    with torch.no_grad(), torch.autocast("cuda", bf16):
+        losses = [training_losses(m.eval(), batch, torch.Generator("cuda").manual_seed(0)) for m in (sharded, whole)]
+    close(*losses, 2e-2)
+    compiled, eager = copy.deepcopy(whole).train(), copy.deepcopy(whole).train()
+    compiled.activation_checkpointing = True
+    build.compile_model(compiled)
+    for m in (compiled, eager):
+        parallel.shard(m, "bfloat16")
+    close(step(compiled, batch, bf16)[:2], step(eager, batch, bf16)[:2], 2e-2)
