@@ -1,7 +1,9 @@
 """
 Memory and time of a training run before it starts: for a config and a number of GPUs, the bytes per GPU of the
-parameters, gradients, optimizer state and activations, whether they fit, the largest micro-batch that does, and
-the run's wall time and GPU-hours at an assumed MFU.
+parameters, gradients, optimizer state and activations, whether they fit, the largest micro-batch that does, the
+run's wall time and GPU-hours at an assumed MFU, and with communication (plumbing/commplan.py): the bytes per GPU
+per step over NVLink and InfiniBand, the step's time with and without overlap, for the config's layout and for
+every layout that could run it (DDP, FSDP, HSDP, expert parallelism), with the fastest that fits.
 
     python -m plumbing.memplan configs/paper_moe.py --gpus=64                       # the paper's MoE on 8 nodes of 8
     python -m plumbing.memplan configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3 --moe_experts=1008
@@ -33,7 +35,7 @@ import train
 from data import FRAME, SPECIAL_TOKENS, Example, Tokenizer, collate, to_device
 from encoders import SEMANTIC, build_encoder
 from model import ModelConfig, UnifiedTransformer, training_losses
-from plumbing import fastpaths
+from plumbing import commplan, fastpaths
 from plumbing.logs import read_log
 from plumbing.settings import cli, configure, settings
 
@@ -45,6 +47,12 @@ vocab = 0                     # vocabulary size; 0: the config's tokenizer's; 12
 tokens = 0.0                  # the run's tokens, for its time; 0: max_iters steps of the config's batch
 mfu = 0.4                     # the model-FLOPs utilisation to assume (train.py's mfu: recomputation not counted)
 metrics = ""                  # a run's metrics.jsonl: its peak memory, tokens/s and MFU beside the prediction
+# Communication (plumbing/commplan.py). H100/H200 SXM: NVLink 4 moves 900 GB/s per GPU counting both directions,
+# 450 each way, which is what a ring's bytes per rank travel at; 400 Gb/s NDR InfiniBand, one adapter per GPU, is
+# 50 GB/s each way, of which a ring keeps ~90% busy. A collective whose group spans nodes runs at InfiniBand's rate.
+gpus_per_node = 8             # GPUs joined by NVLink
+nvlink_gb_s = 450.0           # GB/s each way per GPU within a node
+ib_gb_s = 45.0                # GB/s each way per GPU across nodes
 
 # n_vocab of tiktoken's encodings (largest id + 1), so no BPE file is needed to size a model
 TIKTOKEN_VOCAB = {"gpt2": 50257, "r50k_base": 50257, "p50k_base": 50281, "cl100k_base": 100277,
@@ -162,7 +170,7 @@ def measure_activations(cfg, precision, seq_len=128):
 
 def precision_of(c):
     bf16 = c.dtype in ("auto", "bfloat16", "float16")   # float16 keeps as many bytes as bf16
-    return ("bf16" if c.parallel == "fsdp" else "autocast") if bf16 else "float32"
+    return ("autocast" if c.parallel == "ddp" else "bf16") if bf16 else "float32"
 
 
 def kept_bytes(fit, width, n_layer, n_tokens):
@@ -192,28 +200,43 @@ def activation_bytes(cfg, fit, rows, seq_len, checkpointing, precision):
 
 def sizes_of(c):
     """What a plan needs of a config: its model on the meta device, its frozen encoder's parameters, and the
-    activation fit in the step's precision."""
+    activation fit in the step's precision (fits in others are measured when a layout asks: fit_of)."""
     cfg = model_config(c, c.vocab)
-    return SimpleNamespace(model=on_meta(cfg), encoder=frozen_encoder(c)[2],
-                           fit=measure_activations(cfg, precision_of(c)))
+    sizes = SimpleNamespace(model=on_meta(cfg), encoder=frozen_encoder(c)[2], fits={})
+    sizes.fit = fit_of(sizes, precision_of(c))
+    return sizes
 
 
-def state_bytes(model, n_gpus, parallel, precision):
-    """Parameters, gradients, optimizer state and the working copies of weights and gradients, per GPU."""
+def fit_of(sizes, precision):
+    if precision not in sizes.fits:
+        sizes.fits[precision] = measure_activations(sizes.model.cfg, precision)
+    return sizes.fits[precision]
+
+
+def state_bytes(model, c, precision):
+    """Parameters, gradients, optimizer state and the working copies of weights and gradients, per GPU, under c's
+    layout: DDP replicates everything; FSDP2 shards it over all GPUs, HSDP over shard_processes; expert
+    parallelism keeps 1/expert_parallel of the routed experts whole (float32 weights, gradients, m and v) and
+    shards the rest."""
     P = sum(p.numel() for p in model.parameters())
-    block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    if c.parallel == "ddp":
+        return dict(parameters=4 * P, gradients=4 * P, optimizer=8 * P, working=4 * P)   # DDP's gradient buckets
+    ep, low = c.expert_parallel, 4 if precision == "float32" else 2
+    routed = [commplan.routed_params(b) if ep > 1 else 0 for b in model.blocks]
+    block = max(sum(p.numel() for p in b.parameters()) - r for b, r in zip(model.blocks, routed))
     root = P - sum(p.numel() for b in model.blocks for p in b.parameters())
-    low = 4 if precision == "float32" else 2
-    if parallel == "fsdp":   # two blocks gathered (one computing, one prefetched), one block's gradients reduced
-        return dict(parameters=4 * P / n_gpus, gradients=4 * P / n_gpus, optimizer=8 * P / n_gpus,
-                    working=2 * low * root + 2 * low * block + (low + 4) * block)
-    return dict(parameters=4 * P, gradients=4 * P, optimizer=8 * P, working=4 * P)   # DDP's gradient buckets
+    held = (P - sum(routed)) / commplan.shard_size(c) + sum(routed) / ep
+    # two blocks gathered (one computing, one prefetched), one block's gradients reduced; under expert parallelism
+    # one layer's local experts copied to bf16 for the grouped GEMM, and their bf16 gradients
+    working = 2 * low * root + 2 * low * block + (low + 4) * block + (4 * max(routed) / ep if low == 2 else 0)
+    return dict(parameters=4 * held, gradients=4 * held, optimizer=8 * held, working=working)
 
 
 def plan(c, sizes, rows, checkpointing):
     """Bytes per GPU of each part, and their total, at micro-batches of `rows` rows."""
-    state = state_bytes(sizes.model, c.gpus, c.parallel, precision_of(c))
-    act = activation_bytes(sizes.model.cfg, sizes.fit, rows, c.seq_len, checkpointing, precision_of(c))
+    state = state_bytes(sizes.model, c, precision_of(c))
+    act = activation_bytes(sizes.model.cfg, fit_of(sizes, precision_of(c)), rows, c.seq_len, checkpointing,
+                           precision_of(c))
     parts = dict(state, encoder=2 * sizes.encoder, activations=act)   # the frozen encoder: bf16, on every GPU
     return dict(parts, total=sum(parts.values()))
 
@@ -233,6 +256,63 @@ def run_time(c, model):
     per_token = model.flops_per_token(c.seq_len)
     seconds = n_tokens * per_token / (c.gpus * (c.peak_flops or 989e12) * c.mfu)
     return n_tokens, per_token, seconds, seconds * c.gpus / 3600
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layouts: memory, communication (plumbing/commplan.py) and step time of each way to spread the run.
+
+def layout_name(c):
+    S = commplan.shard_size(c)
+    name = {"ddp": "DDP", "fsdp": "FSDP", "hsdp": f"HSDP {S}x{c.gpus // S}"}[c.parallel]
+    return name + (f" EP{c.expert_parallel}" if c.expert_parallel > 1 else "")
+
+
+def layout_row(c, sizes):
+    """A layout's memory per GPU (the config's micro-batch and checkpointing), bytes per GPU per step by link, and
+    the step's seconds and the run's hours without and with overlap."""
+    colls = commplan.collectives(sizes.model, c)
+    n_tokens, _, seconds, _ = run_time(c, sizes.model)
+    steps = n_tokens / (c.batch_size * c.seq_len * c.gradient_accumulation_steps)
+    serial, overlapped = commplan.step_seconds(c, colls, seconds / steps)
+    return dict(name=layout_name(c), memory=plan(c, sizes, c.batch_size, c.activation_checkpointing)["total"],
+                **commplan.by_link(colls), compute=seconds / steps, serial=serial, overlapped=overlapped,
+                hours=(steps * serial / 3600, steps * overlapped / 3600))
+
+
+def candidates(c, model):
+    """The layouts weighed on c.gpus: DDP, FSDP and, over whole nodes, HSDP with one node per shard group; for an
+    MoE each sharded one also with expert parallelism over every divisor of the GPU count that divides the routed
+    experts."""
+    routed = {b.ffn.n_routed for b in model.blocks if commplan.routed_params(b)}
+    eps = [e for e in range(1, c.gpus + 1) if c.gpus % e == 0 and all(n % e == 0 for n in routed)] if routed else [1]
+    shards = [("fsdp", 0)] + [("hsdp", c.gpus_per_node)] * (c.gpus > c.gpus_per_node and c.gpus % c.gpus_per_node == 0)
+    return [SimpleNamespace(**{**vars(c), "parallel": "ddp", "expert_parallel": 1})] + \
+        [SimpleNamespace(**{**vars(c), "parallel": p, "shard_processes": s, "expert_parallel": e})
+         for p, s in shards for e in eps]
+
+
+def recommended(rows, usable):
+    """The fastest layout with overlap among those that fit (the less traffic breaking a tie), or None."""
+    return min((r for r in rows if r["memory"] <= usable), key=lambda r: (r["overlapped"], r["serial"]), default=None)
+
+
+def layout_table(c, sizes, usable):
+    rows = [layout_row(layout, sizes) for layout in candidates(c, sizes.model)]
+    best = recommended(rows, usable)
+    lines = [f"layouts on {c.gpus} GPU(s), {c.gpus_per_node} a node (NVLink {c.nvlink_gb_s:g} GB/s, InfiniBand "
+             f"{c.ib_gb_s:g} GB/s per GPU), checkpointing {'on' if c.activation_checkpointing else 'off'}: compute "
+             f"{rows[0]['compute']:.2f} s a step at {c.mfu:.0%} MFU",
+             f"{'':<17}{'GiB':>7}{'GB per GPU per step':>22}{'step (s)':>20}{'run (h)':>20}",
+             f"{'layout':<17}{'per GPU':>7}{'NVLink':>11}{'InfiniBand':>11}{'serial':>10}{'overlap':>10}"
+             f"{'serial':>10}{'overlap':>10}"]
+    for r in rows:
+        mark = "  <- recommended" if r is best else "" if r["memory"] <= usable else "  (does not fit)"
+        lines.append(f"{r['name']:<17}{r['memory'] / GIB:>7.1f}{r['nvlink'] / 1e9:>11.1f}{r['ib'] / 1e9:>11.1f}"
+                     f"{r['serial']:>10.2f}{r['overlapped']:>10.2f}{r['hours'][0]:>10,.1f}{r['hours'][1]:>10,.1f}"
+                     f"{mark}")
+    if best is None:
+        lines.append(f"no layout fits {usable / GIB:.0f} GiB a GPU: more GPUs, or a smaller micro-batch")
+    return lines
 
 
 def measured(path, predicted):
@@ -260,7 +340,13 @@ def report(c, argv):
     usable = (1 - c.headroom) * c.gpu_memory_gib * GIB
     name = " ".join(a for a in argv if not a.startswith("--")) or "train.py's defaults"
     how = {"fsdp": "FSDP2 (float32 master weights, gradients and AdamW state sharded; bf16 compute)",
+           "hsdp": f"HSDP (FSDP2 within groups of {commplan.shard_size(c)}, replicated across them; bf16 compute)",
            "ddp": "DDP (everything replicated; bf16 autocast)"}[c.parallel]
+    if c.expert_parallel > 1:
+        if any(commplan.routed_params(b) and b.ffn.n_routed % c.expert_parallel for b in model.blocks):
+            raise SystemExit(f"expert_parallel={c.expert_parallel} must divide the {model.blocks[0].ffn.n_routed} "
+                             f"routed experts")
+        how += f", the routed experts split over {c.expert_parallel} GPUs"
     if precision == "float32":
         how = how.replace("bf16", "float32")
     count = lambda n: f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
@@ -285,9 +371,17 @@ def report(c, argv):
               f"{'largest micro-batch that fits (rows)':<40}{largest[0]:>18}{largest[1]:>10}", ""]
     n_tokens, per_token, seconds, gpu_hours = run_time(c, model)
     wall = f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-    lines.append(f"time: {count(n_tokens)} tokens x {per_token / 1e9:.2f} GFLOP per token on {c.gpus} GPU(s) at "
-                 f"{c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {wall} wall, {gpu_hours:,.1f} "
-                 f"GPU-hours")
+    lines.append(f"time, compute only: {count(n_tokens)} tokens x {per_token / 1e9:.2f} GFLOP per token on "
+                 f"{c.gpus} GPU(s) at {c.mfu:.0%} MFU of {(c.peak_flops or 989e12) / 1e12:.0f} TFLOP/s: {wall} wall, "
+                 f"{gpu_hours:,.1f} GPU-hours")
+    own = layout_row(c, sizes)
+    if c.gradient_accumulation_steps % c.gpus:
+        lines.append(f"gradient_accumulation_steps={c.gradient_accumulation_steps} is no multiple of {c.gpus} GPUs "
+                     f"(train.py refuses it): communication planned for {commplan.micro_batches(c)} per GPU")
+    lines += [f"with communication ({own['name']}): {own['nvlink'] / 1e9:,.1f} GB over NVLink and "
+              f"{own['ib'] / 1e9:,.1f} GB over InfiniBand per GPU per step; {own['serial']:.2f} s a step serial, "
+              f"{own['overlapped']:.2f} s overlapped: {own['hours'][0]:,.1f} h wall serial, {own['hours'][1]:,.1f} h "
+              f"overlapped", "", *layout_table(c, sizes, usable)]
     if c.metrics:
         lines.append(measured(c.metrics, plans[c.activation_checkpointing]["total"]))
     return "\n".join(lines)
@@ -296,8 +390,13 @@ def report(c, argv):
 def main(argv):
     c = configure({**settings(globals()), **train.DEFAULTS}, argv, [__file__, train.__file__],
                   "usage: python -m plumbing.memplan CONFIG [--gpus=8 --gpu_memory_gib=80 --tokens=57e9 --mfu=0.4 ...]")
-    if c.gpus < 1 or not 0 < c.mfu <= 1 or c.parallel not in ("ddp", "fsdp"):
-        raise SystemExit("gpus must be >= 1, mfu in (0, 1] and parallel 'ddp' or 'fsdp'")
+    if c.gpus < 1 or not 0 < c.mfu <= 1 or c.parallel not in ("ddp", "fsdp", "hsdp"):
+        raise SystemExit("gpus must be >= 1, mfu in (0, 1] and parallel 'ddp', 'fsdp' or 'hsdp'")
+    if c.parallel == "hsdp" and c.gpus % commplan.shard_size(c):
+        raise SystemExit(f"shard_processes={commplan.shard_size(c)} must divide the {c.gpus} GPUs")
+    if c.expert_parallel != 1 and (c.ffn != "moe" or c.parallel == "ddp" or c.gpus % c.expert_parallel):
+        raise SystemExit(f"expert_parallel={c.expert_parallel}: for ffn='moe' under fsdp or hsdp, a divisor of the "
+                         f"{c.gpus} GPUs (and of the routed experts)")
     if c.metrics and not os.path.isfile(c.metrics):
         raise SystemExit(f"metrics={c.metrics!r}: no such file (give a run's metrics.jsonl)")
     print(report(c, argv))
