@@ -38,6 +38,9 @@ def grouped_swiglu(xs, w_gate_up, w_down, counts, grouped=None):
     """SwiGLU with E weight sets, w_gate_up [E, d, 2h] and w_down [E, h, d], each over its run of counts[e] rows of
     xs [A, d]. In a bf16 step: one grouped matrix multiply per projection, run lengths on the device (no host sync,
     one compiled graph). In a float32 step: a loop over the sets, the exact reference."""
+    if not len(counts):   # expert parallelism left this process no experts: no rows, but tied to the inputs and
+        # weights all the same, so that its backward pass runs the all-to-all every other process runs
+        return xs.new_zeros(0, w_down.shape[-1]) + 0 * (xs.sum() + w_gate_up.sum() + w_down.sum()).to(xs.dtype)
     if grouped is None:   # the grouped kernel wants 16-byte rows: widths in multiples of 8
         grouped = GROUPED_MM and runs_in_bf16(xs.device.type, xs, w_gate_up) and xs.shape[1] % 8 == 0 and \
             w_down.shape[1] % 8 == 0

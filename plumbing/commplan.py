@@ -27,6 +27,8 @@ on gloo processes against this):
 import math
 from collections import namedtuple
 
+from plumbing.experts import shares
+
 # bytes: per GPU per step; link: "nvlink" or "ib"; hides: what it can run behind ("compute": the step's,
 # "last backward": the last micro-batch's backward pass, "nothing": the step waits for it)
 Collective = namedtuple("Collective", "what op ranks bytes link hides")
@@ -69,10 +71,13 @@ def shard_size(c):
     return c.gpus if c.parallel == "fsdp" else (c.shard_processes or min(c.gpus_per_node, c.gpus))
 
 
-def routed_params(block):
-    """Parameters of a block's routed experts (0 for a dense FFN): n_routed experts of 3 d_model x hidden each."""
+def routed_params(block, expert_parallel=1):
+    """Parameters of a block's routed experts (0 for a dense FFN), n_routed experts of 3 d_model x hidden each; with
+    expert parallelism, those of the largest share a GPU holds (experts.shares: 254 over 8 GPUs, 32)."""
     ffn = block.ffn
-    return ffn.n_routed * 3 * ffn.cfg.d_model * ffn.hidden if hasattr(ffn, "n_routed") else 0
+    if not hasattr(ffn, "n_routed"):
+        return 0
+    return max(shares(ffn.n_routed, expert_parallel)) * 3 * ffn.cfg.d_model * ffn.hidden
 
 
 def fsdp_units(model, expert_parallel=1):
@@ -127,7 +132,7 @@ def collectives(model, c):
         sent = micro * len(moe) * transfers * rows * ffn.cfg.d_model * low * (ep - 1) / ep
         add("token rows", "all-to-all", consecutive(ep, world), sent, "nothing")
         add("routed experts' gradients", "all-reduce", strided(ep, world),
-            4 * sum(map(routed_params, moe)) / ep, "nothing")
+            4 * sum(routed_params(b, ep) for b in moe), "nothing")
     return out
 
 

@@ -23,22 +23,31 @@ def expert_mesh(device_type, world, size):
     return init_device_mesh(device_type, (world // size, size), mesh_dim_names=("copies", "experts"))
 
 
+def shares(n, size):
+    """How many of n experts each of `size` processes holds, as a DTensor splits dim 0 (torch.chunk's way):
+    ceil(n / size) each, the last ones fewer, or none (254 over 8: seven 32s and a 30)."""
+    chunk = -(-n // size)
+    return [max(0, min(chunk, n - p * chunk)) for p in range(size)]
+
+
 def split_experts(model, mesh):
     """Every MoE layer's routed experts (on the meta device, before the model is made) replaced by this process's
     share: a DTensor sharded on dim 0 over mesh["experts"], which init_weights and checkpoints treat as the whole
     tensor. Returns the parameters, which FSDP2 must leave alone."""
     from torch.distributed.tensor import DTensor, Shard
-    group, size, split = mesh["experts"], mesh["experts"].size(), []
+    group, split = mesh["experts"], []
     for m in model.modules():
         if not hasattr(m, "expert_group"):
             continue
-        if m.n_routed % size:
-            raise SystemExit(f"expert_parallel={size}: the {m.n_routed} routed experts (moe_experts minus the shared "
-                             f"ones) must split evenly over the processes; use a divisor of {m.n_routed}")
+        if m.n_routed < group.size():
+            raise SystemExit(f"expert_parallel={group.size()}: more processes than the {m.n_routed} routed experts "
+                             f"(moe_experts minus the shared ones); use at most {m.n_routed}")
+        mine = shares(m.n_routed, group.size())[group.get_local_rank()]
         for name in ("w_gate_up", "w_down"):
             whole = getattr(m, name)
-            local = torch.empty(whole.shape[0] // size, *whole.shape[1:], device=whole.device, dtype=whole.dtype)
-            setattr(m, name, nn.Parameter(DTensor.from_local(local, group, [Shard(0)], run_check=False)))
+            local = torch.empty(mine, *whole.shape[1:], device=whole.device, dtype=whole.dtype)
+            setattr(m, name, nn.Parameter(DTensor.from_local(local, group, [Shard(0)], run_check=False,
+                                                             shape=whole.shape, stride=whole.stride())))
             split.append(getattr(m, name))
         m.expert_group = group.get_group()
     return split
@@ -61,18 +70,19 @@ class AllToAll(torch.autograd.Function):
 
 def dispatch(rows, counts, compute, group):
     """rows [A, d]: this process's routed assignments sorted by expert, counts[e] of them for each of the n_routed
-    experts (process p holds experts p * n_local ... (p + 1) * n_local - 1). Sends each row to its expert's process,
-    runs compute(rows, counts) there over the rows it received grouped by its local expert, and returns the outputs
-    in the order of `rows`."""
-    size = dist.get_world_size(group)
-    n_local = len(counts) // size
-    # how many rows every process sends each of this process's experts: [size, n_local]
-    arriving = torch.empty_like(counts)
-    dist.all_to_all_single(arriving, counts, group=group)
-    arriving = arriving.view(size, n_local)
-    send, receive = counts.view(size, n_local).sum(1).tolist(), arriving.sum(1).tolist()   # the host sync
+    experts (held in order: the first shares(n_routed, size)[0] by process 0, and so on). Sends each row to its
+    expert's process, runs compute(rows, counts) there over the rows it received grouped by its local expert, and
+    returns the outputs in the order of `rows`."""
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    held = shares(len(counts), size)
+    # how many rows every process sends each of this process's experts: [size, held[rank]]
+    arriving = counts.new_empty(size * held[rank])
+    dist.all_to_all_single(arriving, counts, [held[rank]] * size, held, group=group)
+    arriving = arriving.view(size, held[rank])
+    send = [int(n) for n in torch.stack([c.sum() for c in counts.split(held)]).tolist()]   # the host sync
+    receive = arriving.sum(1).tolist()
     got = AllToAll.apply(rows, send, receive, group)   # by sending process, within it by local expert
-    expert = torch.arange(n_local, device=rows.device).repeat(size).repeat_interleave(arriving.reshape(-1))
+    expert = torch.arange(held[rank], device=rows.device).repeat(size).repeat_interleave(arriving.reshape(-1))
     order = torch.argsort(expert, stable=True)          # grouped by local expert, each in arrival order
     done = compute(got[order], arriving.sum(0))
     back = torch.empty_like(done).index_copy(0, order, done)   # in arrival order again

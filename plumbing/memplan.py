@@ -225,10 +225,11 @@ def state_bytes(model, c, precision):
     routed = [commplan.routed_params(b) if ep > 1 else 0 for b in model.blocks]
     block = max(sum(p.numel() for p in b.parameters()) - r for b, r in zip(model.blocks, routed))
     root = P - sum(p.numel() for b in model.blocks for p in b.parameters())
-    held = (P - sum(routed)) / commplan.shard_size(c) + sum(routed) / ep
+    mine = [commplan.routed_params(b, ep) if ep > 1 else 0 for b in model.blocks]   # the largest share's
+    held = (P - sum(routed)) / commplan.shard_size(c) + sum(mine)
     # two blocks gathered (one computing, one prefetched), one block's gradients reduced; under expert parallelism
     # one layer's local experts copied to bf16 for the grouped GEMM, and their bf16 gradients
-    working = 2 * low * root + 2 * low * block + (low + 4) * block + (4 * max(routed) / ep if low == 2 else 0)
+    working = 2 * low * root + 2 * low * block + (low + 4) * block + (4 * max(mine) if low == 2 else 0)
     return dict(parameters=4 * held, gradients=4 * held, optimizer=8 * held, working=working)
 
 
@@ -281,10 +282,10 @@ def layout_row(c, sizes):
 
 def candidates(c, model):
     """The layouts weighed on c.gpus: DDP, FSDP and, over whole nodes, HSDP with one node per shard group; for an
-    MoE each sharded one also with expert parallelism over every divisor of the GPU count that divides the routed
-    experts."""
+    MoE each sharded one also with expert parallelism over every divisor of the GPU count up to the number of
+    routed experts (which need not split evenly: experts.shares)."""
     routed = {b.ffn.n_routed for b in model.blocks if commplan.routed_params(b)}
-    eps = [e for e in range(1, c.gpus + 1) if c.gpus % e == 0 and all(n % e == 0 for n in routed)] if routed else [1]
+    eps = [e for e in range(1, c.gpus + 1) if c.gpus % e == 0 and e <= min(routed)] if routed else [1]
     shards = [("fsdp", 0)] + [("hsdp", c.gpus_per_node)] * (c.gpus > c.gpus_per_node and c.gpus % c.gpus_per_node == 0)
     return [SimpleNamespace(**{**vars(c), "parallel": "ddp", "expert_parallel": 1})] + \
         [SimpleNamespace(**{**vars(c), "parallel": p, "shard_processes": s, "expert_parallel": e})
@@ -343,9 +344,9 @@ def report(c, argv):
            "hsdp": f"HSDP (FSDP2 within groups of {commplan.shard_size(c)}, replicated across them; bf16 compute)",
            "ddp": "DDP (everything replicated; bf16 autocast)"}[c.parallel]
     if c.expert_parallel > 1:
-        if any(commplan.routed_params(b) and b.ffn.n_routed % c.expert_parallel for b in model.blocks):
-            raise SystemExit(f"expert_parallel={c.expert_parallel} must divide the {model.blocks[0].ffn.n_routed} "
-                             f"routed experts")
+        if any(commplan.routed_params(b) and b.ffn.n_routed < c.expert_parallel for b in model.blocks):
+            raise SystemExit(f"expert_parallel={c.expert_parallel}: more GPUs than the "
+                             f"{model.blocks[0].ffn.n_routed} routed experts")
         how += f", the routed experts split over {c.expert_parallel} GPUs"
     if precision == "float32":
         how = how.replace("bf16", "float32")
@@ -396,7 +397,7 @@ def main(argv):
         raise SystemExit(f"shard_processes={commplan.shard_size(c)} must divide the {c.gpus} GPUs")
     if c.expert_parallel != 1 and (c.ffn != "moe" or c.parallel == "ddp" or c.gpus % c.expert_parallel):
         raise SystemExit(f"expert_parallel={c.expert_parallel}: for ffn='moe' under fsdp or hsdp, a divisor of the "
-                         f"{c.gpus} GPUs (and of the routed experts)")
+                         f"{c.gpus} GPUs (at most the routed experts)")
     if c.metrics and not os.path.isfile(c.metrics):
         raise SystemExit(f"metrics={c.metrics!r}: no such file (give a run's metrics.jsonl)")
     print(report(c, argv))

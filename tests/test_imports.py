@@ -15,7 +15,7 @@ from helpers import ROOT
 LAYERS = [
     ("foundations", {"plumbing.settings", "plumbing.checkpoints", "plumbing.outputs", "plumbing.pictures",
                      "plumbing.hub", "plumbing.logs", "plumbing.fastpaths", "plumbing.stats",
-                     "plumbing.stdlib_corpus", "plumbing.commplan"}),
+                     "plumbing.stdlib_corpus", "plumbing.commplan", "plumbing.experts"}),
     ("method", {"toyworld", "data", "moe", "model", "encoders"}),
     ("assembly", {"plumbing.realdata", "plumbing.build", "plumbing.parallel"}),
     ("commands", {"train", "sample", "plan", "scaling", "routing", "plumbing.toyscores", "plumbing.memplan",

@@ -78,6 +78,10 @@ def memplan_records():
     ("55.1 GiB to the 1,008-expert one on 64", "configs/paper_moe.py --gpus=64 --moe_experts=1008", "on"),
     ("7.2 h on HSDP", "configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3", "recommended"),
     ("43.5 on FSDP", "configs/paper_moe.py --gpus=64 --tokens=57e9 --mfu=0.3", "overlapped"),
+    ("17.2 h on 64 H200s on HSDP", "configs/paper_moe.py --gpus=64 --moe_experts=1008 --tokens=57e9 --mfu=0.3 "
+     "--gpu_memory_gib=141", "recommended"),
+    ("145.7 without", "configs/paper_moe.py --gpus=64 --moe_experts=1008 --tokens=57e9 --mfu=0.3 --gpu_memory_gib=141",
+     "overlapped"),
     ("hold 1.99B", "configs/paper_dense.py --gpus=8", "params"),
     ("and 13.28B\nparameters", "configs/paper_moe.py --gpus=8", "params"),
 ])
@@ -88,8 +92,10 @@ def test_the_planner_figures_are_the_recorded_ones(quoted, command, key):
     records = memplan_records()[command]
     record = records[key]
     assert (number == record) if key == "params" else float(number) == round(record, 1), (quoted, record)
-    if key == "recommended":   # the layout it names is the one recommended
+    if key == "recommended":   # the layout it names is the one recommended, expert parallelism included
         assert quoted.split()[-1] == records["layout"].split()[0], (quoted, records["layout"])
+        ep = re.search(r"EP(\d+)", records["layout"])
+        assert not ep or f"{quoted} with `--expert_parallel={ep.group(1)}`" in text, (quoted, records["layout"])
 
 
 def toy_cell(run, key):

@@ -93,8 +93,8 @@ def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path)
         memplan.main(["configs/toy.py", f"--metrics={tmp_path / 'none.jsonl'}"])
     with pytest.raises(SystemExit, match="expert_parallel=2: for ffn='moe' under fsdp or hsdp"):
         memplan.main(["configs/toy.py", "--expert_parallel=2"])
-    with pytest.raises(SystemExit, match="expert_parallel=4 must divide the 254 routed experts"):
-        memplan.main(["configs/paper_moe.py", "--expert_parallel=4"])
+    with pytest.raises(SystemExit, match="expert_parallel=8: more GPUs than the 6 routed experts"):
+        memplan.main(["configs/paper_moe.py", "--expert_parallel=8", "--moe_experts=8"])
 
 
 def test_run_time_is_tokens_times_flops_per_token_over_the_gpus_peak_at_the_mfu():
@@ -217,6 +217,8 @@ def test_hsdp_and_expert_parallelism_memory():
     routed = 16 * 254 * 3 * 2048 * 512
     ep = memplan.state_bytes(model, config("configs/paper_moe.py", "--gpus=64", "--expert_parallel=2"), "bf16")
     assert ep["parameters"] == pytest.approx(4 * ((P - routed) / 64 + routed / 2), rel=1e-12)
+    eight = memplan.state_bytes(model, config("configs/paper_moe.py", "--gpus=64", "--expert_parallel=8"), "bf16")
+    assert eight["parameters"] == pytest.approx(4 * ((P - routed) / 64 + routed / 254 * 32), rel=1e-12)   # 32 held
     fsdp = memplan.state_bytes(model, config("configs/paper_moe.py", "--gpus=64"), "bf16")
     # a layer's routed experts leave the two blocks gathered (2 x 2 B) and the one block's gradients in flight
     # (2 + 4 B); the half held here come in as a bf16 copy and its bf16 gradient (2 + 2 B)
@@ -228,7 +230,7 @@ def test_the_layouts_weighed_and_the_one_recommended():
     names = lambda *argv: [memplan.layout_name(c) for c in memplan.candidates(
         config(*argv), memplan.on_meta(memplan.model_config(config(*argv))))]
     assert names("configs/paper_dense.py", "--gpus=64") == ["DDP", "FSDP", "HSDP 8x8"]
-    assert names("configs/paper_moe.py", "--gpus=8") == ["DDP", "FSDP", "FSDP EP2"]   # 254 routed: 2 x 127
+    assert names("configs/paper_moe.py", "--gpus=8") == ["DDP", "FSDP", "FSDP EP2", "FSDP EP4", "FSDP EP8"]
     assert names("configs/paper_moe.py", "--gpus=64", "--moe_experts=258") == \
         ["DDP", "FSDP", *[f"FSDP EP{e}" for e in (2, 4, 8, 16, 32, 64)], "HSDP 8x8",
          *[f"HSDP 8x8 EP{e}" for e in (2, 4, 8, 16, 32, 64)]]

@@ -346,25 +346,31 @@ def test_hsdp_on_four_processes_matches_one_and_its_checkpoints_move_between_lay
 def test_expert_parallel_checkpoints_reshard_between_sizes_and_layouts(tmp_path):
     """A run with its 4 routed experts split 2 + 2 over 2 processes, checkpointed at step 2, goes on on 4 processes
     with one expert each (expert_parallel=4) and, from a copy, under HSDP 2 x 2 with two copies of the 2 + 2 split
-    (whose expert gradients are summed across the copies); the first then goes on on one process. All log what one
+    (whose expert gradients are summed across the copies); the first then goes on on one process. And experts that
+    do not split evenly: 5 routed over 4 processes hold 2, 2, 1 and none, as a DTensor splits them. All log what one
     process logs."""
     moe = lambda run, steps, *flags: args(run, "moe", "float32", steps, "--gradient_accumulation_steps=4", *flags)
-    run, other = tmp_path / "ep", tmp_path / "hsdp-ep"
+    run, other, uneven = tmp_path / "ep", tmp_path / "hsdp-ep", tmp_path / "uneven"
     torchrun([moe(run, 2, "--parallel=fsdp", "--expert_parallel=2")])
     shutil.copytree(run, other)
     torchrun([moe(run, 4, "--parallel=fsdp", "--expert_parallel=4", "--resume"),
-              moe(other, 4, "--parallel=hsdp", "--shard_processes=2", "--expert_parallel=2", "--resume")], procs=4)
+              moe(other, 4, "--parallel=hsdp", "--shard_processes=2", "--expert_parallel=2", "--resume"),
+              moe(uneven, 2, "--parallel=fsdp", "--expert_parallel=4", "--moe_experts=7")], procs=4)
     train.main(moe(run, 6, "--resume"))
     train.main(moe(tmp_path / "one", 6))
+    train.main(moe(tmp_path / "one-uneven", 2, "--moe_experts=7"))
     assert_same_run(run, tmp_path / "one", 1e-5)
     assert_same_run(other, tmp_path / "one", 1e-5, last=4)
+    assert_same_run(uneven, tmp_path / "one-uneven", 1e-5)
+    assert [json.load(open(uneven / f"probes.{r}.json"))["experts"] for r in range(4)] == \
+        [[f"{n} of 5 routed experts per layer, outside FSDP2"] for n in (2, 2, 1, 0)]
     assert json.load(open(run / "probes.1.json"))["experts"] == ["1 of 4 routed experts per layer, outside FSDP2",
                                                                  "2 of 4 routed experts per layer, outside FSDP2"]
 
 
 def test_expert_parallel_is_refused_where_it_cannot_split(tmp_path):
-    """One line each: a dense FFN, no torchrun or DDP, a size that does not divide the processes, routed experts
-    that do not split evenly."""
+    """One line each: a dense FFN, no torchrun or DDP, a size that does not divide the processes, more processes
+    than routed experts."""
     from types import SimpleNamespace
     from plumbing import experts, parallel
     c = lambda **k: SimpleNamespace(**{"expert_parallel": 2, "ffn": "moe", **k})
@@ -375,12 +381,13 @@ def test_expert_parallel_is_refused_where_it_cannot_split(tmp_path):
         with pytest.raises(SystemExit, match=message):
             parallel.experts_mesh(config, process)
     from model import ModelConfig, UnifiedTransformer
-    with torch.device("meta"):   # 6 experts, 2 of them shared: 4 routed, over 3 processes
+    with torch.device("meta"):   # 5 experts, 2 of them shared: 3 routed, over 4 processes
         model = UnifiedTransformer(ModelConfig(d_model=32, n_layer=1, ffn="moe", moe_experts=5, moe_granularity=2))
-    groups = {"experts": SimpleNamespace(size=lambda: 2)}
-    with pytest.raises(SystemExit, match="expert_parallel=2: the 3 routed experts .* must split evenly over the "
-                                         "processes; use a divisor of 3"):
+    groups = {"experts": SimpleNamespace(size=lambda: 4)}
+    with pytest.raises(SystemExit, match=r"expert_parallel=4: more processes than the 3 routed experts \(moe_experts "
+                                         "minus the shared ones\); use at most 3"):
         experts.split_experts(model, groups)
+    assert experts.shares(254, 8) == [32] * 7 + [30] and experts.shares(5, 4) == [2, 2, 1, 0]
 
 
 def test_shard_processes_must_divide_the_processes(tmp_path):
