@@ -101,8 +101,11 @@ def frozen_encoder(c):
 
 
 def on_meta(cfg):
-    with torch.device("meta"):
-        return UnifiedTransformer(cfg)
+    try:
+        with torch.device("meta"):
+            return UnifiedTransformer(cfg)
+    except ValueError as e:   # a setting the model cannot be built with (an MoE's top-k, ...)
+        raise SystemExit(f"bad configuration: {e}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

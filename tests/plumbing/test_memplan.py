@@ -94,7 +94,9 @@ def test_the_command_prints_memory_fit_time_and_a_runs_figures(capsys, tmp_path)
     with pytest.raises(SystemExit, match="expert_parallel=2: for ffn='moe' under fsdp or hsdp"):
         memplan.main(["configs/toy.py", "--expert_parallel=2"])
     with pytest.raises(SystemExit, match="expert_parallel=8: more GPUs than the 6 routed experts"):
-        memplan.main(["configs/paper_moe.py", "--expert_parallel=8", "--moe_experts=8"])
+        memplan.main(["configs/paper_moe.py", "--expert_parallel=8", "--moe_experts=8", "--moe_top_k=4"])
+    with pytest.raises(SystemExit, match="bad configuration: moe_top_k 16 does not fit 8 experts"):
+        memplan.main(["configs/paper_moe.py", "--moe_experts=8"])
 
 
 def test_run_time_is_tokens_times_flops_per_token_over_the_gpus_peak_at_the_mfu():
