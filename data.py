@@ -165,7 +165,7 @@ def robot_frame_actions(position, yaw):
 
 
 def navigation_example(tok, context, action=None, target=None, prompt_only=False):
-    """World modeling (App. F.1): 4 context frames seen clean, one action as text, and the frame it leads to, which
+    """World modeling (§5.1, Fig. 11): 4 context frames seen clean, one action as text, and the frame it leads to, which
     carries the flow loss. Without an action: the context alone (a rollout appends each row's action itself)."""
     ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(context)
     if action is None:
@@ -248,7 +248,7 @@ def tensor_to_device(x, device):
 # video and navigation examples, generated on the fly.
 
 SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation", "vqa")
-NAV_CONTEXT = 4     # App. F.1: 4 context frames, one action, one target frame
+NAV_CONTEXT = 4     # §5.1, Fig. 11: 4 context frames, one action, one target frame
 SPLITS = {"train": 0, "val": 1, "unseen_scenes": 2, "held_out_bindings": 3}
 
 

@@ -1,5 +1,5 @@
 """
-Mixture-of-Experts FFN for multimodal pretraining (section 6, Table 2, Appendix E.7-E.8).
+Mixture-of-Experts FFN for multimodal pretraining (section 6: Eq. 4, Table 2; Appendix E.7-E.8).
 
 Many small experts replace the FFN; a router sends each token to k of them. Granularity is the paper's
 G = 4 d_model / d_expert: experts are 4 d_model / G wide and G of them are active by default, 4 d_model hidden

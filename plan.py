@@ -1,7 +1,7 @@
 """
-Planning with a world model (section 5, App. F.1): the trained model, given 4 context frames and actions written as
-text, imagines the frames they lead to; the Cross-Entropy Method searches action sequences whose last imagined
-frame looks like the goal. Evaluated as NWM does: execute the plan in the simulator, compare the positions with
+Planning with a world model (section 5): the trained model, given 4 context frames and actions written as text
+(§5.1), imagines the frames they lead to; the Cross-Entropy Method (App. F.1) searches action sequences whose last
+imagined frame looks like the goal. Evaluated as NWM does: execute the plan in the simulator, compare the positions with
 the ground-truth trajectory (ATE, RPE), in held-out mazes that training never saw.
 
     python plan.py --out_dir=out/toy_nav --mode=predict                         # prediction against copying
@@ -76,7 +76,7 @@ def rpe(pred, truth):
 @torch.no_grad()
 def imagine(model, tok, context, texts, steps=10, generator=None):
     """context latents [4, N, C]; texts: B lists of H action strings. Every frame is drawn as training shows it
-    (App. F.1): the last 4 frames, true or imagined, then one action as text; the new frame joins that window.
+    (§5.1, Fig. 11): the last 4 frames, true or imagined, then one action as text; the new frame joins that window.
     All B rows are one batch per step."""
     B, dev = len(texts), context.device
     window, frames = context.expand(B, *context.shape), []

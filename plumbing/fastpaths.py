@@ -26,13 +26,14 @@ def use_written_backward(x):
 
 class RMSNormCPU(torch.autograd.Function):
     """y = x_hat * w, x_hat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), over the last dimension. As nn.RMSNorm:
-    computed in x's type promoted to at least float32 (float64 stays float64), eps None means the type's machine
-    epsilon, and weight may be None (no affine scale)."""
+    computed in x's type promoted to at least float32 (float64 stays float64), eps None means the machine epsilon
+    of that computing type (float32's for bfloat16 and float16 inputs, as torch's kernel has it, not theirs), and
+    weight may be None (no affine scale)."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
         work = torch.promote_types(x.dtype, torch.float32)
-        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        eps = torch.finfo(work).eps if eps is None else eps
         rstd = torch.rsqrt(x.to(work).pow(2).mean(-1, keepdim=True) + eps)
         x_hat = x.to(work) * rstd
         ctx.save_for_backward(x_hat, weight, rstd)

@@ -151,7 +151,7 @@ def test_robot_frame_actions_against_hand_computed_poses():
 
 
 def test_navigation_example_layout():
-    """App. F.1's one layout: BOS, 4 clean context frames, one action as text, the target frame (flow loss), EOS."""
+    """§5.1's one layout (Fig. 11): BOS, 4 clean context frames, one action as text, the target frame (flow loss), EOS."""
     from data import navigation_example
     tok = Tokenizer()
     img = np.zeros((8, 8, 3), np.uint8)

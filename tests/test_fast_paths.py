@@ -110,8 +110,8 @@ def test_rmsnorm_written_backward_equals_autograd():
 
 
 def test_rmsnorm_follows_nn_rmsnorm_in_float64_without_eps_or_weight():
-    """As nn.RMSNorm: float64 is computed in float64 (not cut to float32), eps=None is the type's epsilon, and a norm
-    without an affine weight works, forward and backward."""
+    """As nn.RMSNorm: float64 is computed in float64 (not cut to float32), eps=None is the computing type's epsilon
+    (float32's for bfloat16 and float16 inputs), and a norm without an affine weight works, forward and backward."""
     from model import RMSNorm
     torch.manual_seed(0)
     for eps, affine in ((1e-6, True), (None, True), (None, False)):
@@ -126,6 +126,9 @@ def test_rmsnorm_follows_nn_rmsnorm_in_float64_without_eps_or_weight():
         y.backward(dy)
         ref.backward(dy)
         torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-10, rtol=1e-10)
+    for dtype in (torch.bfloat16, torch.float16):   # eps None: the computing type's (float32's), as torch's kernel
+        x = (torch.randn(3, 5, 8) * 1e-3).to(dtype)   # small inputs, where the two epsilons differ most
+        torch.testing.assert_close(RMSNorm(8, eps=None).to(dtype)(x), F.rms_norm(x, (8,), torch.ones(8, dtype=dtype)))
 
 
 def test_plain_causal_only_when_the_mask_is_causal_where_it_is_read():

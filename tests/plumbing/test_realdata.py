@@ -331,7 +331,7 @@ def nwm_folder(root, name, T=9, bad=None):
 
 
 def test_navigation_windows_from_an_nwm_folder(tmp_path):
-    """App. F.1's layout from real trajectories: 4 context frames, one action, the frame it leads to; translations
+    """§5.1's layout (Fig. 11) from real trajectories: 4 context frames, one action, the frame it leads to; translations
     in units of the dataset's waypoint spacing (NWM), yaw in radians."""
     folder, position, yaw = nwm_folder(tmp_path / "nwm", "traj0")
     d = make({"navigation": 1.0}, seq_len=400, navigation_data=str(tmp_path / "nwm/*"))
