@@ -29,20 +29,21 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: int = 4            # grouped-query attention: n_head query heads share n_kv_head key/value heads
     d_model: int = 128
-    ffn_hidden: int = 0           # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 32
+    ffn_hidden: int = 0           # 0: ffn_mult * d_model, rounded up to a multiple of 32
+    ffn_mult: float = 4.0         # the paper's: LLaMA's expansion multiplier 1.5 on SwiGLU's 8/3 (App. E.7)
     ffn: str = "modality"         # "shared": one FFN for all; "modality": a text and a vision FFN; "moe": moe.py
     qk_norm: bool = True
     rope_theta: float = 10000.0
     max_seq_len: int = 256
     latent_dim: int = 48          # channels of one visual latent token (C)
     tokens_per_frame: int = 64    # visual latent tokens per image or video frame (N)
-    prediction: str = "x"         # "x": the network predicts clean latents (JiT); "v": it predicts the velocity
+    prediction: str = "v"         # "v": the network predicts the velocity (§2.1); "x": clean latents (JiT, §6.3)
     time_shift: float = 0.0       # shift of t toward noise; 0: sqrt(N * C / 4096) as in RAE; 1: no shift
     time_sampling: str = "uniform"   # t ~ U[0, 1] as in the paper (section 2.1), or "logit_normal"
     attention: str = "auto"       # "flex" (FlexAttention), "sdpa" (dense boolean mask) or "auto" (flex on GPU)
     # Mixture-of-Experts (ffn="moe"): experts of width 4 * d_model / moe_granularity, moe_top_k active (0: G)
-    moe_experts: int = 16
-    moe_granularity: int = 4
+    moe_experts: int = 256             # the paper's MoE of §6.2: 256 experts, G = 16 (16 active)
+    moe_granularity: int = 16
     moe_top_k: int = 0
     moe_shared: str = "per_modality"   # "none", "global" or "per_modality"
     moe_score: str = "softmax"         # or "sigmoid"
@@ -52,8 +53,8 @@ class ModelConfig:
     moe_z_coef: float = 0.0
 
     def __post_init__(self):
-        if self.ffn_hidden == 0:
-            self.ffn_hidden = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        if self.ffn_hidden == 0:   # (rounded first: 8/3 * 96 / 32 is 7.999... in floating point)
+            self.ffn_hidden = 32 * math.ceil(round(self.ffn_mult * self.d_model / 32, 9))
         if self.time_shift == 0:
             self.time_shift = math.sqrt(self.tokens_per_frame * self.latent_dim / 4096)
         if self.d_model % self.n_head or self.n_head % self.n_kv_head:
@@ -63,6 +64,12 @@ class ModelConfig:
                              ("attention", ("auto", "flex", "sdpa"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}: use one of {allowed}")
+
+
+# Defaults that became the paper's after checkpoints and recorded runs had used the old ones, which configs name
+# only since: what those runs resolved to. A checkpoint that predates a setting counts as having this value
+# (build.check_same_model), and a recorded run whose config now names it is the run it was (findings/runs.py).
+FORMER_DEFAULTS = {"prediction": "x", "ffn_mult": 8 / 3}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -79,9 +79,10 @@ n_head = 4
 n_kv_head = 4
 d_model = 128
 ffn = "modality"              # "shared", "modality" or "moe"
-ffn_hidden = 0                # hidden units of the shared and modality FFNs; 0: 8/3 d_model rounded up to 32 (SwiGLU)
-moe_experts = 16              # total experts, shared ones included
-moe_granularity = 4           # G = 4 d_model / d_expert (the paper's): experts are 4 * d_model / G wide
+ffn_hidden = 0                # hidden units of the shared and modality FFNs; 0: ffn_mult * d_model, rounded up to 32
+ffn_mult = 4.0                # the paper's 4 d_model: LLaMA's expansion multiplier 1.5 on SwiGLU's 8/3 (App. E.7)
+moe_experts = 256             # total experts, shared ones included (the paper's MoE of §6.2-6.3)
+moe_granularity = 16          # G = 4 d_model / d_expert (Eq. 4; the paper's 16): experts are 4 * d_model / G wide
 moe_top_k = 0                 # active experts per token; 0: G, i.e. 4 * d_model hidden units as in the paper
 moe_shared = "per_modality"   # "none", "global" or "per_modality"
 moe_score = "softmax"
@@ -91,7 +92,7 @@ moe_aux_coef = 0.01
 moe_z_coef = 0.0
 moe_bias_rate = 1e-3
 qk_norm = True
-prediction = "x"              # "x" or "v"
+prediction = "v"              # "v": velocity, the paper's recipe (§2.1); "x": clean latents (JiT; §6.3's final stack)
 time_shift = 0.0              # 0: sqrt(tokens * channels / 4096); 1: no shift
 time_sampling = "uniform"     # t ~ U[0, 1] per frame, then shifted (section 2.1); or "logit_normal"
 attention = "auto"            # "auto", "flex" or "sdpa"

@@ -19,8 +19,6 @@ n_layer = 16
 d_model = 2048
 n_head = 32
 n_kv_head = 8
-ffn = "modality"
-ffn_hidden = 8192
 # 4 rows per micro-batch as the paper's 4 per GPU; 128 micro-batches per step over all GPUs: 512 x 4096 tokens
 batch_size = 4
 gradient_accumulation_steps = 128

@@ -15,4 +15,5 @@ moe_granularity = 16
 moe_top_k = 0                 # G = 16 active
 moe_shared = "per_modality"
 moe_aux_coef = 0.01           # the auxiliary load-balancing loss (section 6.2)
+prediction = "x"              # §6.3's final stack (MoE + SigLIP 2): x-prediction (§6.1, Fig. 15)
 max_iters = 27_248

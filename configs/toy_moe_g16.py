@@ -1,5 +1,5 @@
-# Granularity ablation (Eq. 4, Fig. 15), G = 4 d_model / d_expert as in the paper, G active: G = 16, 64 experts of width 32,
-# 16 active, no shared expert; compare with configs/toy_moe_g1.py and with G = 4 (see there).
+# Granularity ablation (Eq. 4, Fig. 15), G = 4 d_model / d_expert as in the paper, G active: G = 16, 64 experts of
+# width 32, 16 active, no shared expert; compare with configs/toy_moe_g1.py and with G = 4 (see there).
 #   python train.py configs/toy_moe_g16.py
 import os
 

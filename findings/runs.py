@@ -27,6 +27,7 @@ from data import Tokenizer, ToyWorldData
 from encoders import build_encoder
 from findings import evaluation
 from findings.declare import EQUAL_ACTIVE, EqualData, Shares, TextShare, Without
+from model import FORMER_DEFAULTS
 from plumbing.build import build
 from plumbing.logs import read_log
 from plumbing.outputs import write_lines
@@ -199,6 +200,10 @@ def fingerprint(suite, spec, c, evaluated=True):
         return hashlib.sha1(json.dumps([what, fingerprint(suite, analysed(suite, spec), c)]).encode()).hexdigest()[:8]
     base, own = recipe(spec["config"])
     sets = train_settings(spec, c)
+    # a default that changed (model.FORMER_DEFAULTS) counts only where the run resolves to another value than it
+    # did: a config that now names the former value is the run it was, one that takes the new default is not
+    own = {k for k in own if FORMER_DEFAULTS.get(k, object()) != base[k]} | \
+        {k for k, v in FORMER_DEFAULTS.items() if k not in sets and base[k] != v}
     what.update(config=spec["config"], recipe={k: base[k] for k in sorted(own)}, settings=sets, extra=c.extra)
     if {**base, **sets}.get("text_source") == "stdlib":
         what["python"] = platform.python_version()

@@ -11,7 +11,7 @@ import torch
 import moe
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
-from model import ModelConfig, UnifiedTransformer
+from model import FORMER_DEFAULTS, ModelConfig, UnifiedTransformer
 from plumbing.checkpoints import load_checkpoint, read_shards, read_weights_file
 from plumbing.realdata import ShardData
 
@@ -110,8 +110,8 @@ def compile_model(model):
 
 def check_same_model(saved, current, path):
     """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as its default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    the checkpoint predates counts as what it resolved to then (model.FORMER_DEFAULTS), or its default."""
+    defaults = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **FORMER_DEFAULTS}
     for key in current:
         was = saved.get(key, defaults[key])
         if was != current[key]:
@@ -128,7 +128,9 @@ def load_for_inference(out_dir, device="auto"):
     also carries the checkpoint's step and tracking run id, for commands that report back to the run's tracker."""
     path = os.path.join(out_dir, "ckpt.pt")
     ckpt = load_checkpoint(path)
-    c = SimpleNamespace(**ckpt["config"], checkpoint_step=ckpt.get("step", 0), tracking_id=ckpt.get("tracking_id", ""))
+    # a setting the checkpoint's config predates: what it resolved to then (model.FORMER_DEFAULTS), else its default
+    c = SimpleNamespace(**{**FORMER_DEFAULTS, **ckpt["config"]}, checkpoint_step=ckpt.get("step", 0),
+                        tracking_id=ckpt.get("tracking_id", ""))
     device = resolve_device(device)
     tok, enc, _, model = build(c, device)
     check_same_model(ckpt["model_args"], vars(model.cfg), path)

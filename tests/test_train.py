@@ -225,11 +225,15 @@ def test_moe_bias_balancing_on_two_processes_matches_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
-    run(tmp_path, "--max_iters=2", "--eval_interval=2")
+    """A setting the checkpoint predates counts as its default, or, for a default that changed since
+    (model.FORMER_DEFAULTS), as what the checkpoint resolved to then: an 8/3 d_model FFN before ffn_mult."""
+    run(tmp_path, "--max_iters=2", "--eval_interval=2", f"--ffn_mult={8 / 3}")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
-    for key in [k for k in ckpt["model_args"] if k.startswith("moe_")]:   # as saved before MoE existed
+    for key in [k for k in ckpt["model_args"] if k.startswith("moe_") or k == "ffn_mult"]:   # as saved before
         del ckpt["model_args"][key]
+    del ckpt["config"]["ffn_mult"]
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    assert build.load_for_inference(str(tmp_path), "cpu")[0].cfg.ffn == "modality"
-    with pytest.raises(SystemExit, match="trained with moe_experts=16 but the config asks for 8"):
-        run(tmp_path, "--max_iters=4", "--moe_experts=8", "--resume")
+    model = build.load_for_inference(str(tmp_path), "cpu")[0]
+    assert model.cfg.ffn == "modality" and model.cfg.ffn_hidden == 96   # 8/3 x 32, rounded up to 32
+    with pytest.raises(SystemExit, match="trained with moe_experts=256 but the config asks for 8"):
+        run(tmp_path, "--max_iters=4", "--moe_experts=8", f"--ffn_mult={8 / 3}", "--resume")

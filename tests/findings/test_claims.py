@@ -291,3 +291,13 @@ def test_fixed_flow_times_and_the_times_argument(tmp_path):
         model_module.sample_time(len(batch["cond"]), cfg, "cpu", g)          # the draw the times stand for
         b = model_module.training_losses(model, batch, g, drawn)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_the_claims_table_is_the_results_file_under_today_s_code(tmp_path):
+    """docs/claims.md as `python claims.py --table_only=True` writes it from results/claims.jsonl: every recorded
+    run still carries the fingerprint its arm has under today's code and defaults (a default that changed under a
+    config that does not name its former value changes them: model.FORMER_DEFAULTS), and the table is the same."""
+    from helpers import ROOT
+    c = configure(settings(vars(claims)), [f"--table={tmp_path / 'claims.md'}"])
+    report.write_table(claims, c)
+    assert open(tmp_path / "claims.md").read() == open(os.path.join(ROOT, "docs", "claims.md")).read()
