@@ -109,12 +109,14 @@ def compile_model(model):
 
 
 def check_same_model(saved, current, path):
-    """A checkpoint only loads into the configuration it was trained with: name the first difference. A setting
-    the checkpoint predates counts as what it resolved to then (model.FORMER_DEFAULTS), or its default."""
-    defaults = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **FORMER_DEFAULTS}
+    """A checkpoint only loads into the model it was trained as: name the first difference. A setting the checkpoint
+    predates counts as its default. Settings the model does not use are not compared: ffn_mult (the resolved
+    ffn_hidden is), and the MoE's unless both are MoEs, so a checkpoint from before a default changed still loads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    moe = saved.get("ffn", defaults["ffn"]) == "moe" and current["ffn"] == "moe"
     for key in current:
         was = saved.get(key, defaults[key])
-        if was != current[key]:
+        if was != current[key] and key != "ffn_mult" and (moe or not key.startswith("moe_")):
             raise SystemExit(f"checkpoint {path} was trained with {key}={was!r} but the config asks for "
                              f"{current[key]!r}: use the checkpoint's config or another out_dir")
 

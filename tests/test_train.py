@@ -226,7 +226,8 @@ def test_moe_bias_balancing_on_two_processes_matches_one(tmp_path):
 @pytest.mark.slow
 def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     """A setting the checkpoint predates counts as its default, or, for a default that changed since
-    (model.FORMER_DEFAULTS), as what the checkpoint resolved to then: an 8/3 d_model FFN before ffn_mult."""
+    (model.FORMER_DEFAULTS), as what the checkpoint resolved to then: an 8/3 d_model FFN before ffn_mult. The MoE's
+    settings do not matter to a dense model (its resume takes any), the FFN's kind does."""
     run(tmp_path, "--max_iters=2", "--eval_interval=2", f"--ffn_mult={8 / 3}")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     for key in [k for k in ckpt["model_args"] if k.startswith("moe_") or k == "ffn_mult"]:   # as saved before
@@ -235,5 +236,7 @@ def test_a_checkpoint_from_before_a_new_model_setting_still_loads(tmp_path):
     torch.save(ckpt, tmp_path / "ckpt.pt")
     model = build.load_for_inference(str(tmp_path), "cpu")[0]
     assert model.cfg.ffn == "modality" and model.cfg.ffn_hidden == 96   # 8/3 x 32, rounded up to 32
-    with pytest.raises(SystemExit, match="trained with moe_experts=256 but the config asks for 8"):
-        run(tmp_path, "--max_iters=4", "--moe_experts=8", f"--ffn_mult={8 / 3}", "--resume")
+    run(tmp_path, "--max_iters=3", "--eval_interval=3", "--moe_experts=8", f"--ffn_mult={8 / 3}", "--resume")
+    with pytest.raises(SystemExit, match="trained with ffn='modality' but the config asks for 'moe'"):
+        run(tmp_path, "--max_iters=4", "--ffn=moe", "--moe_experts=8", "--moe_granularity=2", f"--ffn_mult={8 / 3}",
+            "--resume")
