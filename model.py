@@ -67,8 +67,8 @@ class ModelConfig:
 
 
 # Defaults that became the paper's after checkpoints and recorded runs had used the old ones, which configs name
-# only since: what those runs resolved to. A checkpoint that predates a setting counts as having this value
-# (build.check_same_model), and a recorded run whose config now names it is the run it was (findings/runs.py).
+# only since: what those runs resolved to. A checkpoint whose config predates a setting is rebuilt with this value
+# (build.load_for_inference), and a recorded run whose config now names it is the run it was (findings/runs.py).
 FORMER_DEFAULTS = {"prediction": "x", "ffn_mult": 8 / 3}
 
 
