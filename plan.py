@@ -137,13 +137,21 @@ def goal_distance(kind, enc, goal):
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), np.array([0.3, 0.3, 1.0])
 
 
-def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=1, repeats=3):
+def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=1, repeats=3, candidates="steps"):
     """The paper's "repeats this process 3 times" read as NWM's planning command does (num_repeat_eval 3, one CEM
-    iteration): the world model is stochastic, so each candidate's score is the mean over `repeats` rollouts."""
+    iteration): the world model is stochastic, so each candidate's score is the mean over `repeats` rollouts.
+    candidates: "steps", each step's action its own Gaussian draw; "nwm", NWM's: one translation (dx, dy) held over
+    the horizon, and a turn only at the last step."""
+    low, high = np.tile(tw.ACTION_LOW, (horizon, 1)), np.tile(tw.ACTION_HIGH, (horizon, 1))
     mu = np.tile(CEM_START, (horizon, 1))
     sigma = np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2 * CEM_SPREAD, (horizon, 1))
     for _ in range(iterations):
-        a = np.clip(mu + sigma * rng.standard_normal((samples, horizon, 3)), tw.ACTION_LOW, tw.ACTION_HIGH).round(2)
+        draw = rng.standard_normal((samples, horizon, 3))
+        if candidates == "nwm":   # the first step's translation draw for every step; yaw drawn at the last only
+            draw[:, :, :2] = draw[:, :1, :2]
+            draw[:, :-1, 2] = 0.0
+            mu[:-1, 2] = 0.0
+        a = np.clip(mu + sigma * draw, low, high).round(2)
         best = a[np.argsort(np.mean([score(predict(a)[:, -1]) for _ in range(repeats)], 0))[:elites]]
         mu, sigma = best.mean(0), best.std(0) + 0.02
     return mu.round(2)
@@ -163,7 +171,7 @@ def plan_episode(planner, ep, c, enc, rng, model=None, tok=None, generator=None)
     else:
         world = model_world(model, tok, enc.encode(ep["context"]).to(c.dev), c.steps, generator)
     return cem(world, goal_distance(c.score, enc, ep["goal"]), rng, horizon, c.samples, c.elites, c.iterations,
-               c.repeats)
+               c.repeats, c.candidates)
 
 
 def evaluate(planners, c, enc, model=None, tok=None):
@@ -230,7 +238,7 @@ def planning_table(results, c):
              "random": "random actions", "still": "no motion"}
     lines = [f"{c.episodes} held-out episodes whose goals need a turn, horizon {c.horizon}, {c.samples} samples, "
              f"top {c.elites}, {c.iterations} iterations, each scored over {c.repeats} rollouts, score {c.score}, "
-             f"Euler steps {c.steps}; "
+             f"Euler steps {c.steps}, candidates {c.candidates}; "
              f"mean [95% bootstrap CI over episodes]", "",
              "| planner | ATE | RPE | final error | s / episode |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {names[p]} | {mean_ci(e[:, 0], 2)} | {mean_ci(e[:, 1], 2)} | {mean_ci(e[:, 2], 2)} | {sec:.1f} |"
@@ -304,11 +312,15 @@ elites = 5                  # top-K averaged (NWM: 5)
 iterations = 2              # CEM refits (NWM: 1; these four sizes plan 100 episodes in ~3 CPU minutes)
 repeats = 1                 # rollouts each candidate's score is averaged over (NWM: 3, as num_repeat_eval)
 score = "latent"            # "latent" (encoder space) or "lpips" (needs the lpips package)
+candidates = "steps"        # CEM's candidates: "steps" (each step drawn) or "nwm" (one translation, a last turn)
 steps = 1                   # Euler steps per imagined frame; 1: the x-prediction itself, the model's mean frame
 actions = "episode|w w w w|a a a a|d d d d"   # rollout: WASD keys, numeric steps or "episode" (its true actions)
 sentences = ""              # rollout: free-form actions, '|' between them, each written before every new frame
 new_frames = 4              # rollout: frames per sentence
 episode_index = 0           # rollout: whose context
+# --protocol=paper: NWM's planning as the paper runs it (App. F.1), whatever the sizes above say
+protocol = ""
+PAPER = dict(horizon=8, samples=120, elites=5, iterations=1, repeats=3, steps=25, candidates="nwm")
 seed = 0
 device = "auto"
 out = ""                    # output folder; default out_dir/plan
@@ -317,6 +329,12 @@ overwrite = False           # replace the files of an earlier run in the output 
 
 def main(argv):
     c = configure(settings(globals()), argv, [__file__])
+    if c.protocol not in ("", "paper"):
+        raise SystemExit(f"protocol={c.protocol!r}: use 'paper' (NWM's planning, App. F.1) or leave it out")
+    if c.protocol == "paper":
+        vars(c).update(PAPER)
+    if c.candidates not in ("steps", "nwm"):
+        raise SystemExit(f"candidates={c.candidates!r}: use 'steps' or 'nwm'")
     if c.mode not in ("plan", "predict", "rollout"):
         raise SystemExit(f"unknown mode '{c.mode}': use plan, predict or rollout")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \

@@ -173,6 +173,21 @@ def test_rollout_slides_the_four_frame_window():
     assert not torch.allclose(other, second, atol=1e-3)     # another noise draw differs: the equality is no accident
 
 
+def test_nwm_candidates_hold_one_translation_and_turn_at_the_last_step():
+    """NWM's parameterisation: each candidate is one (dx, dy) over the whole horizon and a yaw at its last step only,
+    inside the action bounds; the default draws every step on its own."""
+    calls = []
+    predict = lambda a: calls.append(a.copy()) or a
+    for candidates in ("nwm", "steps"):
+        plan.cem(predict, lambda final: final[:, 0], np.random.default_rng(0), horizon=5, samples=64, elites=4,
+                 iterations=2, repeats=1, candidates=candidates)
+    nwm, steps = calls[:2], calls[2:]
+    for a in nwm:   # both iterations, the refit one too
+        assert np.all(a[:, :, :2] == a[:, :1, :2]) and np.all(a[:, :-1, 2] == 0) and a[:, -1, 2].std() > 0.05
+        assert np.all(a >= tw.ACTION_LOW) and np.all(a <= tw.ACTION_HIGH)
+    assert not np.all(steps[0][:, :, :2] == steps[0][:, :1, :2]) and np.any(steps[0][:, :-1, 2] != 0)
+
+
 @pytest.fixture(scope="module")
 def nav_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("nav")
@@ -191,6 +206,9 @@ def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
     for name in ("CEM, trained model", "CEM, simulator (oracle)", "CEM's start (forward)", "random actions",
                  "no motion"):
         assert f"| {name} |" in table
+    plan.main([*common, "--episodes=1", "--planners=forward", "--protocol=paper", "--overwrite"])   # the paper's
+    assert "horizon 8, 120 samples, top 5, 1 iterations, each scored over 3 rollouts, score latent, Euler steps 25, " \
+        "candidates nwm" in capsys.readouterr().out
     plan.main([*common, "--mode=predict", "--episodes=2", "--horizon=2"])
     table = capsys.readouterr().out
     assert table.count("| trained model |") == 4 and table.count("| copy last context frame |") == 4   # 1, 2, 4, 8
@@ -199,7 +217,9 @@ def test_command_line_table_rollouts_and_errors(nav_run, tmp_path, capsys):
     assert gif.n_frames == 4 + 2 and gif.size == (4 * 3 * 34, 4 * 2 * 34)   # 3 alternatives, model above truth
     for argv, message in ((["--mode=rollout", "--actions=w x"], r"--actions: cannot read action 'w x'"),
                           (["--planners=model,magic"], "choose from model, oracle"),
-                          (["--score=lpips2"], "unknown score 'lpips2'")):
+                          (["--score=lpips2"], "unknown score 'lpips2'"),
+                          (["--protocol=nwm"], "protocol='nwm': use 'paper'"),
+                          (["--candidates=one"], "candidates='one': use 'steps' or 'nwm'")):
         with pytest.raises(SystemExit, match=message) as e:
             plan.main([*common, "--episodes=1", "--repeats=1", "--horizon=1", "--samples=2", "--elites=1",
                        "--iterations=1", *argv])
