@@ -142,7 +142,6 @@ def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=1, rep
     iteration): the world model is stochastic, so each candidate's score is the mean over `repeats` rollouts.
     candidates: "steps", each step's action its own Gaussian draw; "nwm", NWM's: one translation (dx, dy) held over
     the horizon, and a turn only at the last step."""
-    low, high = np.tile(tw.ACTION_LOW, (horizon, 1)), np.tile(tw.ACTION_HIGH, (horizon, 1))
     mu = np.tile(CEM_START, (horizon, 1))
     sigma = np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2 * CEM_SPREAD, (horizon, 1))
     for _ in range(iterations):
@@ -151,7 +150,7 @@ def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=1, rep
             draw[:, :, :2] = draw[:, :1, :2]
             draw[:, :-1, 2] = 0.0
             mu[:-1, 2] = 0.0
-        a = np.clip(mu + sigma * draw, low, high).round(2)
+        a = np.clip(mu + sigma * draw, tw.ACTION_LOW, tw.ACTION_HIGH).round(2)
         best = a[np.argsort(np.mean([score(predict(a)[:, -1]) for _ in range(repeats)], 0))[:elites]]
         mu, sigma = best.mean(0), best.std(0) + 0.02
     return mu.round(2)
