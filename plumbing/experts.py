@@ -7,10 +7,10 @@ rows the router sends to an expert travel to the process that holds it and back,
 The processes form groups of `expert_parallel` consecutive ranks (one node's GPUs, over NVLink); each group holds
 one copy of all the routed experts, about n_routed / expert_parallel of them per process (`shares`), never
 gathered; the copies in other groups are kept equal by an all-reduce of the experts' gradients once per step. The
-routers, shared experts and everything else stay under FSDP2 / HSDP (parallel.shard). An expert's weights are a DTensor sharded on its first
-dimension over the group, so sharded checkpoints hold the whole tensors and resume on any expert-parallel size, or
-on one process. Dropless: every row reaches its expert, so the splits vary per step and per layer, and the sizes
-travel first (a host sync per layer, as in any dropless all-to-all).
+routers, shared experts and everything else stay under FSDP2 / HSDP (parallel.shard). An expert's weights are a
+DTensor sharded on its first dimension over the group, so sharded checkpoints hold the whole tensors and resume on
+any expert-parallel size, or on one process. Dropless: every row reaches its expert, so the splits vary per step
+and per layer, and the sizes travel first (a host sync per layer, as in any dropless all-to-all).
 """
 import torch
 import torch.distributed as dist
