@@ -111,9 +111,12 @@ def clip_gradients(params, max_norm):
     for p in params:
         if p.grad is not None:
             groups.setdefault(getattr(p, "device_mesh", None), []).append(p)
+    if len(groups) <= 1:   # one mesh, or none: torch's own (FSDP2's norm is a DTensor)
+        norm = torch.nn.utils.clip_grad_norm_([p for ps in groups.values() for p in ps], max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     norms = [torch.nn.utils.get_total_norm([p.grad for p in ps]) for ps in groups.values()]
     norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
-    total = norms[0] if len(norms) == 1 else torch.stack(norms).norm()
+    total = torch.stack(norms).norm()
     for ps in groups.values():
         torch.nn.utils.clip_grads_with_norm_(ps, max_norm, total)
     return total
