@@ -79,8 +79,8 @@ def dispatch(rows, counts, compute, group):
     arriving = counts.new_empty(size * held[rank])
     dist.all_to_all_single(arriving, counts, [held[rank]] * size, held, group=group)
     arriving = arriving.view(size, held[rank])
-    send = [int(n) for n in torch.stack([c.sum() for c in counts.split(held)]).tolist()]   # the host sync
-    receive = arriving.sum(1).tolist()
+    # rows this process sends each process, and receives from each: read to the host together, one sync
+    send, receive = torch.stack([torch.stack([c.sum() for c in counts.split(held)]), arriving.sum(1)]).tolist()
     got = AllToAll.apply(rows, send, receive, group)   # by sending process, within it by local expert
     expert = torch.arange(held[rank], device=rows.device).repeat(size).repeat_interleave(arriving.reshape(-1))
     order = torch.argsort(expert, stable=True)          # grouped by local expert, each in arrival order
