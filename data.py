@@ -252,9 +252,11 @@ NAV_CONTEXT = 4     # §5.1, Fig. 11: 4 context frames, one action, one target f
 SPLITS = {"train": 0, "val": 1, "unseen_scenes": 2, "held_out_bindings": 3}
 
 
-def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
+def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames, unit="examples"):
     """The sources a mixture weights, in SOURCES order (the toy world's and real data's alike). An unknown source,
-    a mixture that weights nothing, or a video too long for a row stops with a message."""
+    a mixture that weights nothing, an unknown unit or a video too long for a row stops with a message."""
+    if unit not in ("tokens", "examples"):
+        raise ValueError(f"mixture_unit={unit!r}: use 'tokens' (the mixture shares tokens) or 'examples'")
     unknown = set(mixture) - set(SOURCES)
     if unknown or not any(w > 0 for w in mixture.values()):
         raise ValueError(f"mixture {mixture} must weight some of {SOURCES} (unknown: {sorted(unknown)})")
@@ -266,13 +268,21 @@ def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames):
     return names
 
 
+def source_probabilities(weights, lengths):
+    """The chance of drawing each source's next example so that the sources fill `weights` shares of the tokens
+    (the paper's shares, e.g. 520B text + 520B multimodal, §4.1): a source of examples twice as long is drawn half
+    as often. mixture_unit="examples" draws by the weights themselves."""
+    p = np.asarray(weights, float) / np.asarray(lengths, float)
+    return p / p.sum()
+
+
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3, video_frames=4,
                  cfg_dropout=0.1, caption_clean_image=False, nav_view="ray", text_source="toy", video_source="shapes",
-                 eval_seed=0):
+                 eval_seed=0, mixture_unit="examples"):
         self.tok, self.seq_len, self.N, self.eval_seed = tok, seq_len, tokens_per_frame, eval_seed
         self.caption_clean_image, self.text_source, self.video_source = caption_clean_image, text_source, video_source
-        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
+        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames, mixture_unit)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
         self.seed, self.image_size, self.max_shapes = seed, image_size, max_shapes
         self.video_frames, self.cfg_dropout, self.nav_view = video_frames, cfg_dropout, nav_view
@@ -281,6 +291,10 @@ class ToyWorldData:
             raise ValueError(f"a navigation example needs {nav_len} positions but seq_len is {seq_len}: raise "
                              f"seq_len or drop navigation from the mixture")
         self.skipped = 0       # examples too long for one row (none in the toy world at sane settings)
+        if mixture_unit == "tokens" and len(self.names) > 1:   # the same probe in every run: the same weights
+            probe = np.random.default_rng(0)
+            lengths = [np.mean([self.example(probe, source=s).length(self.N) for _ in range(64)]) for s in self.names]
+            self.weights = source_probabilities(self.weights, lengths)
 
     def rng(self, split, *key):
         """Training draws from the run's seed; held-out data from the evaluation's, so every run is scored alike."""
@@ -289,8 +303,8 @@ class ToyWorldData:
     def scene(self, rng):
         return toyworld.random_scene(rng, self.max_shapes, self.image_size)
 
-    def example(self, rng, split="train"):
-        source = self.names[rng.choice(len(self.names), p=self.weights)]
+    def example(self, rng, split="train", source=None):
+        source = source or self.names[rng.choice(len(self.names), p=self.weights)]
         if source == "text":   # the world's sentences, or a window of Python's own source (held-out files for val)
             return text_example(self.tok, toyworld.random_sentence(rng, self.max_shapes) if self.text_source == "toy"
                                 else stdlib_corpus.document(rng, split, self.seq_len - 2))

@@ -69,7 +69,8 @@ class ModelConfig:
 # Defaults that became the paper's after checkpoints and recorded runs had used the old ones, which configs name
 # only since: what those runs resolved to. A checkpoint whose config predates a setting is rebuilt with this value
 # (build.load_for_inference), and a recorded run whose config now names it is the run it was (findings/runs.py).
-FORMER_DEFAULTS = {"prediction": "x", "ffn_mult": 8 / 3}
+FORMER_DEFAULTS = {"prediction": "x", "ffn_mult": 8 / 3, "tokenizer": "bytes", "mixture_unit": "examples",
+                   "mixture": {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ imagined frame looks like the goal. Evaluated as NWM does: execute the plan in t
 the ground-truth trajectory (ATE, RPE), in held-out mazes that training never saw.
 
     python plan.py --out_dir=out/toy_nav --mode=predict                         # prediction against copying
+    python plan.py --out_dir=out/toy_nav --mode=score                           # the planning score's own quality
     python plan.py --out_dir=out/toy_nav                                        # the planning table
     python plan.py --out_dir=out/toy_nav --mode=rollout --actions="w w a d"     # imagined frames beside the truth
     python plan.py --out_dir=out/toy_nav --mode=rollout --actions="w w w w|a a a a|d d d d"   # counterfactuals
@@ -137,20 +138,27 @@ def goal_distance(kind, enc, goal):
 CEM_START, CEM_SPREAD = np.array([0.25, 0.0, 0.0]), np.array([0.3, 0.3, 1.0])
 
 
+def start(horizon):
+    return np.tile(CEM_START, (horizon, 1)), np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2 * CEM_SPREAD, (horizon, 1))
+
+
+def draw_candidates(rng, mu, sigma, samples, candidates="steps"):
+    """[samples, horizon, 3] actions around mu. candidates: "steps", each step's action its own Gaussian draw;
+    "nwm", NWM's: one translation (dx, dy) held over the horizon, and a turn only at the last step."""
+    draw = rng.standard_normal((samples, *mu.shape))
+    if candidates == "nwm":   # the first step's translation draw for every step; yaw drawn at the last only
+        draw[:, :, :2] = draw[:, :1, :2]
+        draw[:, :-1, 2] = 0.0
+        mu = np.concatenate([mu[:-1] * [1, 1, 0], mu[-1:]])
+    return np.clip(mu + sigma * draw, tw.ACTION_LOW, tw.ACTION_HIGH).round(2)
+
+
 def cem(predict, score, rng, horizon=8, samples=120, elites=5, iterations=1, repeats=3, candidates="steps"):
     """The paper's "repeats this process 3 times" read as NWM's planning command does (num_repeat_eval 3, one CEM
-    iteration): the world model is stochastic, so each candidate's score is the mean over `repeats` rollouts.
-    candidates: "steps", each step's action its own Gaussian draw; "nwm", NWM's: one translation (dx, dy) held over
-    the horizon, and a turn only at the last step."""
-    mu = np.tile(CEM_START, (horizon, 1))
-    sigma = np.tile((tw.ACTION_HIGH - tw.ACTION_LOW) / 2 * CEM_SPREAD, (horizon, 1))
+    iteration): the world model is stochastic, so each candidate's score is the mean over `repeats` rollouts."""
+    mu, sigma = start(horizon)
     for _ in range(iterations):
-        draw = rng.standard_normal((samples, horizon, 3))
-        if candidates == "nwm":   # the first step's translation draw for every step; yaw drawn at the last only
-            draw[:, :, :2] = draw[:, :1, :2]
-            draw[:, :-1, 2] = 0.0
-            mu[:-1, 2] = 0.0
-        a = np.clip(mu + sigma * draw, tw.ACTION_LOW, tw.ACTION_HIGH).round(2)
+        a = draw_candidates(rng, mu, sigma, samples, candidates)
         best = a[np.argsort(np.mean([score(predict(a)[:, -1]) for _ in range(repeats)], 0))[:elites]]
         mu, sigma = best.mean(0), best.std(0) + 0.02
     return mu.round(2)
@@ -186,6 +194,40 @@ def evaluate(planners, c, enc, model=None, tok=None):
             errors.append((ate(went, truth), rpe(went, truth), float(np.linalg.norm(went[-1] - truth[-1]))))
         results[planner] = (np.array(errors), (time.time() - t0) / c.episodes)
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The planning score itself: the paper's is LPIPS, whose weights are a download; how well a score ranks candidates
+# is measurable without any, on the simulator's own frames (no model error), against the true distance to the goal.
+
+def ranks(x):
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable")
+
+
+def score_quality(enc, c):
+    """Per episode [E, 2]: Spearman's rank correlation between the score of CEM's first `samples` candidates and
+    their true final distance to the goal position, and the regret of picking the best-scored one (its true distance
+    minus the best candidate's), with a random pick's regret beside it [E]."""
+    rng, out, chance = np.random.default_rng(c.seed), [], []
+    for i in range(c.episodes):
+        ep = episode(i, c.horizon, c.image_size, c.view)
+        a = draw_candidates(rng, *start(c.horizon), c.samples, c.candidates)
+        score = goal_distance(c.score, enc, ep["goal"])(oracle_world(ep["maze"], ep["start"], enc, c.image_size,
+                                                                     c.view)(a)[:, -1])
+        true = np.array([np.linalg.norm(tw.rollout_poses(ep["maze"], ep["start"], row)[-1, :2] - ep["truth"][-1, :2])
+                         for row in a])
+        out.append((np.corrcoef(ranks(score), ranks(true))[0, 1], true[np.argmin(score)] - true.min()))
+        chance.append(true.mean() - true.min())
+    return np.array(out), np.array(chance)
+
+
+def score_table(quality, chance, c):
+    return [f"{c.episodes} held-out episodes, {c.samples} candidates each (CEM's first draw, candidates "
+            f"{c.candidates}, horizon {c.horizon}) rolled out in the simulator, scored by {c.score}; "
+            f"mean [95% bootstrap CI over episodes]", "",
+            "| rank correlation with the true final distance | regret of the best-scored (block widths) | "
+            "regret of a random pick |", "| ---: | ---: | ---: |",
+            f"| {mean_ci(quality[:, 0], 2)} | {mean_ci(quality[:, 1], 2)} | {mean_ci(chance, 2)} |"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,7 +344,8 @@ def rollout(model, tok, enc, c, folder):
 # Command line.
 
 out_dir = "out/toy_nav"     # the run whose checkpoint is the world model
-mode = "plan"               # "plan": the planning table; "predict": the prediction table; "rollout": imagined frames
+mode = "plan"               # "plan": the planning table; "predict": the prediction table; "rollout": imagined frames;
+                            # "score": how well the score ranks candidates on the simulator's frames
 planners = "model,oracle,forward,random,still"
 episodes = 100              # held-out episodes (maze i of the held-out parity): final-error intervals about +-0.1
 horizon = 6                 # planning steps (NWM: 8); predict always looks 8 actions ahead
@@ -334,8 +377,8 @@ def main(argv):
         vars(c).update(PAPER)
     if c.candidates not in ("steps", "nwm"):
         raise SystemExit(f"candidates={c.candidates!r}: use 'steps' or 'nwm'")
-    if c.mode not in ("plan", "predict", "rollout"):
-        raise SystemExit(f"unknown mode '{c.mode}': use plan, predict or rollout")
+    if c.mode not in ("plan", "predict", "rollout", "score"):
+        raise SystemExit(f"unknown mode '{c.mode}': use plan, predict, rollout or score")
     if min(c.episodes, c.horizon, c.samples, c.elites, c.iterations, c.repeats, c.steps, c.new_frames) < 1 or \
             c.elites > c.samples:
         raise SystemExit("episodes, horizon, samples, elites, iterations, repeats, steps and new_frames must be >= 1, "
@@ -360,6 +403,8 @@ def main(argv):
     t0 = time.time()
     if c.mode == "predict":
         lines = prediction_table(*predict_quality(model, tok, enc, c), c)
+    elif c.mode == "score":
+        lines = score_table(*score_quality(enc, c), c)
     else:
         lines = planning_table(evaluate(chosen, c, enc, model, tok), c)
     lines += ["", f"{time.time() - t0:.0f} s in all"]

@@ -41,8 +41,13 @@ wandb_mode = ""               # "": wandb's default (WANDB_MODE); "offline": onl
 tensorboard_log = False       # the same to TensorBoard, in out_dir/tensorboard
 # ---- data
 dataset = "toyworld"           # or "shards": real data from the *_data sources below (data.py, README "Real data")
-mixture = {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}
-tokenizer = "bytes"           # byte-level tiktoken encoding built in code; or a tiktoken name such as "gpt2"
+# §4.1's full mixture in shares of tokens: half text (520B text + 520B multimodal), the multimodal half split as
+# App. F.1's base mixture splits it, a third video and two thirds image-text and actions, navigation 1% (where
+# Fig. 13 saturates); image-text halved between the two directions
+mixture = {"text": 1 / 2, "caption_to_image": (1 / 3 - 0.01) / 2, "image_to_caption": (1 / 3 - 0.01) / 2,
+           "video": 1 / 6, "navigation": 0.01}
+mixture_unit = "tokens"       # the weights share "tokens" (the paper's) or "examples" (each draw picks a source)
+tokenizer = "toy"             # a BPE built in code from the toy world's words; or a tiktoken name such as "gpt2"
 image_size = 32
 max_shapes = 3
 video_frames = 4
@@ -51,8 +56,8 @@ text_source = "toy"           # toy-world text: "toy" (its sentences) or "stdlib
 video_source = "shapes"       # toy-world video: "shapes" (in motion) or "walks" (maze walks without their actions)
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
 caption_clean_image = False   # image->caption: the image clean, without flow loss (the paper's: noisy, with it)
-batch_size = 16               # rows per micro-batch per process
-seq_len = 256
+batch_size = 4                # rows per micro-batch per process (App. E.2: 4 per GPU)
+seq_len = 4096                # App. E.2
 gradient_accumulation_steps = 1   # micro-batches per step, summed over all processes
 # ---- real data (dataset="shards"): per source, comma-separated paths, globs (data/x/*.tar) or http(s) URLs
 text_data = ""                # llm.c-layout token shards (.bin)

@@ -4,7 +4,7 @@
 # docs/multi-gpu.md). Here the text is GPT-2 tokens (the repo's FineWeb-Edu shards; tiktoken has no LLaMA-3
 # encoding): 1.98B / 1.18B as the paper counts, 1.99B total / 1.09B active by model.num_params (which leaves the
 # embedding table out of active).
-# Data and batch as Appendix E.2 and E.8: 4096-token rows, 512 rows (2.1M tokens) per step, AdamW 3e-4, 1000
+# Data and batch as Appendix E.2: 4096-token rows, 512 rows (2.1M tokens) per step, AdamW 3e-4, 1000
 # warmup steps, cosine to 5%; 1T tokens (Appendix C's comparison). The real-data sources are configs/real.py's.
 #   python -m plumbing.memplan configs/paper_dense.py --gpus=64               # memory per GPU, time, before a run
 #   torchrun --nproc_per_node=8 --nnodes=8 ... train.py configs/paper_dense.py
@@ -12,9 +12,6 @@ import os
 
 exec(open(os.path.join(os.path.dirname(__file__), "real.py")).read())
 out_dir = "out/paper_dense"
-# Appendix E.8's mixture: 50% text, 25% video, 22.5% image-text (here halved between the two directions), 2.5%
-# action-conditioned video. The paper gives token shares; `mixture` weights examples (docs/differences.md).
-mixture = {"text": 0.5, "video": 0.25, "caption_to_image": 0.1125, "image_to_caption": 0.1125, "navigation": 0.025}
 n_layer = 16
 d_model = 2048
 n_head = 32

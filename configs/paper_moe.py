@@ -17,3 +17,6 @@ moe_shared = "per_modality"
 moe_aux_coef = 0.01           # the auxiliary load-balancing loss (section 6.2)
 prediction = "x"              # §6.3's final stack (MoE + SigLIP 2): x-prediction (§6.1, Fig. 15)
 max_iters = 27_248
+# §6.1: "all MoE experiments are trained for 57B tokens on a 50/50 mixture of DCLM text and Shutterstock image data"
+# (image-text pairs, halved here between the two directions)
+mixture = {"text": 0.5, "caption_to_image": 0.25, "image_to_caption": 0.25}

@@ -23,6 +23,7 @@ patch_size = 8
 max_shapes = 2
 video_frames = 4
 mixture = {"text": 0.1, "caption_to_image": 0.55, "image_to_caption": 0.3, "video": 0.05}
+mixture_unit = "examples"     # the weights pick each example's source (as measured); the paper's shares are tokens
 # RAE's rule sqrt(N*C/4096) gives 0.87 for latents this small, i.e. no shift toward noise at all; x-prediction's
 # velocity-space loss weighs near-clean frames most, and where shapes go is decided at the noisy end, so the toy
 # world needs the noisy end trained harder (the oracle's gen score at step 1000: 0.18 with 0.866, 0.63 with 4.0).

@@ -83,14 +83,15 @@ def _build(c, device):
         data = ShardData(tok, c.seq_len, enc.tokens_per_frame, enc.latent_dim, c.mixture,
                          {s: getattr(c, f"{s}_data", "") for s in SOURCES}, c.gradient_accumulation_steps, c.seed,
                          c.image_size, c.video_frames, c.cfg_dropout, c.val_data, c.caption_clean_image,
-                         getattr(c, "waypoint_spacing", {}), stream)
+                         getattr(c, "waypoint_spacing", {}), stream, getattr(c, "mixture_unit", "examples"))
     else:   # checkpoints from before text_source and video_source existed used the defaults
         text, video = getattr(c, "text_source", "toy"), getattr(c, "video_source", "shapes")
         if text not in ("toy", "stdlib") or video not in ("shapes", "walks"):
             raise ValueError(f"text_source={text!r}, video_source={video!r}: use 'toy' or 'stdlib', and 'shapes' or "
                              f"'walks'")
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
-                            c.video_frames, c.cfg_dropout, c.caption_clean_image, c.nav_view, text, video)
+                            c.video_frames, c.cfg_dropout, c.caption_clean_image, c.nav_view, text, video,
+                            mixture_unit=getattr(c, "mixture_unit", "examples"))
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)

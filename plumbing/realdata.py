@@ -26,7 +26,7 @@ import torch
 
 from data import (NAV_CONTEXT, SOURCES, SPLITS, Example, Tokenizer, action_text, caption_to_image, collate,
                   image_to_caption, navigation_example, robot_frame_actions, video_example, vqa_example,
-                  weighted_sources)
+                  source_probabilities, weighted_sources)
 from encoders import build_encoder
 from plumbing.hub import RemoteShard, hub_file
 from plumbing.outputs import part_file, refuse_overwrite
@@ -172,11 +172,16 @@ class Stream:
         else:
             self.files, self.part = [files[slot % F]], (slot // F, len(range(slot % F, n_slots, F)))
         self.data, self.source, self.key = data, source, [data.seed, SOURCES.index(source), slot]
-        self.at, self.items, self.pending, self.dry = Position(*(state or ())), None, [], 0
+        state = state or []   # a checkpoint from before the token counts has only the position
+        self.at, self.items, self.pending, self.dry = Position(*state[:4]), None, [], 0
+        self.count, self.tokens = state[4:6] or (0, 0)   # examples and tokens taken: the mean example length
 
     @property
     def state(self):
-        return [self.at.epoch, self.at.file, self.at.item, self.at.taken]
+        return [self.at.epoch, self.at.file, self.at.item, self.at.taken, self.count, self.tokens]
+
+    def mean_length(self):
+        return (self.tokens + self.peek().length(self.data.N)) / (self.count + 1)
 
     def peek(self):
         at = self.at
@@ -203,6 +208,7 @@ class Stream:
 
     def pop(self):
         self.at.taken += 1
+        self.count, self.tokens = self.count + 1, self.tokens + self.pending[0].length(self.data.N)
         return self.pending.pop(0)
 
 
@@ -214,8 +220,8 @@ class ShardData:
 
     def __init__(self, tok, seq_len, tokens_per_frame, latent_dim, mixture, sources, n_slots, seed=0,
                  image_size=224, video_frames=4, cfg_dropout=0.1, val_sources=None, caption_clean_image=False,
-                 waypoint_spacing=None, stream=None):
-        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames)
+                 waypoint_spacing=None, stream=None, mixture_unit="examples"):
+        self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames, mixture_unit)
         for s in self.names:
             if not sources.get(s):
                 raise ValueError(f"the mixture weights {s} but {s}_data is empty: set it (paths, globs or URLs, "
@@ -224,7 +230,7 @@ class ShardData:
         self.val_files = {s: expand(v) for s, v in (val_sources or {}).items() if s in self.names and v}
         self.tok, self.seq_len, self.N, self.latent_shape = tok, seq_len, tokens_per_frame, (tokens_per_frame,
                                                                                              latent_dim)
-        self.weights, self.n_slots, self.seed = mixture, n_slots, seed
+        self.weights, self.n_slots, self.seed, self.unit = mixture, n_slots, seed, mixture_unit
         self.image_size, self.video_frames, self.cfg_dropout = image_size, video_frames, cfg_dropout
         self.caption_clean_image, self.waypoint_spacing = caption_clean_image, waypoint_spacing or {}
         self.stream = stream or {}
@@ -245,11 +251,15 @@ class ShardData:
                                                  self.saved.get(micro, {}).get(s)) for s in self.names}
             streams = self.streams[micro]
         names = list(streams)
-        p = np.array([self.weights[s] for s in names], float)
+        w = np.array([self.weights[s] for s in names], float)
         rng = np.random.default_rng([self.seed, SPLITS[split], step, micro])
         rows, row, used = [], [], 0
         while len(rows) < batch_size:
-            stream = streams[names[rng.choice(len(names), p=p / p.sum())]]
+            if self.unit == "tokens":   # each stream's mean example length so far, its next example counted
+                p = source_probabilities(w, [streams[s].mean_length() for s in names])
+            else:
+                p = w / w.sum()
+            stream = streams[names[rng.choice(len(names), p=p)]]
             n = stream.peek().length(self.N)
             if row and used + n > self.seq_len:   # the row is full; the example waits in its stream for later
                 rows.append(row)

@@ -113,6 +113,19 @@ def test_toy_mixture_weights_are_respected():
     assert b["images"] is None and (b["frame"] == -1).all()
 
 
+def test_a_token_mixture_fills_its_shares_of_the_tokens():
+    """mixture_unit="tokens" (the paper's: 520B text + 520B multimodal tokens): a 3-frame video is four times a
+    sentence's length, and drawing by examples would give it most of the tokens; by tokens it fills its share."""
+    mixture = {"text": 0.5, "video": 0.5}
+    share = {}
+    for unit in ("examples", "tokens"):
+        toy, rng = make_toy(mixture=mixture, mixture_unit=unit), np.random.default_rng(1)
+        lengths = [(ex.length(64), len(ex.frames) > 0)
+                   for ex in (toy.example(rng) for _ in range(3000))]
+        share[unit] = sum(n for n, video in lengths if video) / sum(n for n, _ in lengths)
+    assert abs(share["tokens"] - 0.5) < 0.04 and share["examples"] > 0.7, share
+
+
 def test_image_to_caption_images_are_noisy_with_flow_loss_by_default():
     # Appendix B: text after an image conditions on its noisy latents, and flow matching applies to every frame
     b = make_toy(mixture={"image_to_caption": 1.0}).batch(0, 0, 4)

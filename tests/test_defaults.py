@@ -31,11 +31,16 @@ PAPER = [
     ("moe_top_k", 0, "§6.1: 16 active at G = 16 (0: G)"),
     ("moe_shared", "per_modality", "§6.1, Table 2: per-modality shared experts are best"),
     ("moe_balance", "aux", "§6.2: an auxiliary load-balancing loss"),
-    # not the paper's, each listed in docs/differences.md: SigLIP 2 (§3) and LLaMA-3's BPE are downloads, and the
-    # paper's mixtures vary by study
+    ("mixture", {"text": 1 / 2, "caption_to_image": (1 / 3 - 0.01) / 2, "image_to_caption": (1 / 3 - 0.01) / 2,
+                 "video": 1 / 6, "navigation": 0.01},
+     "§4.1: 520B text + 520B multimodal tokens; App. F.1: the multimodal part a third video, two thirds image-text "
+     "and actions, navigation 0.1-25% (Fig. 13: saturated at 1%)"),
+    ("mixture_unit", "tokens", "§4.1, App. F.1: the shares are of tokens"),
+    ("seq_len", 4096, "App. E.2: a sequence length of 4096"),
+    ("batch_size", 4, "App. E.2: a batch size of 4 per GPU"),
+    # not the paper's, each listed in docs/differences.md: SigLIP 2 (§3) and LLaMA-3's BPE are downloads
     ("encoder", "pixels", None),
-    ("tokenizer", "bytes", None),
-    ("mixture", {"text": 0.25, "caption_to_image": 0.45, "image_to_caption": 0.2, "video": 0.1}, None),
+    ("tokenizer", "toy", None),
 ]
 # settings that are not the method: where things go, how long and how often, sizes of a small model, machinery
 NOT_THE_METHOD = {"out_dir", "max_iters", "eval_interval", "log_interval", "eval_iters", "eval_samples", "init_from",

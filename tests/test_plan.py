@@ -1,4 +1,6 @@
 """plan.py: trajectory errors, CEM with the simulator and with a tiny model, rollouts, the command line."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -186,6 +188,17 @@ def test_nwm_candidates_hold_one_translation_and_turn_at_the_last_step():
         assert np.all(a[:, :, :2] == a[:, :1, :2]) and np.all(a[:, :-1, 2] == 0) and a[:, -1, 2].std() > 0.05
         assert np.all(a >= tw.ACTION_LOW) and np.all(a <= tw.ACTION_HIGH)
     assert not np.all(steps[0][:, :, :2] == steps[0][:, :1, :2]) and np.any(steps[0][:, :-1, 2] != 0)
+
+
+def test_the_score_picks_candidates_far_better_than_chance():
+    """plan.py --mode=score: on the simulator's own frames the latent distance to the goal picks a candidate that
+    ends nearer the goal than a random pick would (the planning score's quality, with no model in the way)."""
+    c = SimpleNamespace(seed=0, episodes=6, horizon=4, samples=24, candidates="steps", score="latent",
+                        image_size=32, view="topdown")
+    quality, chance = plan.score_quality(ENC, c)
+    assert quality.shape == (6, 2) and (np.abs(quality[:, 0]) <= 1).all() and (quality[:, 1] >= 0).all()
+    assert quality[:, 0].mean() > 0.2 and quality[:, 1].mean() < 0.5 * chance.mean(), (quality, chance)
+    assert "| rank correlation" in "\n".join(plan.score_table(quality, chance, c))
 
 
 @pytest.fixture(scope="module")

@@ -196,12 +196,15 @@ def test_the_world_model_figures_are_the_recorded_ones():
     assert len(beaten) == 3 and f"beats every baseline by {min(beaten):.2f} or more" in text
     # the same config trained with seeds 1337 (plan.md), 1 and 2: the spread across runs beside the one over episodes
     from plumbing.stats import paired
-    runs = [final["CEM, trained model"].split()[0]]
-    for seed in (1, 2):
-        table = open(os.path.join(ROOT, "results", "nav", f"plan_s{seed}.md")).read()
-        runs.append(re.search(r"^\| CEM, trained model \| [^|]+\| [^|]+\| ([\d.]+) ", table, re.M).group(1))
-    s = paired([float(r) for r in runs], 0.0)
-    assert f"ends {runs[0]}, {runs[1]} and {runs[2]} off: {s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]" in text
+    tables = [plan] + [open(os.path.join(ROOT, "results", "nav", f"plan_s{seed}.md")).read() for seed in (1, 2)]
+
+    def across(pattern, sign=1):
+        s = paired([sign * float(re.search(pattern, t, re.M).group(1)) for t in tables], 0.0)
+        return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
+    model = across(r"^\| CEM, trained model \| [^|]+\| [^|]+\| ([\d.]+) ")
+    assert f"| CEM, trained model | {final['CEM, trained model']} | {model} |" in text
+    assert f"({across(r'^- CEM.s start .forward.: (-?[0-9.]+)', -1)} ahead of forward across runs)" in text
+    assert f"across runs by {across(r'^- CEM, simulator .oracle.: (-?[0-9.]+)')}" in text
 
 
 def test_citations_name_the_paper_s_sections():

@@ -50,11 +50,11 @@ def pairs_tar(path, first, n):
                             ((f"{i:05d}.jpg", encoded(solid(i))), (f"{i:05d}.txt", f"caption {i}".encode()))])
 
 
-def make(mixture, seq_len=128, n_slots=1, spacing=None, stream=None, **sources):
+def make(mixture, seq_len=128, n_slots=1, spacing=None, stream=None, unit="examples", **sources):
     sources = {k.removesuffix("_data"): v for k, v in sources.items()}     # text_data=... -> {"text": ...}
     return ShardData(Tokenizer(), seq_len, N, C, mixture, sources, n_slots, seed=0, image_size=SIZE,
                      video_frames=2, cfg_dropout=0.0, waypoint_spacing=spacing or {"nwm": 1.0, "nwm2": 1.0},
-                     stream=stream)
+                     stream=stream, mixture_unit=unit)
 
 
 def take(source, data, slot=0, n=None):
@@ -449,6 +449,28 @@ def test_a_resumed_stream_continues_exactly(world):
     assert [round(f.mean()) for f in again.peek().frames] == [round(f.mean()) for f in stream.peek().frames] == [22, 23]
 
 
+def test_a_token_mixture_fills_its_shares_of_the_tokens_and_resumes_exactly(world):
+    """mixture_unit="tokens" (the paper's shares): each stream's tokens taken match the weights, though a video
+    example is 1.5 times a text document's here, and drawing by examples gives video 61% of the tokens. The counts behind
+    the shares are part of a stream's state, so a resumed run draws the same sources."""
+    mixture = {"text": 0.5, "video": 0.5}
+    taken = {}
+    for unit in ("examples", "tokens"):
+        d = make(mixture, seq_len=400, unit=unit, **world)
+        batches(d, range(30), (0,))
+        tokens = {s: st.tokens for s, st in d.streams[0].items()}
+        taken[unit] = tokens["video"] / sum(tokens.values())
+    assert abs(taken["tokens"] - 0.5) < 0.02 and taken["examples"] > 0.58, taken
+    whole = make(mixture, seq_len=400, unit="tokens", **world)
+    batches(whole, range(3), (0,))
+    resumed = make(mixture, seq_len=400, unit="tokens", **world)
+    resumed.load_state({0: json.loads(json.dumps(whole.state(0)))})
+    for (t1, i1), (t2, i2) in zip(batches(whole, range(3, 8), (0,)), batches(resumed, range(3, 8), (0,))):
+        assert np.array_equal(t1, t2) and np.array_equal(i1, i2)
+    with pytest.raises(ValueError, match="mixture_unit='bytes': use 'tokens'"):
+        make(mixture, unit="bytes", **world)
+
+
 def test_prefetcher_hands_out_the_state_after_each_batch(world):
     d = make(MIXTURE, seq_len=400, n_slots=2, **world)
     loader = realdata.Prefetcher(d, 0, range(2), 3, depth=3, threads=2)   # one thread per slot
@@ -486,7 +508,7 @@ def test_train_smoke_run_on_real_data_resumes_exactly(world, tmp_path):
     assert all(0 <= r["data_share"] <= 1 and r["data_wait_s"] >= 0 for r in full if "data_share" in r)
     assert [r["step"] for r in full if "val_text_loss" in r] == [4]
     state = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)["data_state"]
-    assert state["n_slots"] == 2 and sorted(state["slots"]) == [0, 1] and state["slots"][0]["text"][0] == 0
+    assert state["n_slots"] == 2 and sorted(state["slots"]) == [0, 1] and len(state["slots"][0]["text"]) == 6   # position, counts
 
     real_run(world, tmp_path / "b", "--max_iters=2", "--eval_interval=2")
     resumed = real_run(world, tmp_path / "b", "--max_iters=4", "--eval_interval=4", "--resume")
