@@ -250,6 +250,7 @@ def tensor_to_device(x, device):
 SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation", "vqa")
 NAV_CONTEXT = 4     # §5.1, Fig. 11: 4 context frames, one action, one target frame
 SPLITS = {"train": 0, "val": 1, "unseen_scenes": 2, "held_out_bindings": 3}
+NAV_POOL_KEY = 4    # the navigation pool's draws: a stream of their own, apart from every split's
 
 
 def weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames, unit="examples"):
@@ -279,8 +280,11 @@ def source_probabilities(weights, lengths):
 class ToyWorldData:
     def __init__(self, tok, seq_len, tokens_per_frame, mixture, seed=0, image_size=32, max_shapes=3, video_frames=4,
                  cfg_dropout=0.1, caption_clean_image=False, nav_view="ray", text_source="toy", video_source="shapes",
-                 eval_seed=0, mixture_unit="examples"):
+                 eval_seed=0, mixture_unit="examples", nav_pool=0):
         self.tok, self.seq_len, self.N, self.eval_seed = tok, seq_len, tokens_per_frame, eval_seed
+        self.nav_pool = nav_pool
+        if nav_pool < 0:
+            raise ValueError(f"nav_pool={nav_pool}: use 0 (a fresh navigation example every draw) or a pool size")
         self.caption_clean_image, self.text_source, self.video_source = caption_clean_image, text_source, video_source
         self.names = weighted_sources(mixture, tok, seq_len, tokens_per_frame, video_frames, mixture_unit)
         self.weights = np.array([mixture[s] for s in self.names], float) / sum(mixture[s] for s in self.names)
@@ -313,7 +317,7 @@ class ToyWorldData:
                 toyworld.random_video(rng, self.video_frames, self.image_size)
             return video_example(self.tok, frames)
         if source == "navigation":
-            return self.navigation(rng)
+            return self.navigation(rng, split)
         scene = self.scene(rng)
         image, text = toyworld.render(scene, self.image_size), toyworld.caption(scene, self.image_size)
         if source == "vqa":   # one question per picture: more pictures per step taught more than more questions
@@ -330,8 +334,11 @@ class ToyWorldData:
                                        goal_directed=rng.random() < 0.5)
         return np.stack([toyworld.view(maze, p, self.image_size, self.nav_view) for p in poses]), actions
 
-    def navigation(self, rng):
-        """4 frames of a walk, the next action as text and the frame it leads to."""
+    def navigation(self, rng, split="train"):
+        """4 frames of a walk, the next action as text and the frame it leads to. With a pool (nav_pool = n),
+        training draws one of n fixed examples, the same n in every run: a finite dataset seen epoch after epoch."""
+        if self.nav_pool and split == "train":
+            rng = np.random.default_rng([NAV_POOL_KEY, int(rng.integers(self.nav_pool))])
         frames, actions = self.walk(rng, NAV_CONTEXT + 1)
         return navigation_example(self.tok, list(frames[:NAV_CONTEXT]), action_text(*actions[-1]), frames[NAV_CONTEXT])
 

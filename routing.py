@@ -91,11 +91,14 @@ def routing_counts(model, batches, bins=10):
 
 def task_batches(tok, enc, cfg, n, device, seed):
     """n held-out batches of one task each (generation, understanding, text), so that every selection is labelled
-    with its task; `seed` draws the held-out data (the run's own seed, or the claims suite's evaluation seed)."""
+    with its task; `seed` draws the held-out data (the run's own seed, or the claims suite's evaluation seed).
+    Understanding's images come as the run trained on them (caption_clean_image): noisy, at their own flow times,
+    by the paper's default, so that generation and understanding are compared on the same kind of input."""
     batches = []
     for task, source in (("generation", "caption_to_image"), ("understanding", "image_to_caption"), ("text", "text")):
         data = ToyWorldData(tok, cfg.seq_len, enc.tokens_per_frame, {source: 1.0}, seed, cfg.image_size,
-                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout, True, getattr(cfg, "nav_view", "ray"),
+                            cfg.max_shapes, cfg.video_frames, cfg.cfg_dropout, cfg.caption_clean_image,
+                            getattr(cfg, "nav_view", "ray"),
                             getattr(cfg, "text_source", "toy"), getattr(cfg, "video_source", "shapes"), eval_seed=seed)
         batches += [(task, get_batch(data, enc, i, 0, cfg, device, "val")) for i in range(n)]
     return batches

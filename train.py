@@ -54,6 +54,7 @@ video_frames = 4
 nav_view = "ray"              # navigation frames: "ray" (first person) or "topdown" (toyworld.view)
 text_source = "toy"           # toy-world text: "toy" (its sentences) or "stdlib" (Python's source, held-out files)
 video_source = "shapes"       # toy-world video: "shapes" (in motion) or "walks" (maze walks without their actions)
+nav_pool = 0                  # navigation examples: 0 fresh every draw; n a fixed pool of n, reused epoch after epoch
 cfg_dropout = 0.1             # caption dropped on this share of caption->image examples (classifier-free guidance)
 caption_clean_image = False   # image->caption: the image clean, without flow loss (the paper's: noisy, with it)
 batch_size = 4                # rows per micro-batch per process (App. E.2: 4 per GPU)

@@ -18,7 +18,7 @@ import train
 from data import ToyWorldData, collate, text_example
 from model import shift_time, training_losses
 from plumbing import stdlib_corpus, toyscores
-from plumbing.build import load_for_inference
+from plumbing.build import build, load_for_inference
 
 EVAL_SEED = 0
 ROWS = 16            # rows per validation batch
@@ -84,6 +84,17 @@ def prediction(model, tok, enc, cfg, episodes, seed):
             for name, key in (("model", "predict"), ("copy", "copy"), ("mean", "mean")) for j, k in enumerate(steps)}
 
 
+def planning(model, tok, enc, cfg, episodes, seed):
+    """plan.py's planning table for the model alone on the first `episodes` held-out episodes (plan.py's default
+    CEM: horizon 6, 32 samples, 2 iterations; the evaluation seed draws its candidates): the mean final position
+    error (`plan_final`, corridor widths) and ATE (`plan_ate`), as the paper measures a world model (§5.2)."""
+    p = SimpleNamespace(**{k: v for k, v in vars(plan).items() if k in ("horizon", "samples", "elites", "iterations",
+                                                                          "repeats", "score", "candidates", "steps")},
+                        dev="cpu", seed=seed, episodes=episodes, image_size=cfg.image_size, view=cfg.nav_view)
+    errors = plan.evaluate(["model"], p, enc, model, tok)["model"][0]
+    return dict(plan_final=float(errors[:, 2].mean()), plan_ate=float(errors[:, 0].mean()))
+
+
 def routing_metrics(model, tok, enc, cfg, batches, seed):
     """Appendix E.8's analysis: per layer, the share of used routed experts that are text experts, and the Pearson r
     of generation against understanding selection rates; summarised as the change in text share from the first
@@ -97,8 +108,12 @@ def routing_metrics(model, tok, enc, cfg, batches, seed):
 
 def score(out_dir, evaluation, sizes, seed=EVAL_SEED):
     """Every number a claim reads, for the checkpoint in out_dir: evaluation names what (sources for held-out
-    losses, oracle: the kinds of prompts, predict, routing), sizes how much (batches, prompts, episodes)."""
+    losses, oracle: the kinds of prompts, predict, routing), sizes how much (batches, prompts, episodes). With
+    `untrained`, the run's model as it started: the weights its seed drew before the first step (a null for what
+    training taught)."""
     model, tok, enc, cfg = load_for_inference(out_dir, "cpu")
+    if evaluation.get("untrained"):
+        model = build(cfg, "cpu")[3].eval()   # plumbing/build.init_model: from the seed alone, as train.py began
     m = {}
     for source in evaluation.get("sources", ()):
         m.update(source_losses(model, tok, enc, cfg, source, sizes.batches, seed))
@@ -106,6 +121,8 @@ def score(out_dir, evaluation, sizes, seed=EVAL_SEED):
         m.update(oracle_scores(model, tok, enc, cfg, sizes.prompts, seed, evaluation["oracle"]))
     if evaluation.get("predict"):
         m.update(prediction(model, tok, enc, cfg, sizes.episodes, seed))
+    if evaluation.get("plan"):
+        m.update(planning(model, tok, enc, cfg, sizes.episodes, seed))
     if evaluation.get("routing"):
         m.update(routing_metrics(model, tok, enc, cfg, sizes.batches, seed))
     return m

@@ -1,7 +1,7 @@
 """
 What the claims suite's results say, and docs/claims.md written from them alone: every comparison's per-seed
-differences, intervals and verdicts (plumbing/stats.py; Holm across the suite's primary comparisons), how many seeds
-each claim gets (the pilot's spread within the budget), and the table.
+differences, intervals and verdicts (plumbing/stats.py; the suite's primary comparisons one family), how many seeds
+each claim gets (80% power where a verdict can still change, within the budget), and the table.
 
 Like findings/runs.py, every function that needs the claims' declarations takes the claims module as `suite`.
 """
@@ -12,12 +12,12 @@ import numpy as np
 import scaling
 from findings import evaluation
 from findings.declare import Minus
-from findings.runs import arms, by_run, current, estimate_s, sweep_arms
+from findings.runs import REPO, analysed, arms, by_run, current, estimate_s, sweep_arms
 from plumbing import stats
 from plumbing.outputs import write_lines
 
 # ----------------------------------------------------------------------------------------------------------------
-# The statistics: every comparison's per-seed differences, Holm across the primary ones.
+# The statistics: every comparison's per-seed differences, its interval and its verdict.
 
 def side(ref, metric, runs, seed):
     """One side of a comparison at one seed: a number, an arm's metric, or minus(p, q)."""
@@ -29,15 +29,43 @@ def side(ref, metric, runs, seed):
     return runs.get(ref, {}).get(seed, {}).get(metric)
 
 
-def differences(suite, k, t, got, seeds_=None):
+def differences(suite, k, t, got):
     """{seed: the comparison's difference}, oriented so that positive means a beats b (relative: in units of b)."""
     runs = {name: got.get(spec["run"], {}) for name, spec in arms(suite, k).items()}
     out = {}
-    for seed in sorted(seeds_ if seeds_ is not None else {s for r in runs.values() for s in r}):
+    for seed in sorted({s for r in runs.values() for s in r}):
         a, b = side(t["a"], t["metric"], runs, seed), side(t["b"], t["metric"], runs, seed)
         if a is not None and b is not None:
-            d = (a - b) / abs(b) if t["relative"] else a - b
-            out[seed] = d if t["better"] == "higher" else -d
+            out[seed] = stats.log_ratio(a, b, t["better"]) if t["relative"] else (a - b if t["better"] == "higher"
+                                                                                   else b - a)
+    return out
+
+
+def delta_of(t):
+    """A comparison's delta on the scale of its differences: a relative delta as a log ratio."""
+    return float(np.log1p(t["delta"])) if t["relative"] else t["delta"]
+
+
+def at_bound(suite, k, t, got):
+    """The arms of a comparison that sit where its effect cannot show, as short phrases: within delta of their
+    metric's declared floor or ceiling (suite.BOUNDS), on the side that matters: the arm to be beaten at the best
+    value, or the arm to beat it at the worst; for a no-effect claim either arm at either bound (a bound squeezes
+    every difference toward 0). Differences of differences (minus) and relative comparisons are not bounded."""
+    bounds = suite.BOUNDS.get(t["metric"])
+    if bounds is None or t["relative"] or isinstance(t["a"], Minus) or isinstance(t["b"], Minus):
+        return []
+    best, worst = (bounds[1], bounds[0]) if t["better"] == "higher" else (bounds[0], bounds[1])
+    out = []
+    for name, side in ((t["a"], "a"), (t["b"], "b")):
+        values = [m[t["metric"]] for m in got.get(arms(suite, k)[name]["run"], {}).values()] \
+            if isinstance(name, str) else []
+        if not values:
+            continue
+        mean = float(np.mean(values))
+        ends = (best, worst) if t["expect"] == "no effect" else ((best,) if side == "b" else (worst,))
+        if stats.at_bound(mean, ends, t["delta"]):
+            out.append(f"{name}'s {t['metric']} {mean:.3f} lies within δ = {t['delta']:g} of its bound "
+                       f"{min(ends, key=lambda e: abs(mean - e)):g}")
     return out
 
 
@@ -57,21 +85,19 @@ def unmet(suite, k, got):
 
 
 def analysis(suite, got):
-    """Every comparison of claims 1-7: differences, interval, p-values (Holm-adjusted for the primary ones, over the
-    whole suite) and verdict."""
+    """Every comparison of claims 1-7: per-seed differences, the interval and the verdict read off it. The primary
+    comparisons are one family over the suite, each interval at the family's level; the secondary ones at 95%,
+    read alone."""
     rows = []
     for k in suite.CLAIMS:
         for t in suite.CLAIMS[k]["tests"]:
-            d = differences(suite, k, t, got)
-            rows.append(dict(claim=k, test=t, diffs=d, stats=stats.paired(list(d.values()), t["delta"])))
-    primary = [r for r in rows if r["test"]["primary"]]   # all of them: one still pending counts with p = 1
-    for key in ("p_zero", "p_equal"):
-        for r, p in zip(primary, stats.holm([r["stats"][key] for r in primary])):
-            r[key + "_holm"] = p
+            rows.append(dict(claim=k, test=t, diffs=differences(suite, k, t, got)))
+    level = stats.family_level(sum(r["test"]["primary"] for r in rows))   # one still pending counts in m
     for r in rows:
-        r["verdict"] = stats.verdict(r["stats"], r["test"]["delta"], r.get("p_zero_holm"), r.get("p_equal_holm"))
-        if r["verdict"] != "pending" and unmet(suite, r["claim"], got):
-            r["verdict"] = "inconclusive"   # the models have not learned what the claim is about
+        t, k = r["test"], r["claim"]
+        r["stats"] = stats.paired(list(r["diffs"].values()), level if t["primary"] else 0.95)
+        r["why_untestable"] = unmet(suite, k, got) + at_bound(suite, k, t, got)
+        r["verdict"] = stats.verdict(r["stats"], delta_of(t), bool(r["why_untestable"]) and r["stats"]["n"] >= 2)
     return rows
 
 
@@ -89,40 +115,52 @@ def evaluation_check(suite, k, t, got):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The plan: seeds per claim from the pilot's spread, costs (findings/runs.py's estimate_s), and the budget.
+# The plan: seeds per claim by power, costs (findings/runs.py's estimate_s), and the budget.
 
-def groups(suite):
-    """Claims that share runs (2's dense arm is 1's; 7 analyses 2's MoE runs) share one number of seeds."""
-    parent = {k: k for k in suite.CLAIMS if k != 8}
-    for k in parent:
-        for sp in suite.CLAIMS[k]["arms"].values():
-            ref = sp if isinstance(sp, str) else sp.get("analyze", "")
-            if ref:
-                parent[k] = parent[int(ref.split("/")[0])]
-    return {k: parent[parent[k]] for k in parent}
-
-
-def needed_seeds(suite, k, got):
-    """(seeds, where the spread came from) for claim k: enough for every primary comparison's 95% interval to be
-    narrower than its delta, from the sd of its first PILOT_SEEDS seeds once measured, else the assumed sd."""
-    n, source, pilot = suite.LEAST_SEEDS, "assumed", suite.PILOT_SEEDS
+def needed_seeds(suite, k, got, level):
+    """(seeds or None, where the spread came from) for claim k: 80% power at `level` for every primary comparison
+    (plumbing/stats.py's seeds_for_power), from the sd of its per-seed differences once PILOT_SEEDS are in (all it
+    has), else the assumed sd; None when no count up to 64 gives it."""
+    n, source = suite.LEAST_SEEDS, "assumed"
     for t in (t for t in suite.CLAIMS[k]["tests"] if t["primary"]):
-        d = list(differences(suite, k, t, got, range(pilot)).values())
-        sd = float(np.std(d, ddof=1)) if len(d) == pilot else t["sd"]
-        source = "pilot" if len(d) == pilot else source
-        n = max(n, stats.seeds_needed(sd, t["delta"]))
+        d = list(differences(suite, k, t, got).values())
+        sd = float(np.std(d, ddof=1)) if len(d) >= suite.PILOT_SEEDS else t["sd"]
+        source = f"{len(d)} seeds" if len(d) >= suite.PILOT_SEEDS else source
+        need = stats.seeds_for_power(sd, delta_of(t), level, t["expect"], least=suite.LEAST_SEEDS)
+        if need is None:
+            return None, source
+        n = max(n, need)
     return n, source
 
 
+def recorded(suite, k, got):
+    """The seeds every arm of claim k has (those its comparisons pair)."""
+    return min(len(got.get(sp["run"], {})) for sp in arms(suite, k).values())
+
+
+def seed_cost(suite, k, got):
+    """Thread-seconds of one more seed of claim k: every run it reads (shared ones too), and for an analysis the
+    run it reads, whose checkpoints a fresh clone does not have (they are not committed)."""
+    return sum(estimate_s(suite, sp, got) + (estimate_s(suite, analysed(suite, sp), got) if "analyze" in sp else 0)
+               for sp in arms(suite, k).values())
+
+
 def plan_seeds(suite, c, got=None):
-    """{claim: seeds} for claims 1-7 (claim 8: 1), within BUDGET_HOURS."""
+    """The plan within BUDGET_HOURS of seeds beyond those recorded: first every claim's LEAST_SEEDS; then only a
+    claim whose verdict can still change asks for more (a primary comparison reading inconclusive or pending): as
+    many as give each such comparison 80% power at the family's level; the cheapest to settle first, while the
+    budget lasts (a seed of a claim costs every run it reads, shared ones included). A claim it cannot settle stays
+    at its first seeds and is listed as not affordable; a run two claims read trains to the larger count. Returns dict(seeds={claim: n}, level, open, short)."""
     got = by_run(current(suite, c)[0]) if got is None else got
-    group, need, cost = groups(suite), {}, {}
-    for k in group:
-        need[group[k]] = max(need.get(group[k], 0), needed_seeds(suite, k, got)[0])
-        cost[group[k]] = cost.get(group[k], 0.0) + sum(estimate_s(suite, sp, got) for sp in own_runs(suite, k))
-    given = stats.allocate(need, cost, suite.BUDGET_HOURS * 3600)
-    return {**{k: given[group[k]] for k in group}, 8: 1}
+    rows = analysis(suite, got)
+    level = stats.family_level(sum(r["test"]["primary"] for r in rows))
+    open_ = {r["claim"] for r in rows if r["test"]["primary"] and r["verdict"] in ("inconclusive", "pending")}
+    cost = {k: seed_cost(suite, k, got) for k in suite.CLAIMS if k != 8}
+    least = {k: max(suite.LEAST_SEEDS, recorded(suite, k, got)) for k in cost}   # every claim's first seeds first
+    budget = suite.BUDGET_HOURS * 3600 - sum((least[k] - recorded(suite, k, got)) * cost[k] for k in cost)
+    need = {k: needed_seeds(suite, k, got, level)[0] if k in open_ else least[k] for k in cost}
+    given, short = stats.allocate(need, least, cost, budget)
+    return dict(seeds={**given, 8: 1}, level=level, open=open_, short=set(short))
 
 
 def own_runs(suite, k):
@@ -133,7 +171,15 @@ def own_runs(suite, k):
 # The table: from the results file alone.
 
 def show_diff(d, t, sign="+"):
-    return f"{100 * d:{sign}.2f}%" if t["relative"] else f"{d:{sign}.4f}"
+    """A difference as the table prints it: a log ratio as the percentage it stands for (e^d - 1)."""
+    return f"{100 * np.expm1(d):{sign}.2f}%" if t["relative"] else f"{d:{sign}.4f}"
+
+
+def show_verdict(r):
+    """The verdict, with the side a 'below δ' effect lies on."""
+    if r["verdict"] != "below δ":
+        return r["verdict"]
+    return "below δ, " + ("on the paper's side" if r["stats"]["mean"] > 0 else "against the paper's side")
 
 
 def describe_side(ref):
@@ -142,7 +188,8 @@ def describe_side(ref):
 
 def describe_arm(name, spec):
     if "analyze" in spec:
-        return f"`{name}` = the routing analysis of the runs {spec['analyze']}"
+        return f"`{name}` = the routing analysis of the runs {spec['analyze']}" + (
+            " at the weights each seed drew before training" if spec["evaluation"].get("untrained") else "")
     if not spec["run"].endswith("/" + name):
         return f"`{name}` = the run {spec['run']}"
     sets = " ".join(f"--{k}={v}" for k, v in spec["changes"].items())
@@ -155,16 +202,33 @@ def mean_sd(values):
 
 
 def comparison_row(r):
-    """A comparison as a table row: per-seed differences, mean and interval, p, verdict, the paper's verdict."""
+    """A comparison as a table row: per-seed differences, mean and interval, verdict, the paper's verdict."""
     t, s = r["test"], r["stats"]
     diffs = ", ".join(show_diff(d, t) for d in r["diffs"].values()) or "-"
     interval = "-" if s["lo"] is None else \
         f"{show_diff(s['mean'], t)} [{show_diff(s['lo'], t)}, {show_diff(s['hi'], t)}]"
-    p = "-" if s["n"] < 2 else f"{r.get('p_zero_holm', s['p_zero']):.3g}"
     delta = f"{100 * t['delta']:g}%" if t["relative"] else f"{t['delta']:g}"
     what = {"lower": "<", "higher": ">"}[t["better"]]
     return (f"| a = {describe_side(t['a'])} {what} b = {describe_side(t['b'])} | {t['metric']} | {delta} | "
-            f"{'yes' if t['primary'] else 'no'} | {diffs} | {interval} | {p} | **{r['verdict']}** | {t['expect']} |")
+            f"{'yes' if t['primary'] else 'no'} | {diffs} | {interval} | {100 * s['level']:.2f}% | "
+            f"**{show_verdict(r)}** | {t['expect']} |")
+
+
+def layer_table(metric, runs):
+    """A per-layer metric (a list per run) for each arm, mean ± sd over seeds, and the first two arms' paired
+    difference with its 95% interval, layer by layer."""
+    (a, ra), (b, rb) = list(runs.items())[:2]
+    seeds = sorted(set(ra) & set(rb))
+    depth = max((len(m.get(metric, [])) for r in runs.values() for m in r.values()), default=0)
+    head = [f"| {metric} by layer | " + " | ".join(runs) + f" | {a} - {b} [95% interval] |",
+            "| ---: |" + " ---: |" * (len(runs) + 1)]
+    rows = []
+    for i in range(depth):
+        cells = [mean_sd([m[metric][i] for m in r.values() if len(m.get(metric, [])) > i]) for r in runs.values()]
+        s = stats.paired([ra[x][metric][i] - rb[x][metric][i] for x in seeds if metric in ra[x] and metric in rb[x]])
+        diff = "-" if s["lo"] is None else f"{s['mean']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]"
+        rows.append(f"| {i} | " + " | ".join(cells) + f" | {diff} |")
+    return head + rows
 
 
 def claim_section(suite, k, rows, got, planned):
@@ -186,12 +250,14 @@ def claim_section(suite, k, rows, got, planned):
     lines += [f"| {name} | {len(seeds_) or 'pending'} | " +
               " | ".join(mean_sd([m[x] for m in seeds_.values() if x in m]) for x in cl["show"]) + " |"
               for name, seeds_ in runs.items()]
-    lines += ["", "| comparison | metric | δ | primary | per-seed difference (+: a beats b) | mean [95% interval] | "
-              "p (Holm for primary) | verdict | paper |", "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
+    for metric in cl.get("layers", []):
+        lines += ["", *layer_table(metric, runs)]
+    lines += ["", "| comparison | metric | δ | primary | per-seed difference (+: a beats b) | mean [interval] | "
+              "interval's level | verdict | paper |", "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |"]
     lines += [comparison_row(r) for r in rows if r["claim"] == k]
-    problems = unmet(suite, k, got)
+    problems = list(dict.fromkeys(p for r in rows if r["claim"] == k for p in r["why_untestable"]))
     if problems:
-        lines += ["", "Not yet a test of the claim (its verdicts read inconclusive): " + "; ".join(problems) + "."]
+        lines += ["", "Untestable here (the verdicts it touches): " + "; ".join(problems) + "."]
     checks = [(r, evaluation_check(suite, k, r["test"], got)) for r in rows
               if r["claim"] == k and r["test"]["primary"]]
     if any(x for _, x in checks):
@@ -250,29 +316,38 @@ train.py configs/real.py --ffn=moe --moe_experts=256 --moe_granularity=16 --moe_
 five seeds each, read with plumbing/stats.py as claims 1-7 are."""
 
 
-def plan_section(suite, got, planned):
-    rows = ["| claim | runs per seed | steps per run | thread-min per seed | seeds needed (sd from) | seeds planned | "
-            "thread-hours |", "| ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+def plan_section(suite, got, plan):
+    rows = ["| claim | runs per seed | steps per run | thread-min per seed | seeds for 80% power (sd from) | seeds "
+            "recorded | seeds planned | thread-hours to go |", "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
     total = 0.0
     for k in (k for k in suite.CLAIMS if k != 8):
         own = own_runs(suite, k)
-        per_seed = sum(estimate_s(suite, sp, got) for sp in own) / 60
-        n, source = needed_seeds(suite, k, got)
-        total += per_seed * planned[k] / 60
+        per_seed = seed_cost(suite, k, got) / 60
+        n, source = needed_seeds(suite, k, got, plan["level"]) if k in plan["open"] else (None, "settled")
+        to_go = per_seed * max(0, plan["seeds"][k] - recorded(suite, k, got)) / 60
+        total += to_go
         steps = ", ".join(str(sp["changes"]["max_iters"]) for sp in own if "changes" in sp) or "analysis only"
-        rows.append(f"| {k} | {len(own)} | {steps} | {per_seed:.0f} | {n} ({source}) | {planned[k]} | "
-                    f"{per_seed * planned[k] / 60:.1f} |")
-    sweep = sum(estimate_s(suite, sp, got) for sp in sweep_arms(suite).values()) / 3600
-    over = " (over the budget: lower a claim's fraction)" if total > suite.BUDGET_HOURS else ""
-    rows.append(f"| all 1-7 | | | | | | {total:.1f} of {suite.BUDGET_HOURS:g}{over}; {total / 2:.1f} h of wall time "
+        power = "- (settled)" if source == "settled" else f"{n or 'more than 64'} ({source})"
+        rows.append(f"| {k} | {len(own)} | {steps} | {per_seed:.0f} | {power}{', not affordable' * (k in plan['short'])}"
+                    f" | {recorded(suite, k, got)} | {plan['seeds'][k]} | {to_go:.1f} |")
+    rows.append(f"| all 1-7 | | | | | | | {total:.1f} of {suite.BUDGET_HOURS:g}; {total / 2:.1f} h of wall time "
                 f"with `--jobs=2` |")
-    return rows + ["", f"Claim 8's CPU demonstration, one seed per point: {len(sweep_arms(suite))} runs, {sweep:.1f} "
+    sweep = sum(estimate_s(suite, sp, got) for sp in sweep_arms(suite).values()) / 3600
+    short = ", ".join(map(str, sorted(plan["short"])))
+    return rows + ["", f"Every claim first gets {suite.LEAST_SEEDS} seeds; more go only where a verdict can still "
+                   f"change (a primary comparison reading inconclusive or pending): as many as give it 80% power at the family's level "
+                   f"({100 * plan['level']:.2f}%) against an effect of δ (or, where the paper expects none, at no "
+                   f"effect), from the spread of its per-seed differences; the cheapest to settle first, a seed costing "
+                   f"every run the claim reads (shared ones too; an analysis, the training it reads)."
+                   + (f" Not affordable within the budget: claim(s) {short}, which stay at the seeds planned."
+                      if short else "")
+                   + f" Claim 8's CPU demonstration, one seed per point: {len(sweep_arms(suite))} runs, {sweep:.1f} "
                    f"thread-hours, outside the budget."]
 
 
 # (a backslash ending a line joins it to the next: the table keeps its line, the source stays within 120 characters)
 HOW = """Written by `python claims.py` from `results/claims.jsonl` (one line per finished run, suite {suite}), not by
-hand. Procedure, declared before any run:
+hand. Procedure (declared before the pilot, except where "Changes after data" below says otherwise):
 
 - **Arms** train on the toy recipe as `configs/toy.py` (claims 1-5, 7) or `configs/toy_nav.py` (claim 6) stand,
   plus each claim's changes, one thread per run; {fractions}. Where a claim adds data, the other arm trains as many
@@ -299,31 +374,65 @@ and report
   clean image has an entropy floor of 0 (the caption is a function of the scene).
 - **Statistics** (plumbing/stats.py): per comparison, per-seed differences a - b (seeds pair the arms; oriented so \
 that +
-  means a beats b; relative ones in units of b), a 95% t-interval, and a verdict against δ, the smallest effect that
-  matters: *holds* (different from 0, Holm-corrected, on the paper's side, and |mean| ≥ δ), *reversed* (the same,
-  other side), *no effect* (the 95% interval inside ±δ, Holm-corrected), *inconclusive* (anything else). Holm runs
-  over the suite's primary comparisons ({primaries}); the others are read uncorrected. A claim whose models have not
-  learned its task (claim 6: an arm not beating the mean training frame) reads inconclusive. Each comparison's
-  "paper" column is the verdict the paper predicts.
-- **Seeds**: seeds 0-{last_pilot} of every arm are the pilot; each claim then gets the fewest seeds (at least
-  {least}) whose 95% interval is narrower than δ at the pilot's standard deviation of its primary differences
-  (an assumed one before the pilot), within {budget:g} thread-hours for claims 1-7; claims that share runs share the
-  count. Pilot seeds count in the result. Runs of an earlier recipe (another fingerprint) are never mixed in.
+  means a beats b; relative ones as log ratios, printed as the percentage they stand for) and their t-interval. The
+  suite's {primaries} primary comparisons are one family: each interval at {level:.2f}% (Bonferroni: all cover
+  together with probability >= 95%); the others at 95%, read alone. Each verdict is read off its interval alone,
+  against δ, the smallest effect that matters: *holds* (the interval above 0 and the estimate >= δ), *reversed*
+  (below 0 and <= -δ), *below δ* (the interval excludes 0, the estimate is smaller than δ: an effect too small to
+  matter, on the side named), *no effect* (the interval contains 0 and lies inside ±δ), *inconclusive* (anything
+  else), *untestable here* (an arm has not learned the task, as claim 6's requirement states, or sits within δ of
+  its metric's declared floor or ceiling on the side where the effect would show). The "paper" column is the
+  verdict the paper predicts.
+- **Seeds**: seeds 0-{last_pilot} of every arm were the pilot, then every claim had {least}. More go only where a
+  verdict can still change: as many as give 80% power at the family's level, within {budget:g} thread-hours,
+  cheapest first (the plan below). Runs of an earlier recipe (another fingerprint) are never mixed in.
 - The suite's first version (56 trainings, two seeds per arm, verdicts from non-overlapping min-max ranges, each
   run evaluated on its own seed's draws) is kept in `results/claims-v1.jsonl`; its table is this file's history."""
+
+
+def findings_sentence(suite, rows, got):
+    """The README's findings, written from the results as docs/claims.md is (tests/test_readme.py checks the README
+    holds it): each claim's primary verdicts, and the interval of every one that is not inconclusive or pending."""
+    parts = []
+    for k in (k for k in suite.CLAIMS if k != 8):
+        said = []
+        for r in (r for r in rows if r["claim"] == k and r["test"]["primary"]):
+            t, st = r["test"], r["stats"]
+            shown = show_verdict(r).replace("on the paper's side", "paper's side").replace("against the paper's side",
+                                                                                         "against the paper")
+            if r["verdict"] not in ("inconclusive", "pending", "untestable here"):
+                f = (lambda d: f"{100 * np.expm1(d):+.1f}%") if t["relative"] else \
+                    (lambda d, n=2 if abs(st["mean"]) >= 0.1 else 3: f"{d:+.{n}f}")
+                shown += (f" ({describe_side(t['a'])} vs {describe_side(t['b'])}, {t['metric']}: "
+                          f"{f(st['mean'])} [{f(st['lo'])}, {f(st['hi'])}])")
+            said.append(shown)
+        n = recorded(suite, k, got)
+        parts.append(f"claim {k} ({n} seed{'s' * (n != 1)}) " + ", ".join(said))
+    return "; ".join(parts) + "."
+
+
+HISTORY = "### The claims suite: changes after data"
+
+
+def history():
+    """The table of designs that changed after their data, as docs/log.md keeps it (the one log page)."""
+    log = open(os.path.join(REPO, "docs", "log.md"), encoding="utf-8").read()
+    part = log[log.index(HISTORY) + len(HISTORY):] if HISTORY in log else ""
+    return [ln for ln in part.split("\n## ")[0].strip().splitlines() if ln.startswith("|")]
 
 
 def write_table(suite, c):
     """docs/claims.md (c.table) from the results file alone: the procedure, the verdicts, the plan, each claim."""
     lines, stale = current(suite, c)
     got = by_run(lines)
+    plan = plan_seeds(suite, c, got)
+    planned = plan["seeds"]
     rows = analysis(suite, got)
-    planned = plan_seeds(suite, c, got)
     claims, summary, sections = suite.CLAIMS, [], []
     for k in (k for k in claims if k != 8):
         part, minutes, paired = claim_section(suite, k, rows, got, planned)
         sections += part
-        verdicts = [r["verdict"] + ("" if r["test"]["expect"] == "holds" else f" (paper: {r['test']['expect']})")
+        verdicts = [show_verdict(r) + ("" if r["test"]["expect"] == "holds" else f" (paper: {r['test']['expect']})")
                     for r in rows if r["claim"] == k and r["test"]["primary"]]
         summary.append(f"| {k} | {claims[k]['title']} | {claims[k]['paper']} | **{'; '.join(verdicts)}** | "
                        f"{paired} | {minutes:.0f} |")
@@ -336,6 +445,7 @@ def write_table(suite, c):
             HOW.format(suite=suite.SUITE, eval_seed=evaluation.EVAL_SEED, eval_seed1=evaluation.EVAL_SEED + 1,
                        batches=c.eval_batches, prompts=c.eval_prompts, episodes=c.episodes,
                        last_pilot=suite.PILOT_SEEDS - 1, least=suite.LEAST_SEEDS, budget=suite.BUDGET_HOURS,
+                       level=100 * stats.family_level(sum(t["primary"] for k in claims for t in claims[k]["tests"])),
                        primaries=sum(t["primary"] for k in claims for t in claims[k]["tests"]),
                        fractions="claims " + ", ".join(f"{k}" for k in claims if "fraction" in claims[k]) +
                        " train " + ", ".join(f"{cl['fraction']:g}" for cl in claims.values() if "fraction" in cl) +
@@ -344,12 +454,15 @@ def write_table(suite, c):
             "", f"Machines: {where}." + (f" {stale} lines of the results file were measured under another recipe or "
                                          f"procedure and are left out." if stale else ""), "",
             "| claim | finding | paper | verdict of the primary comparisons | seeds | thread-min |",
-            "| ---: | --- | --- | --- | ---: | ---: |", *summary, "", "## Plan", "",
+            "| ---: | --- | --- | --- | ---: | ---: |", *summary, "", "## Changes after data", "",
+            "Designs that changed after some of their data, with the commit ([log.md](log.md), which keeps this "
+            "table):", "", *history(), "", "## Plan", "",
             "Pilot, then the suite (each resumes where it stopped; `--commit=True` commits each finished run):", "",
             "```bash", "python claims.py --seeds=3 --jobs=2      # seeds 0-2 of every arm: the spread the plan reads",
             "python claims.py --jobs=2                # every claim up to its planned seeds", "```", "",
             "Estimated at one thread per run on the 2-core CPU (from each run's FLOPs until runs have finished, then "
-            "their measured wall time):", "", *plan_section(suite, got, planned), ""]
+            "their measured wall time):", "", *plan_section(suite, got, plan), ""]
     os.makedirs(os.path.dirname(c.table) or ".", exist_ok=True)
+    print("the README's findings:", findings_sentence(suite, rows, got))
     return write_lines(c.table, head + sections)
 

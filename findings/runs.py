@@ -152,7 +152,8 @@ def arms(suite, k):
         if isinstance(sp, str):                      # another claim's run, trained once
             out[name] = arms(suite, sp.split("/")[0])[sp.split("/")[1]]
         elif "analyze" in sp:
-            out[name] = dict(run=f"{k}/{name}", analyze=sp["analyze"], evaluation=claim["evaluation"])
+            out[name] = dict(run=f"{k}/{name}", analyze=sp["analyze"],
+                             evaluation={**claim["evaluation"], **sp.get("evaluation", {})})
         else:
             changes = resolve_changes(sp["config"], {**claim.get("common", {}), **sp["changes"]}, sp["steps"], out,
                                       claim.get("fraction", 1.0))
@@ -274,9 +275,9 @@ def machine():
 # one thread's training FLOP/s on the 2-core development CPU shared with one other job, as the suite's first version
 # measured it (700 steps of configs/toy.py, 27.8 GFLOPs each, in ~0.43 s); MoE's dispatch costs 1.4x its FLOPs
 # there (bench/bench_train.py, 64 experts of width 32); the fixed evaluation's seconds per source, per kind of
-# oracle prompts (256), for 100 episodes' prediction and for a routing analysis (32 batches per source and task),
-# on toy-sized checkpoints
-THREAD_FLOPS, MOE_OVERHEAD, EVAL_S = 6.5e10, 1.4, dict(sources=12, oracle=65, predict=90, routing=120)
+# oracle prompts (256), for 100 episodes' prediction, for planning them (plan.py's default CEM) and for a routing
+# analysis (32 batches per source and task), on toy-sized checkpoints
+THREAD_FLOPS, MOE_OVERHEAD, EVAL_S = 6.5e10, 1.4, dict(sources=12, oracle=65, predict=90, plan=240, routing=120)
 
 
 @functools.cache
@@ -348,14 +349,20 @@ def record(line, c, lock):
 
 def run_claims(suite, ks, c, planned):
     """Trains and scores every missing (run, seed) of the claims ks, `jobs` at a time, then the analyses; each
-    finished run appends its line to the results file at once. planned: {claim: seeds}, where --seeds is 0."""
+    finished run appends its line to the results file at once. A run an analysis reads whose checkpoint is gone (a
+    fresh clone keeps none) trains again first, in the same pool, without a new line. planned: {claim: seeds},
+    where --seeds is 0."""
     done, todo = current(suite, c)[0], {}
     for k in ks:
         n = c.seeds or planned[k]
         for spec in arms(suite, k).values():
-            needs = [spec] + ([analysed(suite, spec)] if "analyze" in spec else [])
-            todo.update({(sp["run"], s): sp for sp in needs for s in range(n) if (sp["run"], s) not in done})
-    lock, deadline = threading.Lock(), time.time() + (c.hours * 3600 or float("inf"))
+            todo.update({(spec["run"], s): spec for s in range(n) if (spec["run"], s) not in done})
+            if "analyze" in spec:
+                read = analysed(suite, spec)
+                todo.update({(read["run"], s): read for s in range(n) if (spec["run"], s) not in done and (
+                    (read["run"], s) not in done or not os.path.exists(os.path.join(out_dir(suite, read, s, c),
+                                                                                      "ckpt.pt")))})
+    lock, deadline, retrained = threading.Lock(), time.time() + (c.hours * 3600 or float("inf")), {}
 
     def one(key):
         (run, seed), spec = key, todo[key]
@@ -363,7 +370,11 @@ def run_claims(suite, ks, c, planned):
             return print(f"{run} seed {seed}: not started, it would end after --hours={c.hours}", flush=True)
         if "analyze" in spec and (analysed(suite, spec)["run"], seed) not in current(suite, c)[0]:
             return print(f"{run} seed {seed}: not analysed, {spec['analyze']} has not finished", flush=True)
-        wall = 0.0 if "analyze" in spec else train_run(spec, seed, out_dir(suite, spec, seed, c), c)
+        if key in done:   # recorded, but its checkpoint is gone: trained again for an analysis, no new line
+            retrained[key] = train_run(spec, seed, out_dir(suite, spec, seed, c), c)
+            return print(f"{run} seed {seed}: trained again for its analysis in {retrained[key]:.0f} s", flush=True)
+        wall = retrained.pop((spec["analyze"], seed), 0.0) if "analyze" in spec else \
+            train_run(spec, seed, out_dir(suite, spec, seed, c), c)
         print(f"{run} seed {seed}: scoring", flush=True)
         t0 = time.time()
         metrics, rescored = measure(suite, spec, seed, c)

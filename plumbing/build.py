@@ -91,7 +91,7 @@ def _build(c, device):
                              f"'walks'")
         data = ToyWorldData(tok, c.seq_len, enc.tokens_per_frame, c.mixture, c.seed, c.image_size, c.max_shapes,
                             c.video_frames, c.cfg_dropout, c.caption_clean_image, c.nav_view, text, video,
-                            mixture_unit=getattr(c, "mixture_unit", "examples"))
+                            mixture_unit=getattr(c, "mixture_unit", "examples"), nav_pool=getattr(c, "nav_pool", 0))
     fields = {f.name for f in dataclasses.fields(ModelConfig)}   # config keys named like the model's settings
     mcfg = ModelConfig(**{k: v for k, v in vars(c).items() if k in fields}, vocab_size=tok.vocab_size,
                        max_seq_len=c.seq_len, latent_dim=enc.latent_dim, tokens_per_frame=enc.tokens_per_frame)

@@ -1,23 +1,29 @@
 """
-The statistics of the claims suite (claims.py), written once: seeds pair the arms of a comparison, the per-seed
-differences give a 95% t-interval, and each comparison reads one of four verdicts against the smallest effect that
-matters (delta), declared before any run:
+The statistics of the claims suite (claims.py), written once. Seeds pair the arms of a comparison; the per-seed
+differences (oriented so that + is the paper's side; relative ones as log ratios) give a t-interval, and every
+verdict is read off that interval alone, against the smallest effect that matters (delta), declared per comparison:
 
-    holds         the difference is beyond 0 on the paper's side (Holm-corrected) and |mean| >= delta
-    reversed      the same, on the other side
-    no effect     the 95% interval lies inside +-delta (Holm-corrected): the test for "costs little" claims
-    inconclusive  anything else
+    holds            the interval lies above 0 and the estimate is at least delta
+    reversed         the interval lies below 0 and the estimate is at most -delta
+    below delta      the interval excludes 0 but the estimate is smaller than delta: an effect, too small to matter
+    no effect        the interval contains 0 and lies inside +-delta: the test of "costs little" claims
+    inconclusive     anything else: the interval is too wide to say
+    untestable here  an arm has not learned the task, or sits within delta of its metric's declared floor or ceiling
+                     on the side where the effect would have to show
 
-The t-interval, not an exact sign-flip test: with 5 seeds a sign-flip test cannot reach p < 0.05 (its smallest
-two-sided p is 2 / 2^5), let alone after Holm. Also here: how many seeds a comparison needs for its interval to be
-narrower than delta, and how a budget is shared between claims. Only numpy and math: no scipy.
+The suite's primary comparisons are one family: each interval is at level 1 - alpha / m (Bonferroni), so all m
+intervals cover their true values together with probability >= 1 - alpha, and every verdict read off them shares
+that guarantee. (Holm's step-down sharpens tests, not intervals: the intervals compatible with it are Bonferroni's for
+every comparison it does not reject.) The t-interval, not an exact sign-flip test: with 5 seeds a sign-flip test
+cannot reach p < 0.05 (its smallest two-sided p is 2 / 2^5). Also here: how many seeds give 80% power at the family's
+level, and how a budget is spent. Only numpy and math: no scipy.
 """
 import math
 
 import numpy as np
 
 ALPHA = 0.05
-VERDICTS = ("holds", "reversed", "no effect", "inconclusive")
+VERDICTS = ("holds", "reversed", "below δ", "no effect", "inconclusive", "untestable here")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,66 +72,72 @@ def t_quantile(q, df):
 # ----------------------------------------------------------------------------------------------------------------
 # One comparison: per-seed differences, oriented so that positive is the paper's side.
 
-def paired(diffs, delta, level=0.95):
-    """mean, 95% interval (lo, hi), and two p-values of the per-seed differences: p_zero for 'the mean is 0'
-    (two-sided t-test) and p_equal for 'the mean lies beyond +-delta' (two one-sided tests, doubled so that
-    p_equal < 0.05 exactly when the 95% interval lies inside +-delta)."""
+def family_level(m, alpha=ALPHA):
+    """The level of each of m intervals that hold together with probability >= 1 - alpha (Bonferroni)."""
+    return 1 - alpha / max(1, m)
+
+
+def log_ratio(a, b, better):
+    """A relative difference as a log ratio, + when a beats b: ln(b / a) for a loss, ln(a / b) for a score. Log
+    ratios add and are symmetric, where a mean of per-seed ratios (a - b) / b swings when b is near 0."""
+    return float(np.log(b / a) if better == "lower" else np.log(a / b))
+
+
+def paired(diffs, level=0.95):
+    """n, mean and the t-interval (lo, hi) at `level` of the per-seed differences; no interval below two seeds."""
     d = np.asarray(diffs, float)
     if len(d) < 2:
-        return dict(n=len(d), mean=float(d.mean()) if len(d) else None, lo=None, hi=None, p_zero=1.0, p_equal=1.0)
+        return dict(n=len(d), mean=float(d.mean()) if len(d) else None, lo=None, hi=None, level=level)
     n, mean = len(d), float(d.mean())
-    se = float(d.std(ddof=1)) / math.sqrt(n)
-    if se == 0.0:   # every seed gave the same difference: no spread to test against
-        return dict(n=n, mean=mean, lo=mean, hi=mean, p_zero=float(mean == 0.0),
-                    p_equal=float(abs(mean) >= delta))
-    half = t_quantile(1 - (1 - level) / 2, n - 1) * se
-    p_zero = 2 * t_tail(abs(mean) / se, n - 1)
-    p_equal = min(1.0, 2 * max(1 - t_tail((mean - delta) / se, n - 1), t_tail((mean + delta) / se, n - 1)))
-    return dict(n=n, mean=mean, lo=mean - half, hi=mean + half, p_zero=min(1.0, p_zero), p_equal=p_equal)
+    half = t_quantile(1 - (1 - level) / 2, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
+    return dict(n=n, mean=mean, lo=mean - half, hi=mean + half, level=level)
 
 
-def holm(pvalues):
-    """Holm's step-down adjustment: the smallest p is multiplied by m, the next by m - 1, ..., kept monotone. A
-    comparison passes at level alpha when its adjusted p is below alpha; the family's error stays below alpha."""
-    p = np.asarray(pvalues, float)
-    adjusted, running = np.empty(len(p)), 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def verdict(stats, delta, p_zero=None, p_equal=None, alpha=ALPHA):
-    """The comparison's verdict from paired()'s numbers; p_zero and p_equal are the Holm-adjusted ones for a primary
-    comparison (the raw ones otherwise). 'pending' until two seeds are in."""
+def verdict(stats, delta, untestable=False):
+    """The verdict read off paired()'s interval alone (the table above); 'pending' until two seeds are in."""
+    if untestable:
+        return "untestable here"
     if stats["n"] < 2:
         return "pending"
-    p_zero = stats["p_zero"] if p_zero is None else p_zero
-    p_equal = stats["p_equal"] if p_equal is None else p_equal
-    if p_zero < alpha and abs(stats["mean"]) >= delta:
-        return "holds" if stats["mean"] > 0 else "reversed"
-    return "no effect" if p_equal < alpha else "inconclusive"
+    mean, lo, hi = stats["mean"], stats["lo"], stats["hi"]
+    if lo > 0 or hi < 0:
+        return ("holds" if mean > 0 else "reversed") if abs(mean) >= delta else "below δ"
+    return "no effect" if -delta < lo and hi < delta else "inconclusive"
+
+
+def at_bound(mean, ends, delta):
+    """Whether an arm's mean lies within delta of one of its metric's bounds (`ends`: the floor, the ceiling or
+    both, whichever limit the effect asked about): there a difference of delta cannot show."""
+    return any(abs(mean - end) < delta for end in ends)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# How many seeds, and how a budget is shared.
+# How many seeds, and how a budget is spent.
 
-def seeds_needed(sd, delta, level=0.95, least=5, most=64):
-    """The fewest seeds (at least `least`) whose t-interval of the mean difference is narrower than delta on either
-    side, for per-seed differences of standard deviation sd; `most` if even that many are not enough."""
+def seeds_for_power(sd, delta, level, expect="holds", power=0.8, least=2, most=64):
+    """The fewest seeds (at least `least`) that give `power` at a true effect of delta (expect "holds": the
+    interval at `level` excludes 0) or of 0 ("no effect": it lies inside +-delta), for per-seed differences of
+    standard deviation sd; None when even `most` are not enough. The usual normal-approximation rule with t
+    quantiles: t(level) + t(power) <= delta sqrt(n) / sd, with power's quantile two-sided for equivalence."""
+    q = power if expect == "holds" else (1 + power) / 2
     for n in range(max(2, least), most + 1):
-        if t_quantile(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n) < delta:
+        if t_quantile(1 - (1 - level) / 2, n - 1) + t_quantile(q, n - 1) <= delta * math.sqrt(n) / max(sd, 1e-12):
             return n
-    return most
+    return None
 
 
-def allocate(needed, cost, budget, least=5):
-    """Seeds per claim within a budget: each claim gets what it needs, up to one common ceiling, the highest that
-    keeps sum(seeds x cost) within the budget, never below `least` (then the plan is over budget, and says so)."""
-    cap = max(needed.values(), default=least)
-    while cap > least and sum(min(n, cap) * cost[k] for k, n in needed.items()) > budget:
-        cap -= 1
-    return {k: max(least, min(n, cap)) for k, n in needed.items()}
+def allocate(needed, have, cost, budget):
+    """Seeds per claim within a budget of thread-seconds, the cheapest to settle first: a claim gets the seeds it
+    needs (needed: {claim: n or None}) if what it lacks beyond `have` fits what is left, else it keeps what it has
+    and is listed as not affordable (so is one that no count settles). Returns ({claim: seeds}, [not affordable])."""
+    extra = {k: (max(0, n - have[k]) * cost[k] if n is not None else float("inf")) for k, n in needed.items()}
+    given, left, dropped = dict(have), budget, []
+    for k in sorted(needed, key=lambda k: extra[k]):
+        if extra[k] <= left:
+            given[k], left = max(have[k], needed[k]), left - extra[k]
+        else:
+            dropped.append(k)
+    return given, dropped
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -126,6 +126,21 @@ def test_a_token_mixture_fills_its_shares_of_the_tokens():
     assert abs(share["tokens"] - 0.5) < 0.04 and share["examples"] > 0.7, share
 
 
+def test_a_navigation_pool_is_a_finite_dataset_shared_by_every_run():
+    """nav_pool=n: training draws only n distinct navigation examples, the same n whatever the run's seed (a fixed
+    dataset reused over epochs); held-out draws are not from it; 0 draws a fresh one every time."""
+    def targets(seed, pool, split="train", n=60):
+        toy = make_toy(seq_len=512, tokens_per_frame=16, seed=seed, mixture={"navigation": 1.0}, nav_pool=pool,
+                       image_size=16)
+        rng = np.random.default_rng(seed)
+        return {toy.example(rng, split).frames[-1].tobytes() for _ in range(n)}
+    a, b = targets(1, 5), targets(2, 5)
+    assert len(a) == 5 and a == b
+    assert len(targets(1, 0)) > 50 and len(targets(1, 5, "val")) > 50
+    with pytest.raises(ValueError, match="nav_pool=-1"):
+        make_toy(nav_pool=-1)
+
+
 def test_image_to_caption_images_are_noisy_with_flow_loss_by_default():
     # Appendix B: text after an image conditions on its noisy latents, and flow matching applies to every frame
     b = make_toy(mixture={"image_to_caption": 1.0}).batch(0, 0, 4)

@@ -121,29 +121,18 @@ def test_the_toy_table_is_the_recorded_runs():
 
 @pytest.mark.slow
 def test_the_findings_paragraph_is_the_results_files():
-    """Every interval the README's findings paragraph quotes, recomputed from results/claims.jsonl as docs/claims.md
-    is (findings/report.py)."""
+    """The README's findings are the sentence findings/report.py writes from results/claims.jsonl (every verdict
+    and interval as docs/claims.md has them), and its words for the verdicts are the rules plumbing/stats.py reads."""
     import claims
     from findings import report, runs
+    from plumbing import stats
     from plumbing.settings import configure, settings
     c = configure(settings(vars(claims)), [])
     got = runs.by_run(runs.current(claims, c)[0])
-    rows = {(r["claim"], str(r["test"]["a"]), r["test"]["metric"]): r for r in report.analysis(claims, got)}
-
-    def stats(claim, a, metric, scale=1.0):
-        s = rows[(claim, a, metric)]["stats"]
-        return sorted(scale * v for v in (s["lo"], s["hi"])), scale * s["mean"]
-    (lo, hi), mean = stats(3, "x_192ch", "gen_unseen_scenes")
-    quoted = [f"by {mean:.2f} [{lo:.2f}, {hi:.2f}] at 192 channels"]
-    (lo, hi), mean = stats(5, "both", "gen_unseen_scenes")
-    quoted.append(f"(+{mean:.3f} [{lo:.3f}, {hi:.3f}])")
-    for arm in ("nav_video", "nav_10pct"):
-        (lo, hi), mean = stats(6, arm, "predict_1", -100)
-        quoted.append(f"{mean:.0f}% [{lo:.0f}, {hi:.0f}] worse")
-    quoted.append(f"min r {0.9 + stats(7, 'routing', 'gen_und_r_min')[1]:.2f}")
+    sentence = report.findings_sentence(claims, report.analysis(claims, got), got)
     text = " ".join(README.split())
-    for q in quoted:
-        assert q in text, f"the README's findings should say {q!r}"
+    assert sentence in text, f"the README's findings should say: {sentence}"
+    assert all(f"*{v}*" in text for v in stats.VERDICTS)
 
 
 def test_the_speed_figures_are_the_recorded_ones():
@@ -199,7 +188,7 @@ def test_the_world_model_figures_are_the_recorded_ones():
     tables = [plan] + [open(os.path.join(ROOT, "results", "nav", f"plan_s{seed}.md")).read() for seed in (1, 2)]
 
     def across(pattern, sign=1):
-        s = paired([sign * float(re.search(pattern, t, re.M).group(1)) for t in tables], 0.0)
+        s = paired([sign * float(re.search(pattern, t, re.M).group(1)) for t in tables])
         return f"{s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}]"
     model = across(r"^\| CEM, trained model \| [^|]+\| [^|]+\| ([\d.]+) ")
     assert f"| CEM, trained model | {final['CEM, trained model']} | {model} |" in text
