@@ -126,13 +126,19 @@ def test_routing_analysis_draws_its_held_out_data_from_the_seed_it_is_given():
     used to ignore it (the toy data's held-out draws kept evaluation seed 0), so that check read 0 by construction."""
     from data import Tokenizer
     from encoders import PixelPatches
-    cfg = type("C", (), dict(seq_len=128, image_size=16, max_shapes=1, video_frames=2, cfg_dropout=0.1, batch_size=2))
+    cfg = type("C", (), dict(seq_len=128, image_size=16, max_shapes=1, video_frames=2, cfg_dropout=0.1, batch_size=2,
+                             caption_clean_image=False))
 
     def tokens(seed):
         return [b["tokens"] for _, b in routing.task_batches(Tokenizer(), PixelPatches(16, 4), cfg, 1, "cpu", seed)]
     same, other = tokens(0), tokens(1)
     assert all(torch.equal(a, b) for a, b in zip(same, tokens(0)))
     assert not any(a.shape == b.shape and torch.equal(a, b) for a, b in zip(same, other))
+    # understanding's images reach the router as the run trained on them: noisy by App. B's default, clean if so set
+    for clean in (False, True):
+        cfg.caption_clean_image = clean
+        batches = dict(routing.task_batches(Tokenizer(), PixelPatches(16, 4), cfg, 1, "cpu", 0))
+        assert (batches["understanding"]["cond"] == clean).all() and not batches["generation"]["cond"].any()
 
 
 def test_per_modality_shared_experts_are_the_ones_used():
