@@ -255,10 +255,8 @@ class ShardData:
         rng = np.random.default_rng([self.seed, SPLITS[split], step, micro])
         rows, row, used = [], [], 0
         while len(rows) < batch_size:
-            if self.unit == "tokens":   # each stream's mean example length so far, its next example counted
-                p = source_probabilities(w, [streams[s].mean_length() for s in names])
-            else:
-                p = w / w.sum()
+            p = w / w.sum() if self.unit != "tokens" else source_probabilities(   # by each stream's mean length
+                w, [streams[s].mean_length() for s in names])                      # so far, its next example too
             stream = streams[names[rng.choice(len(names), p=p)]]
             n = stream.peek().length(self.N)
             if row and used + n > self.seq_len:   # the row is full; the example waits in its stream for later
