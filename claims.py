@@ -211,7 +211,8 @@ def main(argv):
     torch.set_num_threads(1)   # the evaluations in this process, beside the train.py processes
     suite = sys.modules[__name__]   # the declarations above, which findings/ is handed and never imports
     if not c.table_only:
-        runs.run_claims(suite, [int(k) for k in ks], c, report.plan_seeds(suite, c)["seeds"])
+        plan = report.plan_seeds(suite, c)
+        runs.run_claims(suite, [int(k) for k in ks], c, plan["seeds"], plan["settled"])
     print(f"wrote {report.write_table(suite, c)}")
 
 

@@ -69,12 +69,19 @@ def at_bound(suite, k, t, got):
     return out
 
 
-def unmet(suite, k, got):
-    """A claim's unmet requirements (runs that have not learned what the claim is about), as short phrases."""
+def read_by(t):
+    """The arms a comparison reads (its sides, and the sides of a minus)."""
+    return {n for ref in (t["a"], t["b"]) for n in ((ref.a, ref.b) if isinstance(ref, Minus) else (ref,))
+            if isinstance(n, str)}
+
+
+def unmet(suite, k, t, got):
+    """Comparison t's unmet requirements (runs of the arms it reads that have not learned what the claim is
+    about), as short phrases. A requirement binds every run, so no later seed lifts one that is unmet."""
     bad = []
     for r in suite.CLAIMS[k].get("requires", []):
         names, metric, better, bar = r["arms"], r["metric"], r["better"], r["bar"]
-        for name in names:
+        for name in (n for n in names if n in read_by(t)):
             for seed, m in sorted(got.get(arms(suite, k)[name]["run"], {}).items()):
                 value = m.get(bar) if isinstance(bar, str) else bar
                 if metric not in m or value is None or (m[metric] < value if better == "lower" else m[metric] > value):
@@ -96,9 +103,18 @@ def analysis(suite, got):
     for r in rows:
         t, k = r["test"], r["claim"]
         r["stats"] = stats.paired(list(r["diffs"].values()), level if t["primary"] else 0.95)
-        r["why_untestable"] = unmet(suite, k, got) + at_bound(suite, k, t, got)
-        r["verdict"] = stats.verdict(r["stats"], delta_of(t), bool(r["why_untestable"]) and r["stats"]["n"] >= 2)
+        r["unmet"] = unmet(suite, k, t, got)   # one run that has not learned settles it; a bound waits for 2 seeds
+        r["why_untestable"] = r["unmet"] + (at_bound(suite, k, t, got) if r["stats"]["n"] >= 2 else [])
+        r["verdict"] = stats.verdict(r["stats"], delta_of(t), bool(r["why_untestable"]))
     return rows
+
+
+def settled_runs(suite, rows):
+    """Runs more seeds cannot help: every primary comparison that reads them is untestable by an unmet
+    requirement, which no later seed lifts."""
+    runs = lambda r: {arms(suite, r["claim"])[n]["run"] for n in read_by(r["test"])}
+    read = [r for r in rows if r["test"]["primary"]]
+    return set().union(*map(runs, read)) - set().union(*(runs(r) for r in read if not r["unmet"]))
 
 
 def evaluation_check(suite, k, t, got):
@@ -133,16 +149,16 @@ def needed_seeds(suite, k, got, level):
     return n, source
 
 
-def recorded(suite, k, got):
-    """The seeds every arm of claim k has (those its comparisons pair)."""
-    return min(len(got.get(sp["run"], {})) for sp in arms(suite, k).values())
+def recorded(suite, k, got, settled=()):
+    """The seeds every arm of claim k has (those its comparisons pair), settled runs aside."""
+    return min((len(got.get(sp["run"], {})) for sp in arms(suite, k).values() if sp["run"] not in settled), default=0)
 
 
-def seed_cost(suite, k, got):
-    """Thread-seconds of one more seed of claim k: every run it reads (shared ones too), and for an analysis the
-    run it reads, whose checkpoints a fresh clone does not have (they are not committed)."""
+def seed_cost(suite, k, got, settled=()):
+    """Thread-seconds of one more seed of claim k: every run it reads (shared ones too) but settled ones, and for an
+    analysis the run it reads, whose checkpoints a fresh clone does not have (they are not committed)."""
     return sum(estimate_s(suite, sp, got) + (estimate_s(suite, analysed(suite, sp), got) if "analyze" in sp else 0)
-               for sp in arms(suite, k).values())
+               for sp in arms(suite, k).values() if sp["run"] not in settled)
 
 
 def plan_seeds(suite, c, got=None):
@@ -155,12 +171,14 @@ def plan_seeds(suite, c, got=None):
     rows = analysis(suite, got)
     level = stats.family_level(sum(r["test"]["primary"] for r in rows))
     open_ = {r["claim"] for r in rows if r["test"]["primary"] and r["verdict"] in ("inconclusive", "pending")}
-    cost = {k: seed_cost(suite, k, got) for k in suite.CLAIMS if k != 8}
-    least = {k: max(suite.LEAST_SEEDS, recorded(suite, k, got)) for k in cost}   # every claim's first seeds first
-    budget = suite.BUDGET_HOURS * 3600 - sum((least[k] - recorded(suite, k, got)) * cost[k] for k in cost)
+    settled = settled_runs(suite, rows)
+    cost = {k: seed_cost(suite, k, got, settled) for k in suite.CLAIMS if k != 8}
+    has = {k: recorded(suite, k, got, settled) for k in cost}
+    least = {k: max(suite.LEAST_SEEDS, has[k]) for k in cost}   # every claim's first seeds first
+    budget = suite.BUDGET_HOURS * 3600 - sum((least[k] - has[k]) * cost[k] for k in cost)
     need = {k: needed_seeds(suite, k, got, level)[0] if k in open_ else least[k] for k in cost}
     given, short = stats.allocate(need, least, cost, budget)
-    return dict(seeds={**given, 8: 1}, level=level, open=open_, short=set(short))
+    return dict(seeds={**given, 8: 1}, level=level, open=open_, short=set(short), settled=settled)
 
 
 def own_runs(suite, k):
@@ -264,7 +282,7 @@ def claim_section(suite, k, rows, got, planned):
         lines += ["", "Evaluation noise: re-scoring seed 0 under evaluation seed 1 moves each primary difference by "
                   + "; ".join(f"{show_diff(x[0], r['test'], '')} ({r['test']['metric']}; its sd over training seeds "
                               f"is {show_diff(x[1], r['test'], '')})" for r, x in checks if x) + "."]
-    return lines + [""], minutes, min(len(seeds_) for seeds_ in runs.values())
+    return lines + [""], minutes, recorded(suite, k, got, settled_runs(suite, rows))
 
 
 def sweep_section(suite, got):
@@ -321,15 +339,17 @@ def plan_section(suite, got, plan):
             "recorded | seeds planned | thread-hours to go |", "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
     total = 0.0
     for k in (k for k in suite.CLAIMS if k != 8):
-        own = own_runs(suite, k)
-        per_seed = seed_cost(suite, k, got) / 60
+        own, has = own_runs(suite, k), recorded(suite, k, got, plan["settled"])
+        per_seed = seed_cost(suite, k, got, plan["settled"]) / 60
         n, source = needed_seeds(suite, k, got, plan["level"]) if k in plan["open"] else (None, "settled")
-        to_go = per_seed * max(0, plan["seeds"][k] - recorded(suite, k, got)) / 60
+        to_go = per_seed * max(0, plan["seeds"][k] - has) / 60
         total += to_go
-        steps = ", ".join(str(sp["changes"]["max_iters"]) for sp in own if "changes" in sp) or "analysis only"
+        steps = ", ".join(str(sp["changes"]["max_iters"]) for sp in own
+                          if "changes" in sp and sp["run"] not in plan["settled"]) or "analysis only"
         power = "- (settled)" if source == "settled" else f"{n or 'more than 64'} ({source})"
-        rows.append(f"| {k} | {len(own)} | {steps} | {per_seed:.0f} | {power}{', not affordable' * (k in plan['short'])}"
-                    f" | {recorded(suite, k, got)} | {plan['seeds'][k]} | {to_go:.1f} |")
+        extended = sum(sp["run"] not in plan["settled"] for sp in own)
+        rows.append(f"| {k} | {extended} | {steps} | {per_seed:.0f} | {power}{', not affordable' * (k in plan['short'])}"
+                    f" | {has} | {plan['seeds'][k]} | {to_go:.1f} |")
     rows.append(f"| all 1-7 | | | | | | | {total:.1f} of {suite.BUDGET_HOURS:g}; {total / 2:.1f} h of wall time "
                 f"with `--jobs=2` |")
     sweep = sum(estimate_s(suite, sp, got) for sp in sweep_arms(suite).values()) / 3600
@@ -341,6 +361,9 @@ def plan_section(suite, got, plan):
                    f"every run the claim reads (shared ones too; an analysis, the training it reads)."
                    + (f" Not affordable within the budget: claim(s) {short}, which stay at the seeds planned."
                       if short else "")
+                   + (f" No more seeds for {', '.join(sorted(plan['settled']))}: every primary comparison reading them "
+                      f"is untestable by a run that has not learned, which no later seed lifts." if plan["settled"]
+                      else "")
                    + f" Claim 8's CPU demonstration, one seed per point: {len(sweep_arms(suite))} runs, {sweep:.1f} "
                    f"thread-hours, outside the budget."]
 
@@ -380,9 +403,9 @@ that +
   against δ, the smallest effect that matters: *holds* (the interval above 0 and the estimate >= δ), *reversed*
   (below 0 and <= -δ), *below δ* (the interval excludes 0, the estimate is smaller than δ: an effect too small to
   matter, on the side named), *no effect* (the interval contains 0 and lies inside ±δ), *inconclusive* (anything
-  else), *untestable here* (an arm has not learned the task, as claim 6's requirement states, or sits within δ of
-  its metric's declared floor or ceiling on the side where the effect would show). The "paper" column is the
-  verdict the paper predicts.
+  else), *untestable here* (an arm it reads has not learned the task in some run, as claim 6's requirement states;
+  or sits within δ of its metric's declared floor or ceiling on the side where the effect would show). The "paper"
+  column is the verdict the paper predicts.
 - **Seeds**: seeds 0-{last_pilot} of every arm were the pilot, then every claim had {least}. More go only where a
   verdict can still change: as many as give 80% power at the family's level, within {budget:g} thread-hours,
   cheapest first (the plan below). Runs of an earlier recipe (another fingerprint) are never mixed in.
@@ -406,7 +429,7 @@ def findings_sentence(suite, rows, got):
                 shown += (f" ({describe_side(t['a'])} vs {describe_side(t['b'])}, {t['metric']}: "
                           f"{f(st['mean'])} [{f(st['lo'])}, {f(st['hi'])}])")
             said.append(shown)
-        n = recorded(suite, k, got)
+        n = recorded(suite, k, got, settled_runs(suite, rows))
         parts.append(f"claim {k} ({n} seed{'s' * (n != 1)}) " + ", ".join(said))
     return "; ".join(parts) + "."
 

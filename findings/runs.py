@@ -347,15 +347,15 @@ def record(line, c, lock):
             print(f"committed {c.results}" if not done.returncode else "could not commit the results", flush=True)
 
 
-def run_claims(suite, ks, c, planned):
+def run_claims(suite, ks, c, planned, settled=()):
     """Trains and scores every missing (run, seed) of the claims ks, `jobs` at a time, then the analyses; each
     finished run appends its line to the results file at once. A run an analysis reads whose checkpoint is gone (a
     fresh clone keeps none) trains again first, in the same pool, without a new line. planned: {claim: seeds},
-    where --seeds is 0."""
+    where --seeds is 0, and settled: the runs it then gives no more seeds (findings/report.py's settled_runs)."""
     done, todo = current(suite, c)[0], {}
     for k in ks:
         n = c.seeds or planned[k]
-        for spec in arms(suite, k).values():
+        for spec in (sp for sp in arms(suite, k).values() if c.seeds or sp["run"] not in settled):
             todo.update({(spec["run"], s): spec for s in range(n) if (spec["run"], s) not in done})
             if "analyze" in spec:
                 read = analysed(suite, spec)
