@@ -86,27 +86,29 @@ class Example:
     frames: list = field(default_factory=list)   # one image (uint8 [H, W, 3]) per FRAME; None when generated later
     cond: list = field(default_factory=list)     # per frame: True = clean conditioning input without flow loss
     learn: list = None                           # per id, whether it is learned as a target (None: all text is)
+    source: str = None                           # the mixture's source it belongs to (SOURCES; the log's losses)
 
     def length(self, tokens_per_frame):
         return len(self.ids) + (tokens_per_frame - 1) * len(self.frames)
 
 
 def text_example(tok, text):
-    return Example([tok.bos, *tok.encode(text), tok.eos])
+    return Example([tok.bos, *tok.encode(text), tok.eos], source="text")
 
 
 def caption_to_image(tok, caption, image, drop_caption=False, prompt_only=False):
     """Generation. With drop_caption the model sees no caption at all: that is the unconditional branch that
     classifier-free guidance subtracts at sampling time, built by the same function in both places."""
     ids = [tok.bos, *([] if drop_caption else tok.encode(caption)), tok.boi, FRAME]
-    return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [image], [False])
+    return Example(ids if prompt_only else ids + [tok.eoi, tok.eos], [image], [False], source="caption_to_image")
 
 
 def image_to_caption(tok, image, caption, prompt_only=False, clean=True):
     """Understanding: the caption is learned as text after the image. Training shows the image noisy, with a flow
     loss (clean=False; Appendix B); clean=True (sampling, or caption_clean_image) shows it clean, without."""
     ids = [tok.bos, tok.boi, FRAME, tok.eoi]
-    return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean])
+    return Example(ids if prompt_only else ids + tok.encode(caption) + [tok.eos], [image], [clean],
+                   source="image_to_caption")
 
 
 def vqa_example(tok, image, turns, prompt_only=False):
@@ -118,13 +120,13 @@ def vqa_example(tok, image, turns, prompt_only=False):
         last, asked = k == len(turns) - 1, tok.encode(question)
         reply = [] if prompt_only and last else tok.encode(" " + answer) + ([tok.eos] if last else tok.encode("\n"))
         ids, learn = ids + asked + reply, learn + [False] * len(asked) + [True] * len(reply)
-    return Example(ids, [image], [True], learn)
+    return Example(ids, [image], [True], learn, source="vqa")
 
 
 def video_example(tok, frames):
     """Raw video, no text: each frame its own BOI ... EOI block, each with its own t (Diffusion-Forcing-like)."""
     ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(frames)
-    return Example(ids + [tok.eos], list(frames), [False] * len(frames))
+    return Example(ids + [tok.eos], list(frames), [False] * len(frames), source="video")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,10 +171,10 @@ def navigation_example(tok, context, action=None, target=None, prompt_only=False
     carries the flow loss. Without an action: the context alone (a rollout appends each row's action itself)."""
     ids = [tok.bos] + [tok.boi, FRAME, tok.eoi] * len(context)
     if action is None:
-        return Example(ids, list(context), [True] * len(context))
+        return Example(ids, list(context), [True] * len(context), source="navigation")
     ids += tok.encode(action) + [tok.boi, FRAME]
     ids, cond = ids if prompt_only else ids + [tok.eoi, tok.eos], [True] * len(context) + [False]
-    return Example(ids, [*context, target], cond)
+    return Example(ids, [*context, target], cond, source="navigation")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Packing: examples into rows of seq_len positions, and rows into one batch of tensors.
@@ -192,12 +194,13 @@ def pack_rows(examples, seq_len, tokens_per_frame):
 
 
 def collate(rows, seq_len, tokens_per_frame, pad_id):
-    """rows: a list of lists of examples. Returns numpy arrays: tokens, targets, doc, frame [B, S]; vis_idx
-    [F * N] (flat positions of every frame token, frame-major); cond [F]; images [F, H, W, 3] (None if any
-    frame is still to be generated)."""
+    """rows: a list of lists of examples. Returns numpy arrays: tokens, targets, doc, frame [B, S]; source [B, S]
+    (each position's example's index in SOURCES, -1: padding or none); vis_idx [F * N] (flat positions of every
+    frame token, frame-major); cond [F]; images [F, H, W, 3] (None if any frame is still to be generated)."""
     B, S, N = len(rows), seq_len, tokens_per_frame
     tokens = np.full((B, S), pad_id, np.int64)
     targets, doc, frame = (np.full((B, S), -1, np.int64) for _ in range(3))
+    source = np.full((B, S), -1, np.int8)
     vis_idx, images, cond = [], [], []
     for r, row in enumerate(rows):
         p = 0
@@ -223,11 +226,13 @@ def collate(rows, seq_len, tokens_per_frame, pad_id):
             is_text = frame[r, start:p] < 0
             targets[r, start:p - 1] = np.where(is_text[:-1] & is_text[1:], tokens[r, start + 1:p], -1)
             targets[r, [q - 1 for q in read_only if q > start]] = -1
+            source[r, start:p] = SOURCES.index(ex.source) if ex.source in SOURCES else -1
     have_images = images and all(im is not None for im in images)
     if have_images and len({str(im.dtype).endswith("uint8") for im in images}) > 1:   # numpy or torch
         raise ValueError("a batch mixes images and pre-encoded latents: pre-encode every visual source or none")
-    return dict(tokens=tokens, targets=targets, doc=doc, frame=frame, vis_idx=np.array(vis_idx, np.int64),
-                cond=np.array(cond, bool), images=np.stack(images) if have_images else None)
+    return dict(tokens=tokens, targets=targets, doc=doc, frame=frame, source=source,
+                vis_idx=np.array(vis_idx, np.int64), cond=np.array(cond, bool),
+                images=np.stack(images) if have_images else None)
 
 
 def to_device(batch, device):

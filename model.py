@@ -391,8 +391,9 @@ class UnifiedTransformer(nn.Module):
         """tokens, doc, frame: [B, S] (frame = -1 on text positions); vis_idx: [F * N] flat positions of the F
         frames' tokens in frame-major order; zt: [F, N, C] the (noisy) latents; t: [F] their times.
         Generation adds pos [B, S] (rotary positions) and a KVCache; mask: attention_mask(doc, frame), if prebuilt.
-        Returns next-token logits [B, S, V], or given targets [B, S] their summed cross-entropy (a chunk of positions
-        at a time: plumbing/fastpaths.py), and the flow head's prediction (x or v) for every frame [F, N, C]."""
+        Returns next-token logits [B, S, V], or given targets [B, S] their summed cross-entropy and each position's
+        term, detached (a chunk of positions at a time: plumbing/fastpaths.py), and the flow head's prediction (x or
+        v) for every frame [F, N, C]."""
         B, S = tokens.shape
         x = self.tok_emb(tokens)
         v = self.latent_in(zt.to(x.dtype)) + self.patch_pos + self.time_mlp(timestep_embedding(t, 256))[:, None]
@@ -440,9 +441,11 @@ class UnifiedTransformer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # The training loss: L = lambda_LM * L_LM + lambda_flow * L_flow in one forward/backward (section 2.1).
 
-def training_losses(model, batch, generator=None, times=None):
+def training_losses(model, batch, generator=None, times=None, each=False):
     """batch (data.collate's): tokens, targets, doc, frame, vis_idx, latents [F, N, C] (clean), cond [F] (True: seen
-    clean, no flow loss); times [F] fixes the frames' t (else drawn). Returns (text_loss, flow_loss), unweighted."""
+    clean, no flow loss); times [F] fixes the frames' t (else drawn). Returns (text_loss, flow_loss), unweighted;
+    each=True adds the terms they average, detached: each position's text loss [B * S] (0 without a target) and
+    each frame's flow loss [F] (0 for a clean frame), which the training log splits by source."""
     core = getattr(model, "module", model)   # DDP's wrapper (torch.compile's passes attributes through)
     cfg, z0, cond = core.cfg, batch["latents"], batch["cond"]
     t = torch.where(cond, torch.ones_like(cond, dtype=torch.float32),
@@ -451,11 +454,12 @@ def training_losses(model, batch, generator=None, times=None):
     zt = add_noise(z0, eps, t)
     mask = core.attention_mask(batch["doc"], batch["frame"])       # once per batch, for every layer, not compiled
     targets = batch["targets"]
-    ce, pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t, mask=mask, targets=targets)
+    (ce, ce_each), pred = model(batch["tokens"], batch["doc"], batch["frame"], batch["vis_idx"], zt, t, mask=mask,
+                                targets=targets)
     text_loss = ce / (targets >= 0).sum().clamp(min=1)
 
     v_hat = velocity(pred, zt, t, cfg.prediction)
     per_frame = (v_hat - (z0 - eps)).pow(2).mean(dim=(1, 2))
     gen = (~cond).float()
     flow_loss = (per_frame * gen).sum() / gen.sum().clamp(min=1)
-    return text_loss, flow_loss
+    return (text_loss, flow_loss, (ce_each, (per_frame * gen).detach())) if each else (text_loss, flow_loss)

@@ -22,6 +22,7 @@ import toyworld as tw
 from data import NAV_CONTEXT, action_text, navigation_example, parse_actions
 from model import KVCache
 from plumbing.build import load_for_inference
+from plumbing.export import local_folder
 from plumbing.logs import report_to_run
 from plumbing.outputs import refuse_overwrite, write_lines
 from plumbing.pictures import save_rollout
@@ -343,7 +344,8 @@ def rollout(model, tok, enc, c, folder):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-out_dir = "out/toy_nav"     # the run whose checkpoint is the world model
+out_dir = "out/toy_nav"     # the world model: a run's out_dir, an export folder, or hf://owner/name[@revision]
+weights = "auto"            # "auto": the weights' moving average where the run kept one, else the raw; or ema, raw
 mode = "plan"               # "plan": the planning table; "predict": the prediction table; "rollout": imagined frames;
                             # "score": how well the score ranks candidates on the simulator's frames
 planners = "model,oracle,forward,random,still"
@@ -365,7 +367,7 @@ protocol = ""
 PAPER = dict(horizon=8, samples=120, elites=5, iterations=1, repeats=3, steps=25, candidates="nwm")
 seed = 0
 device = "auto"
-out = ""                    # output folder; default out_dir/plan
+out = ""                    # output folder; default out_dir/plan (a hub model: out/owner--name/plan)
 overwrite = False           # replace the files of an earlier run in the output folder
 
 
@@ -390,10 +392,10 @@ def main(argv):
         raise SystemExit(f"unknown score '{c.score}': use latent or lpips")
     if c.mode == "rollout":
         read_alternatives(c)   # a malformed action fails before the model loads
-    folder = c.out or os.path.join(c.out_dir, "plan")
+    folder = c.out or os.path.join(local_folder(c.out_dir), "plan")
     names = ["rollout.gif", "rollout.png"] if c.mode == "rollout" else [f"{c.mode}.md"]
     refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
-    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device, c.weights)
     c.dev, c.image_size, c.view = str(next(model.parameters()).device), cfg.image_size, getattr(cfg, "nav_view", "ray")
     os.makedirs(folder, exist_ok=True)
     if c.mode == "rollout":   # the pictures also go to the run's wandb / TensorBoard, where it had them

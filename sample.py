@@ -24,6 +24,7 @@ import torch
 from data import FRAME, Example, caption_to_image, collate, image_to_caption, to_device, video_example, vqa_example
 from model import KVCache, shift_time, velocity
 from plumbing.build import load_for_inference
+from plumbing.export import local_folder
 from plumbing.outputs import refuse_overwrite
 from plumbing.pictures import load_image, save_gif, save_grid
 from plumbing.settings import cli, configure, settings
@@ -160,7 +161,11 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
                                          .ids[:-1])], model, tok.pad), uncond)
     pos = b["pos"][:, -1] + 1
     frame_id = len(b["latents"])
-    bar = tqdm(disable=not progress, desc="generating", unit="pass")
+    # passes through the model: an image's BOI fed (unless the prompt ends with it), its Euler steps and commit, its
+    # EOI fed back; text, up to max_tokens - 1, a drawn image adding its passes to the total
+    opened = all(p.ids[-1] == tok.boi for p in prompts)
+    bar = tqdm(total=force_images * (steps + 3) - opened if force_images else max_tokens - 1, disable=not progress,
+               desc="generating", unit="pass")
     while True:
         # rows that have just written BOI draw an image, all of them together
         drawing = [r for r, row in enumerate(rows) if not row.done and row.last == tok.boi]
@@ -168,6 +173,7 @@ def generate(model, tok, prompts, force_images=0, allow_images=True, max_tokens=
             index = torch.tensor(drawing, device=dev)
             z = draw_image(model, cache, uncond, index, pos, frame_id, steps, guidance, generator)
             commit_image(model, cache, index, z, pos, frame_id, tok.pad)
+            bar.total += 0 if force_images else steps + 2
             bar.update(steps + 1)
             pos[index] += N
             frame_id += 1
@@ -243,7 +249,8 @@ def as_text(tok, ids):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-out_dir = "out/toy"     # the run whose checkpoint to sample
+out_dir = "out/toy"     # the model to sample: a run's out_dir, an export folder, or hf://owner/name[@revision]
+weights = "auto"        # "auto": the weights' moving average where the run kept one (ema_decay), else the raw; ema, raw
 mode = "image"          # "image": caption -> image; "caption": image -> text; "video": continue frames; "text"
 prompt = "a small red circle at the top left"
 image = ""              # caption mode: an image file; empty: toy-world renders
@@ -259,7 +266,7 @@ context_frames = 2      # video mode: frames of a toy-world video given as conte
 new_frames = 2          # video mode: frames to generate
 seed = 0
 device = "auto"
-out = ""                # output folder; default out_dir/samples
+out = ""                # output folder; default out_dir/samples (a hub model: out/owner--name/samples)
 overwrite = False       # replace the pictures of an earlier run in the output folder
 
 
@@ -282,11 +289,11 @@ def main(argv):
     if min(c.num_samples, c.steps, c.max_tokens, c.context_frames, c.new_frames) < 1 or min(c.temperature, c.top_k) < 0:
         raise SystemExit("num_samples, steps, max_tokens, context_frames and new_frames must be >= 1, temperature "
                          "and top_k >= 0")
-    folder = c.out or os.path.join(c.out_dir, "samples")
+    folder = c.out or os.path.join(local_folder(c.out_dir), "samples")
     names = {"image": ["images.png"], "caption": ["caption_inputs.png"], "text": ["text_images.png"],
              "video": [f"video_{i}.gif" for i in range(c.num_samples)]}[c.mode]
     refuse_overwrite([os.path.join(folder, n) for n in names], c.overwrite)
-    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device, c.weights)
     check_length(c, tok, enc.tokens_per_frame, cfg.seq_len)
     dev = next(model.parameters()).device
     gen = torch.Generator(dev).manual_seed(c.seed)

@@ -19,10 +19,11 @@ import torch
 
 from plumbing.build import build, gpu_peak_flops
 from plumbing.experts import clip_gradients, reduce_gradients
-from plumbing.logs import Tracker, log_progress
-from plumbing.parallel import checkpoint, first_on_each_node, processes, resume_or_start, wrap
+from plumbing.logs import Tracker, check_sinks, log_progress, source_losses, source_sums, write_settings
+from plumbing.parallel import (checkpoint, ema_weights, first_on_each_node, processes, resume_or_start, update_ema,
+                               wrap)
 from plumbing.settings import cli, configure, settings
-from plumbing.toyscores import oracle_scores, summary
+from plumbing.toyscores import oracle_parts, oracle_scores, summary
 
 # ---- I/O
 out_dir = "out/toy"
@@ -117,6 +118,10 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
+# a moving average of the weights, ema <- ema_decay * ema + (1 - ema_decay) * weights after every step, kept in the
+# checkpoints; evaluation scores it, and sampling and export use it. Off by default: every recorded run trained
+# without it, and it costs a copy of the weights in memory and in every checkpoint
+ema_decay = 0.0               # e.g. 0.999 (an average over the last ~1,000 steps); 0: none
 # ---- sampling during evaluation
 guidance = 3.0
 sample_steps = 25
@@ -204,29 +209,42 @@ def losses(**named):
 # Evaluation: held-out losses, and the toy world's oracle on what the model generates.
 
 @torch.no_grad()
-def held_out_losses(model, data, enc, c, device, batches, generator):
-    """Mean text and flow loss over the first validation batches (flow None when no batch generates a frame)."""
+def held_out_losses(model, data, enc, c, device, batches, generator, bar):
+    """Mean text and flow loss over the first validation batches (flow None when no batch generates a frame), and
+    each source's over all of them (plumbing/logs.py's source_losses, named val_<source>_text_loss ...)."""
+    from data import SOURCES
     from model import training_losses
-    text, flow = [], []
+    text, flow, by_source = [], [], 0
     for i in range(batches):
         batch = get_batch(data, enc, i, 0, c, device, "val")
-        t, f = training_losses(model, batch, generator=generator)
+        t, f, each = training_losses(model, batch, generator=generator, each=True)
         text.append(t.item())
         flow += [f.item()] if (~batch["cond"]).any() else []   # a batch without frames has no flow loss
-    return (float(np.mean(text)) if text else None), (float(np.mean(flow)) if flow else None)
+        by_source = by_source + source_sums(batch, *each, len(SOURCES))
+        bar.update(1)
+    return (float(np.mean(text)) if text else None), (float(np.mean(flow)) if flow else None), \
+        (source_losses(by_source.flatten().tolist(), SOURCES, "val_") if text else {})
 
 
 def evaluate(model, tok, enc, data, c, device, step, write=True):
     """Held-out losses; on the toy world also its oracle's scores of what the model draws, writes and answers on
     unseen scenes and held-out bindings (plumbing/toyscores.py), with the same noise in every run."""
+    from tqdm import tqdm
     model.eval()
     gen = torch.Generator(device).manual_seed(0)
-    text, flow = held_out_losses(model, data, enc, c, device, c.eval_iters if getattr(data, "has_val", True) else 0,
-                                 gen)
-    scores = {} if text is None else dict(val_text_loss=text, val_ppl=math.exp(text), **losses(val_flow_loss=flow))
-    if hasattr(data, "held_out"):     # real data has no oracle to score generations with
-        n = c.eval_samples if step == c.max_iters else min(c.eval_samples, 64)
-        scores.update(oracle_scores(model, tok, enc, data, c, n, gen, write and os.path.join(c.out_dir, "samples.png")))
+    batches = c.eval_iters if getattr(data, "has_val", True) else 0
+    oracle = hasattr(data, "held_out")   # real data has no oracle to score generations with
+    n = c.eval_samples if step == c.max_iters else min(c.eval_samples, 64)
+    # a bar over its parts, each held-out batch and each oracle task on each split (the final evaluation's, on
+    # eval_samples items, takes minutes), cleared when done
+    with tqdm(total=batches + (oracle_parts(data) if oracle else 0), desc=f"evaluating step {step}", unit="part",
+              leave=False, disable=not write, dynamic_ncols=True) as bar:
+        text, flow, per_source = held_out_losses(model, data, enc, c, device, batches, gen, bar)
+        scores = {} if text is None else dict(val_text_loss=text, val_ppl=math.exp(text), **losses(val_flow_loss=flow),
+                                              **per_source)
+        if oracle:
+            scores.update(oracle_scores(model, tok, enc, data, c, n, gen,
+                                        write and os.path.join(c.out_dir, "samples.png"), bar=bar))
     model.train()
     return scores
 
@@ -250,13 +268,15 @@ def announce(run, c, raw_model):
 def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
     """One optimizer step over this process's micro-batches. Returns the step's numbers, averaged over the global
     batch and read from the device in one sync (flow loss None without frames to generate)."""
+    from data import SOURCES
     from model import training_losses
     from moe import auxiliary_loss, update_balance_biases
     lr = learning_rate_at(run.step, c)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # averaged over the step: text, flow (where frames are generated) and balance loss, such frames, real positions
-    sums = torch.zeros(5, device=run.dev)
+    # averaged over the step: text, flow (where frames are generated) and balance loss, such frames, real positions;
+    # and summed, per source: text loss and positions, flow loss and generated frames (plumbing/logs.py)
+    sums, by_source = torch.zeros(5, device=run.dev), 0
     for i, micro in enumerate(run.slots):
         made, run.consumed[micro] = loader.next()
         batch = get_batch(data, enc, run.step, micro, c, run.dev, batch=made)
@@ -264,7 +284,8 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
             model.set_requires_gradient_sync(c.reduce_every_micro_batch or i == run.accum - 1)
         sync = model.no_sync() if run.ddp and not run.fsdp and i < run.accum - 1 else nullcontext()
         with sync, run.autocast:
-            text_loss, flow_loss = training_losses(model, batch, flow_noise(c.seed, run.step, micro, run.dev))
+            text_loss, flow_loss, each = training_losses(model, batch, flow_noise(c.seed, run.step, micro, run.dev),
+                                                         each=True)
             w_lm, w_flow = loss_weights(text_loss, flow_loss, c, run.center)
             balance = auxiliary_loss(raw_model)
             loss = (w_lm * text_loss + w_flow * flow_loss + balance) / run.accum
@@ -272,13 +293,16 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
         has_flow = (~batch["cond"]).any().float()
         sums += torch.stack([text_loss, flow_loss * has_flow, torch.as_tensor(balance, device=run.dev), has_flow,
                              (batch["doc"] >= 0).sum().float()]).detach() / run.accum
-    if run.ddp:  # the losses of the whole global batch, not just this process's share
+        by_source = by_source + source_sums(batch, *each, len(SOURCES))
+    sums = torch.cat([sums, by_source.flatten()])
+    if run.ddp:  # the losses of the whole global batch, not just this process's share, in one message
         torch.distributed.all_reduce(sums)  # SUM: gloo has no AVG
-        sums /= run.world
+        sums[:5] /= run.world
     if run.expert_params:   # the experts' gradients, summed over their copies (plumbing/experts.py)
         reduce_gradients(run.expert_params, run.expert_mesh, run.world)
     grad_norm = clip_gradients(model.parameters(), c.grad_clip)
-    text_l, flow_sum, balance_l, flow_share, real, gnorm = torch.cat([sums, grad_norm.view(1).float()]).tolist()
+    text_l, flow_sum, balance_l, flow_share, real, *per_source, gnorm = \
+        torch.cat([sums, grad_norm.view(1).float()]).tolist()
     flow_l = flow_sum / flow_share if flow_share else None   # a step without frames has no flow loss
     if not all(map(math.isfinite, (text_l, flow_l or 0.0, gnorm))):
         loader.close()
@@ -286,13 +310,15 @@ def train_step(run, c, model, raw_model, optimizer, loader, data, enc):
                          f"{gnorm}); stopped before the update, the last checkpoint in {c.out_dir} (if any) is "
                          f"intact. Try a lower learning_rate or dtype=float32.")
     optimizer.step()
+    update_ema(run, raw_model, c.ema_decay)   # the weights' moving average, if kept
     optimizer.zero_grad(set_to_none=True)
     if c.loss_centering and flow_l is not None:
         run.center = update_center(run.center, text_l, flow_l, c)
     update_balance_biases(raw_model, c.moe_bias_rate)
     run.step += 1
     run.seen += round(real * c.gradient_accumulation_steps)
-    return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm)
+    return dict(lr=lr, text_loss=text_l, flow_loss=flow_l, balance_loss=balance_l, grad_norm=gnorm,
+                sources=source_losses(per_source, SOURCES))
 
 
 
@@ -306,6 +332,8 @@ def main(argv):
 def training(run, c):
     from tqdm import tqdm
     from plumbing.realdata import Prefetcher
+    if run.master:   # a missing package or wandb login stops the run here, before it builds or writes anything
+        check_sinks(c)
     # the model on the meta device: wrap makes it, sharded or whole
     tok, enc, data, model = first_on_each_node(run, lambda: build(c, run.dev, meta=True))
     announce(run, c, model)
@@ -314,6 +342,7 @@ def training(run, c):
         run.tracker = Tracker(c, run.log_path, (ckpt or {}).get("tracking_id", ""), run.step)
         run.extra["tracking_id"] = run.tracker.run_id
         run.closing.append(run.tracker.close)
+        write_settings(c, os.path.join(c.out_dir, "settings.json"))
     raw_model, model, optimizer = wrap(run, c, model, ckpt, lambda m, fused: configure_optimizer(m, c, run.dev, fused))
     loader = Prefetcher(data, run.step, run.slots, c.batch_size, c.prefetch, c.loader_threads)
     run.closing.append(loader.close)
@@ -329,11 +358,13 @@ def training(run, c):
             if run.master or run.fsdp:   # a sharded model runs forward passes on every rank together
                 # in the precision it trains in (a sharded model's weights are in it), uncompiled: sampling's shapes
                 # change at every position, and compiled blocks would recompile for them
-                with run.autocast, torch.compiler.set_stance("force_eager"):
+                # (the moving average's weights, if the run keeps one: what sampling and export use)
+                with run.autocast, torch.compiler.set_stance("force_eager"), ema_weights(run, raw_model):
                     scores = evaluate(raw_model, tok, enc, data, c, run.dev, run.step, write=run.master)
-            if run.master:
-                run.tracker.log(dict(step=run.step, text_loss=s["text_loss"], **losses(flow_loss=s["flow_loss"]),
-                                     tokens=run.seen, **scores), {"samples": os.path.join(c.out_dir, "samples.png")})
+            if run.master and scores:   # held-out numbers only (shards without val_data have none): the step's
+                # training losses are in its own record; tokens again, for the readers of evaluation records
+                run.tracker.log(dict(step=run.step, tokens=run.seen, **scores),
+                                {"samples": os.path.join(c.out_dir, "samples.png")})
                 pbar.write(f"step {run.step}: {summary(scores)}")
             checkpoint(run, c, raw_model, optimizer)
             run.t0 = time.time()

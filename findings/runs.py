@@ -363,19 +363,20 @@ def run_claims(suite, ks, c, planned, settled=()):
                     (read["run"], s) not in done or not os.path.exists(os.path.join(out_dir(suite, read, s, c),
                                                                                       "ckpt.pt")))})
     lock, deadline, retrained = threading.Lock(), time.time() + (c.hours * 3600 or float("inf")), {}
+    say = progress(todo, {key: estimate_s(suite, spec, {}) * c.iters_scale for key, spec in todo.items()}, c.jobs)
 
     def one(key):
         (run, seed), spec = key, todo[key]
         if time.time() + estimate_s(suite, spec, {}) * c.iters_scale > deadline:   # leave it to the next session
-            return print(f"{run} seed {seed}: not started, it would end after --hours={c.hours}", flush=True)
+            return say(f"{run} seed {seed}: not started, it would end after --hours={c.hours}", key)
         if "analyze" in spec and (analysed(suite, spec)["run"], seed) not in current(suite, c)[0]:
-            return print(f"{run} seed {seed}: not analysed, {spec['analyze']} has not finished", flush=True)
+            return say(f"{run} seed {seed}: not analysed, {spec['analyze']} has not finished", key)
         if key in done:   # recorded, but its checkpoint is gone: trained again for an analysis, no new line
             retrained[key] = train_run(spec, seed, out_dir(suite, spec, seed, c), c)
-            return print(f"{run} seed {seed}: trained again for its analysis in {retrained[key]:.0f} s", flush=True)
+            return say(f"{run} seed {seed}: trained again for its analysis in {retrained[key]:.0f} s", key)
         wall = retrained.pop((spec["analyze"], seed), 0.0) if "analyze" in spec else \
             train_run(spec, seed, out_dir(suite, spec, seed, c), c)
-        print(f"{run} seed {seed}: scoring", flush=True)
+        say(f"{run} seed {seed}: scoring")
         t0 = time.time()
         metrics, rescored = measure(suite, spec, seed, c)
         scoring = time.time() - t0
@@ -387,9 +388,38 @@ def run_claims(suite, ks, c, planned, settled=()):
                     machine=machine(), python=platform.python_version(),
                     finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         record(line, c, lock)
-        print(f"{run} seed {seed}: done in {line['wall_s']:.0f} s", flush=True)
+        say(f"{run} seed {seed}: done in {line['wall_s']:.0f} s", key)
 
     with ThreadPoolExecutor(c.jobs) as pool:
         list(pool.map(one, [k for k in todo if "analyze" not in todo[k]]))
     for key in (k for k in todo if "analyze" in todo[k]):
         one(key)
+    say.close()
+
+
+def progress(todo, estimates, jobs):
+    """say(line, key=None): prints a line above a progress bar over the runs to do ("run k of n"), and with the key
+    of a run that has ended, moves the bar on. Beside it, the time left by the unfinished runs' estimates
+    (estimate_s, thread-seconds, shared among `jobs`): tqdm's own would extrapolate from runs of other sizes.
+    say.close() ends the bar."""
+    from tqdm import tqdm
+    lock, left = threading.Lock(), dict(estimates)
+    bar = tqdm(total=len(todo), desc="claims", dynamic_ncols=True,
+               bar_format="{desc}: run {n} of {total} ended |{bar}| {elapsed}{postfix}")
+
+    def show():
+        seconds = sum(left.values()) / jobs
+        bar.set_postfix_str(f"about {seconds / 3600:.1f} h left by estimate" if seconds >= 3600 else
+                            f"about {seconds / 60:.0f} min left by estimate")
+
+    def say(line, key=None):
+        with lock:
+            bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+            if key is not None:
+                left.pop(key, None)
+                bar.update(1)
+                show()
+    show()
+    say.bar, say.close = bar, bar.close
+    return say

@@ -1,9 +1,8 @@
 """
 A run's pieces built from its settings (tokenizer, frozen encoder, data source, model), the model compiled, and a
-trained run loaded back from its checkpoint for sampling, planning and analysis.
+trained model loaded back (a run, an export, or one on the hub) for sampling, planning and analysis.
 """
 import dataclasses
-import os
 from types import SimpleNamespace
 
 import torch
@@ -12,7 +11,7 @@ import moe
 from data import SOURCES, Tokenizer, ToyWorldData
 from encoders import build_encoder
 from model import FORMER_DEFAULTS, ModelConfig, UnifiedTransformer
-from plumbing.checkpoints import load_checkpoint, read_shards, read_weights_file
+from plumbing.export import chosen_weights, model_source, read_state
 from plumbing.realdata import ShardData
 
 
@@ -125,22 +124,22 @@ def check_same_model(saved, current, path):
 # ----------------------------------------------------------------------------------------------------------------
 # A trained run, loaded back.
 
-def load_for_inference(out_dir, device="auto"):
-    """Model (eval mode), tokenizer, encoder and config of the checkpoint in out_dir. The checkpoint holds the
-    run's whole configuration (every training setting), so nothing here depends on train.py's defaults; the config
-    also carries the checkpoint's step and tracking run id, for commands that report back to the run's tracker."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(path)
+def load_for_inference(source, device="auto", weights="auto"):
+    """Model (eval mode), tokenizer, encoder and config of a trained model: `source` a run's out_dir (either kind of
+    checkpoint), an export folder, or hf://owner/name[@revision] (plumbing/export.py's model_source). The checkpoint
+    holds the run's whole configuration (every training setting), so nothing here depends on train.py's defaults.
+    weights: "auto" (the moving average's where the run kept one), "ema" or "raw". The config also carries the
+    checkpoint's step, the weights chosen and, for a run's own checkpoint, its tracking run id, for commands that
+    report back to the run's tracker (an export or a hub model reports nowhere: its sinks are turned off)."""
+    ckpt = model_source(source)
+    which = chosen_weights(ckpt, weights, source)
     # a setting the checkpoint's config predates: what it resolved to then (model.FORMER_DEFAULTS), else its default
     c = SimpleNamespace(**{**FORMER_DEFAULTS, **ckpt["config"]}, checkpoint_step=ckpt.get("step", 0),
-                        tracking_id=ckpt.get("tracking_id", ""))
+                        tracking_id=ckpt.get("tracking_id", ""), weights=which)
+    if "file" in ckpt:
+        c.wandb_log = c.tensorboard_log = False
     device = resolve_device(device)
     tok, enc, _, model = build(c, device)
-    check_same_model(ckpt["model_args"], vars(model.cfg), path)
-    state = {"model": ckpt["model"]} if "model" in ckpt else {"model": model.state_dict()}
-    if "shards" in ckpt:   # a sharded checkpoint's weights, read whole on this one process
-        read_shards(path, ckpt, state)
-    if "weights" in ckpt:   # an export (plumbing/parallel.py): safetensors, in float32 or bfloat16
-        state["model"] = read_weights_file(path, ckpt)
-    model.load_state_dict(state["model"])
+    check_same_model(ckpt["model_args"], vars(model.cfg), ckpt["path"])
+    model.load_state_dict(read_state(ckpt, which, model))
     return model.eval(), tok, enc, c

@@ -34,12 +34,22 @@ CHECKPOINT_FORMAT = 2
 
 def save_checkpoint(path, obj):
     tmp = path + ".tmp"
-    torch.save(dict(obj, format=CHECKPOINT_FORMAT), tmp)
+    torch.save(plain(dict(obj, format=CHECKPOINT_FORMAT)), tmp)
     crash_point("checkpoint")
     if os.path.exists(path):
         os.replace(path, previous(path))
     os.replace(tmp, path)
     drop_unnamed_shards(path)
+
+
+def plain(obj):
+    """Tensors and Python's own types only (a numpy integer that a data position came as becomes an int), so that
+    every checkpoint loads with torch.load(weights_only=True): reading one runs no pickled code."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return obj.item() if hasattr(obj, "item") and not isinstance(obj, torch.Tensor) else obj
 
 
 # Sharded checkpoints (torch.distributed.checkpoint): every process writes its part of the weights and optimizer
@@ -57,7 +67,7 @@ def shard_folders(path):
 def named_shards(path):
     """The shard folder that checkpoint `path` names, if any (its tensors are not read: mmap)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("shards")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("shards")
     except Exception:   # missing or unreadable: it names nothing
         return None
 
@@ -110,10 +120,12 @@ def read_shards(path, ckpt, state):
 def load_checkpoint(path):
     """The checkpoint's dict; a missing or unreadable file stops with one line that names the way out."""
     if not os.path.isfile(path):
+        export = os.path.isfile(os.path.join(os.path.dirname(path), "config.json"))
         raise SystemExit(f"no checkpoint at {path}: " + (way_out(path) if os.path.isfile(previous(path)) else
+                         "it is an export (weights only, for sampling): use the run's own out_dir" if export else
                          "train one first (python train.py configs/toy.py) or fix --out_dir"))
     try:   # mmap: every process of a run may read the file, but its pages are shared, not copied
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if not (isinstance(ckpt, dict) and {"config", "model_args"} <= ckpt.keys() and
                 ("model" in ckpt or "shards" in ckpt or "weights" in ckpt)):
             raise ValueError("not a training checkpoint")
@@ -135,37 +147,3 @@ def way_out(path):
     prev = previous(path)
     return (f"the one before is {prev}: copy it to {path} to continue from there" if os.path.isfile(prev) else
             "start a fresh run with another --out_dir")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Exported weights: safetensors beside a ckpt.pt of metadata ("weights" names the file), written a tensor at a time, so
-# that exporting a model of any size needs the memory of its largest tensor, not of the model.
-
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
-
-
-def write_safetensors(path, tensors):
-    """tensors: [(name, dtype, shape, read)], read() giving the tensor. The safetensors header (each tensor's dtype,
-    shape and byte range) is known from the shapes alone, so it is written first and each tensor's bytes follow as
-    it is read; the file appears under its name only when whole."""
-    import json
-    import math
-    header, start = {}, 0
-    for name, dtype, shape, _ in tensors:
-        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        header[name] = dict(dtype=SAFETENSORS_DTYPES[dtype], shape=list(shape), data_offsets=[start, start + size])
-        start += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path + ".tmp", "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text)
-        for name, dtype, shape, read in tensors:
-            f.write(read().to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    os.replace(path + ".tmp", path)
-
-
-def read_weights_file(path, ckpt):
-    """The state dict of an exported checkpoint's safetensors file, in float32 (the model's own precision) whichever
-    precision the export was written in."""
-    from safetensors.torch import load_file
-    return {k: v.float() for k, v in load_file(os.path.join(os.path.dirname(path), ckpt["weights"])).items()}

@@ -56,16 +56,22 @@ MAX_LOGITS = 2 ** 27   # logits per chunk: 512 MiB in float32 (1,046 positions o
 
 
 def summed_cross_entropy(h, weight, targets):
-    """sum over positions of -log softmax(h @ weight.T)[target], for hidden states h [..., d], the head's weight
-    [V, d] and targets [...] (-1: no target). Equals F.cross_entropy(reduction="sum") on the full logits."""
+    """(sum over positions of -log softmax(h @ weight.T)[target], each position's term [positions] detached, 0 where
+    there is no target), for hidden states h [..., d], the head's weight [V, d] and targets [...] (-1: no target).
+    The sum equals F.cross_entropy(reduction="sum") on the full logits; the terms split the loss by source for the
+    training log (train.py)."""
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     size = max(1, MAX_LOGITS // weight.shape[0])   # positions per chunk
     if size >= len(h):
         return chunk_loss(h, weight, targets)
-    return sum(torch.utils.checkpoint.checkpoint(chunk_loss, h[i:i + size], weight, targets[i:i + size],
-                                                 use_reentrant=False) for i in range(0, len(h), size))
+    parts = [torch.utils.checkpoint.checkpoint(chunk_loss, h[i:i + size], weight, targets[i:i + size],
+                                               use_reentrant=False) for i in range(0, len(h), size)]
+    return sum(total for total, _ in parts), torch.cat([each for _, each in parts])
 
 
 def chunk_loss(h, weight, targets):
-    logits = F.linear(h, weight).float()   # the head in the step's precision, the softmax in float32
-    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+    """F.cross_entropy written out as what it runs, log_softmax then nll_loss (the same sum, bit for bit), so that
+    each position's term is a gather from the log-probabilities, not a second pass over the vocabulary."""
+    logp = F.log_softmax(F.linear(h, weight).float(), -1)   # the head in the step's precision, the softmax in float32
+    each = torch.where(targets >= 0, -logp.detach().gather(1, targets.clamp(min=0)[:, None])[:, 0], 0.0)
+    return F.nll_loss(logp, targets, ignore_index=-1, reduction="sum"), each

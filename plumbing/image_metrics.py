@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from plumbing.build import load_for_inference
-from plumbing.logs import need, report_to_run
+from plumbing.export import local_folder
+from plumbing.logs import check_sinks, need, report_to_run, tracked
 from plumbing.outputs import refuse_overwrite
 from plumbing.pictures import load_image, save_grid
 from plumbing.settings import cli, configure, settings
@@ -94,37 +95,57 @@ def image_features(extract, images, pool, batch=64):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# FID (torchmetrics) and CLIP score, whose weights come from the web: one line when they cannot.
+# FID (torchmetrics) and CLIP score, whose weights come from the web: one line when they cannot. The command loads
+# both before it draws a single image (metric_tools), so that a missing package or weight file costs nothing.
 
-def inception_fid(real, fake, weights="", batch=64):
-    """FID in Inception-v3's pool features (2048), images uint8 [n, H, W, 3] (resized by torch-fidelity)."""
+def inception_metric(weights=""):
+    """torchmetrics' FID in Inception-v3's pool features (2048), the weights loaded: downloaded once by torch-fidelity,
+    or read from `weights` (a local pt_inception-2015-12-05-6726825d.pth)."""
+    if weights and not os.path.isfile(weights):
+        raise SystemExit(f"--inception_weights={weights!r}: no such file; give a local "
+                         f"pt_inception-2015-12-05-6726825d.pth, or leave it empty to download the weights")
     fid = need("torchmetrics.image.fid", "torchmetrics")
+    try:   # torchmetrics builds its Inception from torch-fidelity
+        import torch_fidelity  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"fid needs torch-fidelity ({e}): pip install torch-fidelity, or leave --fid off")
     try:
-        metric = fid.FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights or None)
+        return fid.FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights or None)
     except ModuleNotFoundError as e:
         raise SystemExit(f"fid needs torch-fidelity ({e}): pip install torch-fidelity, or leave --fid off")
     except Exception as e:   # no network, a proxy, a bad file: torch.hub raises any of several errors
         raise SystemExit(f"fid: the Inception-v3 weights are unavailable ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}): run once with network access, or give "
                          f"--inception_weights=<a local pt_inception-2015-12-05-6726825d.pth>")
+
+
+def inception_fid(real, fake, weights="", batch=64, metric=None):
+    """FID in Inception-v3's pool features (2048), images uint8 [n, H, W, 3] (resized by torch-fidelity); metric:
+    inception_metric's, loaded already."""
+    metric = inception_metric(weights) if metric is None else metric
     for images, real_ in ((real, True), (fake, False)):
         for i in range(0, len(images), batch):
             metric.update(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2), real=real_)
     return float(metric.compute())
 
 
+def clip_model(name):
+    """(CLIPModel, CLIPProcessor) of a hub name or a local folder."""
+    transformers = need("transformers", "transformers")
+    try:
+        return transformers.CLIPModel.from_pretrained(name).eval(), transformers.CLIPProcessor.from_pretrained(name)
+    except Exception as e:   # no network, no such model: transformers raises OSError or others
+        raise SystemExit(f"clip_score: the CLIP model {name!r} is unavailable ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}): run once with network access, or give "
+                         f"--clip_score_model=<a local folder of a CLIP model>")
+
+
 def clip_score(images, captions, model, batch=64):
     """CLIPScore as torchmetrics defines it: 100 * max(0, cosine of CLIP's image and text embeddings), averaged. On
     transformers' CLIPModel directly: torchmetrics 1.9's CLIPScore breaks on transformers 5 (whose image features
-    come back as an output object), and takes only the hub names it lists, no local folder."""
-    transformers = need("transformers", "transformers")
-    try:
-        clip = transformers.CLIPModel.from_pretrained(model).eval()
-        processor = transformers.CLIPProcessor.from_pretrained(model)
-    except Exception as e:   # no network, no such model: transformers raises OSError or others
-        raise SystemExit(f"clip_score: the CLIP model {model!r} is unavailable ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}): run once with network access, or give "
-                         f"--clip_score_model=<a local folder of a CLIP model>")
+    come back as an output object), and takes only the hub names it lists, no local folder. model: a hub name or a
+    folder, or clip_model's pair, loaded already."""
+    clip, processor = clip_model(model) if isinstance(model, str) else model
     scores = []
     for i in range(0, len(images), batch):
         inputs = processor(text=list(captions[i:i + batch]), images=list(images[i:i + batch]), return_tensors="pt",
@@ -248,7 +269,8 @@ def geneval_folders(model, tok, enc, c, folder):
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 
-out_dir = "out/toy"           # the run whose checkpoint draws
+out_dir = "out/toy"           # the model that draws: a run's out_dir, an export folder, or hf://owner/name[@revision]
+weights = "auto"              # "auto": the weights' moving average where the run kept one, else the raw; or ema, raw
 mode = "score"                # "score": metrics against held-out images; "geneval": GenEval's folders of drawn images
 images = "toyworld"           # held-out webdataset tars (paths, globs, URLs; key.jpg + key.txt/json) or "toyworld"
 num_images = 500              # held-out pairs to score (FID is usually reported at 10k-50k)
@@ -266,12 +288,21 @@ guidance = 3.0
 split = "unseen_scenes"       # images=toyworld: the held-out split, or "held_out_bindings"
 seed = 0
 device = "auto"
-out = ""                      # where results go; default out_dir (image_metrics.json) or out_dir/geneval
+out = ""                      # where results go; default out_dir (image_metrics.json) or out_dir/geneval (a hub
+                              # model: out/owner--name)
 overwrite = False             # replace earlier results
 
 
-def score(model, tok, enc, cfg, c, extract, space):
-    """The score mode's numbers, the held-out images and the images drawn; space: the features' name."""
+def metric_tools(c):
+    """What the optional metrics need, loaded before any image is drawn: the FID's Inception, the CLIP model."""
+    return dict(fid=inception_metric(c.inception_weights) if c.fid else None,
+                clip=clip_model(c.clip_score_model) if c.clip_score_model else None)
+
+
+def score(model, tok, enc, cfg, c, extract, space, tools=None):
+    """The score mode's numbers, the held-out images and the images drawn; space: the features' name; tools:
+    metric_tools' (else loaded here, after the drawing)."""
+    tools = tools or {}
     limit = cfg.seq_len - enc.tokens_per_frame - 3   # the prompt: BOS caption BOI, then N latents, EOI
     if c.images == "toyworld":
         if cfg.dataset != "toyworld":
@@ -290,9 +321,9 @@ def score(model, tok, enc, cfg, c, extract, space):
         import toyworld
         out["gen_accuracy"] = float(np.mean([toyworld.score_image(im, t) for im, t in zip(fake, captions)]))
     if c.fid:
-        out["fid"] = inception_fid(real, fake, c.inception_weights)
+        out["fid"] = inception_fid(real, fake, c.inception_weights, metric=tools.get("fid"))
     if c.clip_score_model:
-        out["clip_score"] = clip_score(fake, captions, c.clip_score_model)
+        out["clip_score"] = clip_score(fake, captions, tools.get("clip") or c.clip_score_model)
     return out, real, fake
 
 
@@ -307,20 +338,24 @@ def main(argv, extract=None):
         raise SystemExit("num_images must be >= 2, batch_size, steps and samples_per_prompt >= 1, resamples >= 0")
     if c.mode == "geneval" and not c.prompts:
         raise SystemExit("geneval mode needs --prompts=<GenEval's prompts/evaluation_metadata.jsonl>")
-    folder = c.out or (os.path.join(c.out_dir, "geneval") if c.mode == "geneval" else c.out_dir)
+    local = local_folder(c.out_dir)
+    folder = c.out or (os.path.join(local, "geneval") if c.mode == "geneval" else local)
     written = [folder] if c.mode == "geneval" else [os.path.join(folder, n) for n in ("image_metrics.json",
                                                                                     "image_metrics.png")]
     refuse_overwrite(written, c.overwrite)
     if c.mode == "score" and c.images != "toyworld":
         shard_paths(c.images)   # a wrong path stops before the model loads
-    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device)
+    # everything the command will need, checked before it draws: packages, weights, and the run's wandb login
+    tools = metric_tools(c) if c.mode == "score" else {}
+    model, tok, enc, cfg = load_for_inference(c.out_dir, c.device, c.weights)
     if c.mode == "geneval":
         print(f"wrote {geneval_folders(model, tok, enc, c, folder)} images to {folder}: score them with GenEval's "
               f"evaluation/evaluate_images.py {folder}")
         return
+    check_sinks(tracked(cfg))   # the numbers join the run's wandb and TensorBoard (report_to_run)
     space = "given" if extract else c.features or cfg.encoder
     extract = extract or feature_extractor(c, cfg, enc, next(model.parameters()).device)
-    numbers, real, fake = score(model, tok, enc, cfg, c, extract, space)
+    numbers, real, fake = score(model, tok, enc, cfg, c, extract, space, tools)
     os.makedirs(folder, exist_ok=True)
     with open(written[0] + ".tmp", "w") as f:
         json.dump(dict(checkpoint_step=cfg.checkpoint_step, **numbers), f, indent=1)

@@ -5,7 +5,7 @@ the meta device, so that no process ever holds all of it, and checkpoints that e
 (torch.distributed.checkpoint), then resumed on any number of processes.
 
     torchrun --standalone --nproc_per_node=8 train.py configs/real.py --parallel=fsdp
-    python -m plumbing.parallel export out/real out/real-export    # the weights as safetensors, for sample.py
+    python -m plumbing.export --out_dir=out/real --dest=out/real-export    # the weights as safetensors, for sample.py
 
 A run's checkpoint is out_dir/ckpt.pt. One process, or DDP (every process holds the whole model anyway), writes the
 weights and optimizer state into it; FSDP writes there only the run's metadata and the name of the folder of shards
@@ -14,21 +14,19 @@ function of (seed, step, global micro-batch slot), so a run goes on exactly as i
 """
 import datetime
 import os
-import sys
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
 
 from plumbing.build import check_same_model, compile_model, init_model, resolve_device
-from plumbing.checkpoints import (load_checkpoint, previous, read_shards, read_weights_file, save_checkpoint,
-                                  save_sharded, write_safetensors)
+from plumbing.checkpoints import load_checkpoint, previous, read_shards, save_checkpoint, save_sharded
 from plumbing.experts import expert_mesh, split_experts
+from plumbing.export import model_source, read_weights
 from plumbing.logs import set_log_aside, trim_log
-from plumbing.outputs import refuse_overwrite
 
 # what train.py writes into a checkpoint; other keys (a tracking run's id, ...) are carried from one to the next
-KNOWN = {"model", "optimizer", "shards", "shard_sizes", "step", "config", "model_args", "loss_center", "tokens",
+KNOWN = {"model", "optimizer", "ema", "shards", "shard_sizes", "step", "config", "model_args", "loss_center", "tokens",
          "data_state", "format"}
 
 
@@ -166,8 +164,9 @@ def fill_shard(p, mean, std):
 def wrap(run, c, model, ckpt, make_optimizer):
     """From the model on the meta device: its blocks set to recompute (activation checkpointing) and compiled if
     asked, sharded (FSDP2) next, then made on the device and initialised (each process only its shard), the
-    checkpoint's state loaded into it and its optimizer, then DDP-replicated. Returns (the model, the model as it
-    trains, its optimizer)."""
+    checkpoint's state loaded into it and its optimizer, then DDP-replicated; with ema_decay, run.ema is the moving
+    average of the weights (the checkpoint's, or started at the weights), else None. Returns (the model, the model
+    as it trains, its optimizer)."""
     # per block, torchtitan's order: activation checkpointing inside the compiled region, FSDP2's hooks around it
     model.activation_checkpointing = c.activation_checkpointing
     if c.compile:
@@ -175,10 +174,19 @@ def wrap(run, c, model, ckpt, make_optimizer):
     run.expert_params = shard(model, run.dtype, run.mesh, run.expert_mesh) if run.fsdp else []
     init_model(model, run.dev, c.seed, fill_shard if run.fsdp else None)
     optimizer = make_optimizer(model, fused=run.device_type == "cuda" and not run.fsdp)
+    if not 0 <= c.ema_decay < 1:
+        raise SystemExit(f"ema_decay={c.ema_decay}: use a number in [0, 1), e.g. 0.999 (0: no moving average)")
+    run.ema = None
+    if c.ema_decay and ckpt is not None and ckpt["config"].get("ema_decay", 0):
+        # the checkpoint's moving average, read as weights are (resharded as they are), then the weights over it
+        load_weights(run.ckpt_path, ckpt, model, whole=not run.fsdp, key="ema")
+        run.ema = start_ema(model)
     if ckpt is not None:
         load_training_state(run.ckpt_path, ckpt, model, optimizer, whole=not run.fsdp)
     elif run.init_from is not None:   # fine-tuning: another run's weights, this run's own optimizer and schedule
         load_weights(*run.init_from, model, whole=not run.fsdp)
+    if c.ema_decay and run.ema is None:   # a new run, or one that turns the moving average on: it starts here
+        run.ema = start_ema(model)
     trained = model
     if run.ddp and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -201,15 +209,16 @@ def load_training_state(path, ckpt, model, optimizer, whole):
                    options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
 
 
-def load_weights(path, ckpt, model, whole):
-    """A run's weights alone, from either kind of checkpoint (--init_from)."""
+def load_weights(path, ckpt, model, whole, key="model"):
+    """A run's weights alone (key="model"; "ema": its moving average), from either kind of checkpoint or an export
+    (--init_from: plumbing/export.py's model_source)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-    weights = ckpt.get("model")
+    weights = ckpt.get(key)
     if "shards" in ckpt:
         weights = get_model_state_dict(model)
-        read_shards(path, ckpt, {"model": weights})
-    if "weights" in ckpt:   # an export
-        weights = read_weights_file(path, ckpt)
+        read_shards(path, ckpt, {key: weights})
+    if "file" in ckpt:   # an export
+        weights = read_weights(ckpt["file"])
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict="shards" not in ckpt and not whole))
 
 
@@ -248,9 +257,9 @@ def resume_or_start(run, c, model, data):
         set_log_aside(run.log_path)
     run.init_from = None
     if c.init_from and not resume:   # a new run from another run's weights (wrap loads them): fine-tuning
-        path = os.path.join(c.init_from, "ckpt.pt")
-        run.init_from = path, load_checkpoint(path)
-        check_same_model(run.init_from[1]["model_args"], vars(model.cfg), path)
+        source = model_source(c.init_from)   # a run (its raw weights), an export, or one on the hub
+        run.init_from = source["path"], source
+        check_same_model(source["model_args"], vars(model.cfg), source["path"])
     if run.master:
         os.makedirs(c.out_dir, exist_ok=True)
     run.consumed = {k: v for k, v in saved.get("slots", {}).items() if k in run.slots}   # for the next checkpoint
@@ -258,11 +267,15 @@ def resume_or_start(run, c, model, data):
 
 
 def checkpoint(run, c, model, optimizer):
-    """Weights, optimizer state, step, loss center, tokens seen, every slot's reading position and run.extra (kept
-    from the checkpoint resumed). Sharded: every process writes its part; otherwise process 0 writes one file.
-    Every process calls it: the state dicts and the slots' positions are collective."""
+    """Weights, optimizer state, the weights' moving average (if kept: a state dict like the weights'), step, loss
+    center, tokens seen, every slot's reading position and run.extra (kept from the checkpoint resumed). Sharded:
+    every process writes its part; otherwise process 0 writes one file. Every process calls it: the state dicts and
+    the slots' positions are collective."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
     weights, opt = get_state_dict(model, optimizer)
+    state = dict(model=weights, optimizer=opt)
+    if run.ema is not None:   # named as the weights are, buffers included, so it loads as they do
+        state["ema"] = {**weights, **dict(zip((n for n, _ in model.named_parameters()), run.ema))}
     slots = [run.consumed]
     if run.ddp:
         slots = [None] * run.world
@@ -271,50 +284,63 @@ def checkpoint(run, c, model, optimizer):
                 tokens=run.seen, data_state=dict(step=run.step, n_slots=c.gradient_accumulation_steps,
                                                  slots={k: v for s in slots for k, v in s.items()}))
     if run.fsdp:
-        save_sharded(run.ckpt_path, dict(model=weights, optimizer=opt), meta, run.master)
+        save_sharded(run.ckpt_path, state, meta, run.master)
     elif run.master:
-        save_checkpoint(run.ckpt_path, dict(meta, model=weights, optimizer=opt))
+        save_checkpoint(run.ckpt_path, dict(meta, **state))
     if run.ddp:   # no process goes on (or exits, or resumes) before the checkpoint is complete
         torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# python -m plumbing.parallel export OUT_DIR DEST [float32|bfloat16]: a checkpoint's weights as one file that
-# sample.py reads.
+# The weights' moving average (train.py's ema_decay): one tensor per parameter that lives as the parameter does (a
+# sharded DTensor under FSDP2, split with the experts under expert parallelism, whole otherwise), so that keeping
+# it costs each process a copy of its own part of the weights, and no communication.
 
-def export(out_dir, dest, dtype="float32"):
-    """DEST/model.safetensors: the weights of out_dir's checkpoint (sharded or not), in `dtype`, without the optimizer
-    state, and DEST/ckpt.pt its metadata; sample.py --out_dir=DEST reads them on any machine. No model is built:
-    each tensor is read from the shards (or the checkpoint's file, mapped) and written on its own, so the memory an
-    export needs is that of its largest tensor, whatever the model's size."""
-    import torch.distributed.checkpoint as dcp
-    if dtype not in ("float32", "bfloat16"):
-        raise SystemExit(f"export dtype {dtype!r}: use float32 or bfloat16")
-    path, target = os.path.join(out_dir, "ckpt.pt"), os.path.join(dest, "ckpt.pt")
-    refuse_overwrite([target, os.path.join(dest, "model.safetensors")])
-    ckpt = load_checkpoint(path)
-    if "shards" in ckpt:
-        folder = os.path.join(out_dir, ckpt["shards"])
-        saved = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
-        shapes = {k[len("model."):]: v.size for k, v in saved.items() if k.startswith("model.")}
-
-        def read(name):
-            state = {"model": {name: torch.empty(shapes[name])}}
-            read_shards(path, ckpt, state)
-            return state["model"][name]
-    elif "model" in ckpt:
-        shapes, read = {k: v.shape for k, v in ckpt["model"].items()}, lambda name: ckpt["model"][name]
-    else:
-        raise SystemExit(f"{path} is an export already: copy it, or export the run's own out_dir")
-    os.makedirs(dest, exist_ok=True)
-    write_safetensors(os.path.join(dest, "model.safetensors"),
-                      [(k, getattr(torch, dtype), shapes[k], lambda k=k: read(k)) for k in sorted(shapes)])
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "shards", "shard_sizes", "format")}
-    save_checkpoint(target, dict(meta, weights="model.safetensors", weights_dtype=dtype))
-    print(f"wrote {dest}/model.safetensors and {target}: sample with python sample.py --out_dir={dest}")
+def start_ema(model):
+    """The moving average's tensors (model.parameters()' order), equal to the weights as they are now."""
+    return [p.detach().clone() for p in model.parameters()]
 
 
-if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5) or sys.argv[1] != "export":
-        raise SystemExit("usage: python -m plumbing.parallel export OUT_DIR DEST [float32|bfloat16]")
-    export(*sys.argv[2:])
+@torch.no_grad()
+def swap_contents(params, ema):
+    """Each pair's contents exchanged in place, by way of one tensor's copy at a time."""
+    for p, e in zip(params, ema):
+        kept = p.clone()
+        p.copy_(e)
+        e.copy_(kept)
+
+
+@torch.no_grad()
+def update_ema(run, model, decay):
+    """After an optimizer step: ema <- decay * ema + (1 - decay) * weights, all tensors in one call (nothing
+    without a moving average)."""
+    if run.ema is not None:
+        torch._foreach_lerp_(run.ema, [p.detach() for p in model.parameters()], 1 - decay)
+
+
+@contextmanager
+def ema_weights(run, model):
+    """Inside the block the model computes with the moving average (evaluation): each parameter's contents swapped
+    with its average's in place (where FSDP2 gathers them from; the memory of one tensor, not of the model), and
+    swapped back after, bit for bit. FSDP2 keeps the root's gathered weights after a forward pass
+    without backward (until a state_dict call, such as the checkpoint after an evaluation): they are freed here, so
+    that the next step gathers the weights, not the average, whatever follows the block."""
+    if run.ema is None:
+        yield
+        return
+    params = [p.detach() for p in model.parameters()]   # as they are at rest: under FSDP2 the shards
+    swap_contents(params, run.ema)
+    try:
+        yield
+    finally:
+        if run.fsdp:   # (before the swap: until then the root's parameters are its gathered copies)
+            from torch.distributed.fsdp import FSDPModule
+            for m in model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+        swap_contents(params, run.ema)
+
+
+if __name__ == "__main__":   # the command that lived here
+    raise SystemExit("python -m plumbing.parallel export is now python -m plumbing.export --out_dir=OUT_DIR "
+                     "--dest=DEST [--dtype=bfloat16] [--push_to_hub=owner/name]")

@@ -299,7 +299,8 @@ class ShardData:
             k = int(ends[0]) if len(ends) else len(window)
             if k:
                 first, last = bool(p == 0 or tokens[p - 1] == eot), bool(len(ends) or p + k == len(tokens))
-                yield p, [Example([self.tok.bos] * first + window[:k].tolist() + [self.tok.eos] * last)]
+                yield p, [Example([self.tok.bos] * first + window[:k].tolist() + [self.tok.eos] * last,
+                                  source="text")]
             p += k + (len(ends) > 0)
 
     def tar_examples(self, source, group, rng):
@@ -505,8 +506,10 @@ def command_kwargs(args):
 # like any image shard. A shard already in out_dir is skipped, so an interrupted run continues where it stopped.
 
 def preencode(shards, out_dir, enc, image_size, batch=64):
+    """A bar over the shards, the one count known before their images are read (a tar is a stream), with the
+    images encoded so far beside it."""
     from tqdm import tqdm
-    stats, bar = Counter(), tqdm(unit="image", desc="pre-encoding")
+    stats, bar = Counter(), tqdm(total=len(shards), unit="shard", desc="pre-encoding")
 
     def add(tar, name, data):
         info = tarfile.TarInfo(name)
@@ -521,13 +524,15 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
             add(tar, f"{key}{frame}.latent.npy", buf.getvalue())
             for ext, data in rest.items():
                 add(tar, f"{key}.{ext}", data)
-        bar.update(len(pending))
+        stats["images"] += len(pending)
+        bar.set_postfix_str(f"{stats['images']} images")
         pending.clear()
 
     for shard in shards:
         dest = os.path.join(out_dir, os.path.basename(shard.split("?")[0]))
         if os.path.exists(dest):
             stats["shards_already_done"] += 1
+            bar.update(1)
             continue
         os.makedirs(out_dir, exist_ok=True)
         with part_file(dest) as part, tarfile.open(part, "w") as tar:
@@ -551,6 +556,7 @@ def preencode(shards, out_dir, enc, image_size, batch=64):
             if pending:
                 flush(tar, pending)
         stats["shards"] += 1
+        bar.update(1)
     bar.close()
     return stats
 

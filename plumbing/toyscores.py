@@ -35,11 +35,21 @@ def interval(scores, z=1.96):
     return mean, [float(centre - half), float(centre + half)]
 
 
-def oracle_scores(model, tok, enc, data, c, n, generator, picture=None, splits=SPLITS):
+def scored_tasks(data):
+    return {TASKS[s] for s in data.names if s in TASKS}
+
+
+def oracle_parts(data, splits=SPLITS):
+    """The oracle's parts of work, each task on each split: what oracle_scores advances a progress bar by."""
+    return len(scored_tasks(data)) * len(splits)
+
+
+def oracle_scores(model, tok, enc, data, c, n, generator, picture=None, splits=SPLITS, bar=None):
     """{task_split: mean, task_split_ci: [lo, hi]} on the first n items of each held-out split, for the tasks the
     data's mixture has (TASKS); with `picture` (a path), a table of the first items: prompts, drawings, truths,
-    captions and answers."""
-    tasks = {TASKS[s] for s in data.names if s in TASKS}
+    captions and answers. bar: a progress bar (tqdm) to advance by one as each task of each split is scored."""
+    from tqdm import tqdm
+    tasks, bar = scored_tasks(data), tqdm(disable=True) if bar is None else bar   # a disabled bar counts nothing
     device = next(model.parameters()).device
     scores, rows = {}, []
     for split in splits:
@@ -51,15 +61,18 @@ def oracle_scores(model, tok, enc, data, c, n, generator, picture=None, splits=S
         if "gen" in tasks:
             got["drawn"] = enc.decode(draw(model, tok, captions, c.sample_steps, c.guidance, generator))
             scores[f"gen_{split}"] = [toyworld.score_image(im, t) for im, t in zip(got["drawn"], captions)]
+            bar.update(1)
         latents = enc.encode(truth).to(device)
         if "caption" in tasks:
             got["written"] = describe(model, tok, latents, generator=generator)
             scores[f"caption_{split}"] = [toyworld.score_caption(w, s, c.image_size)
                                           for w, s in zip(got["written"], scenes)]
+            bar.update(1)
         if "vqa" in tasks:
             replies = describe(model, tok, latents, max_tokens=12, questions=questions)
             got["answer"] = [a.split("\n")[0].strip() for a in replies]   # the answer ends its turn
             scores[f"vqa_{split}"] = [float(a == want) for a, (_, _, want) in zip(got["answer"], items)]
+            bar.update(1)
         rows += picture_rows(split, got, items, k=4)
     if picture and rows:
         save_annotated(rows, picture)
@@ -84,6 +97,8 @@ def picture_rows(split, got, items, k):
 
 
 def summary(scores):
-    """A log line: each score, with its interval where it has one."""
+    """A log line: each score, with its interval where it has one; the losses per source only in the logs."""
+    from data import SOURCES
+    per_source = {f"val_{s}_{kind}_loss" for s in SOURCES for kind in ("text", "flow")}
     return ", ".join(f"{k} {v:.4f}" + (" [{:.3f}, {:.3f}]".format(*scores[k + "_ci"]) if k + "_ci" in scores else "")
-                     for k, v in scores.items() if not k.endswith("_ci"))
+                     for k, v in scores.items() if not k.endswith("_ci") and k not in per_source)

@@ -17,8 +17,8 @@ LAYERS = [
                      "plumbing.hub", "plumbing.logs", "plumbing.fastpaths", "plumbing.stats",
                      "plumbing.stdlib_corpus", "plumbing.commplan", "plumbing.experts"}),
     ("method", {"toyworld", "data", "moe", "model", "encoders"}),
-    ("assembly", {"plumbing.realdata", "plumbing.build", "plumbing.parallel"}),
-    ("commands", {"train", "sample", "plan", "scaling", "routing", "plumbing.toyscores", "plumbing.memplan",
+    ("assembly", {"plumbing.realdata", "plumbing.export", "plumbing.build", "plumbing.parallel"}),
+    ("commands", {"train", "sample", "plan", "demo", "scaling", "routing", "plumbing.toyscores", "plumbing.memplan",
                   "plumbing.image_metrics"}),
     ("claims", {"claims", "findings.evaluation", "findings.declare", "findings.runs", "findings.report"}),
 ]

@@ -69,12 +69,12 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path, monkeypatch):
     real, calls = model_module.training_losses, []
 
     def poisoned(*a, **k):
-        text, flow = real(*a, **k)
+        text, flow, *each = real(*a, **k)
         if torch.is_grad_enabled():
             calls.append(1)
             if len(calls) == 11:
-                return text * float("nan"), flow
-        return text, flow
+                return text * float("nan"), flow, *each
+        return text, flow, *each
     monkeypatch.setattr(model_module, "training_losses", poisoned)
     with pytest.raises(SystemExit, match="step 10: non-finite loss.*last checkpoint in .* is intact"):
         run(tmp_path / "b", "--max_iters=16", "--eval_interval=8")

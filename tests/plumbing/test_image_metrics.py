@@ -4,7 +4,9 @@ tar, with a random-weight SigLIP-shaped tower as the feature extractor (no downl
 import io
 import json
 import os
+import sys
 import tarfile
+import types
 import urllib.error
 
 import numpy as np
@@ -196,11 +198,30 @@ def test_fid_and_clip_score_stop_with_one_line_without_their_weights(tmp_path, m
     def offline(**kwargs):   # what torch.hub raises for the Inception weights without a network
         raise urllib.error.URLError("[Errno -2] Name or service not known")
     monkeypatch.setattr(fid, "FrechetInceptionDistance", offline)
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))   # installed, say
     with pytest.raises(SystemExit, match=r"^fid: the Inception-v3 weights are unavailable \(URLError: .*\): run "
                                          r"once with network access, or give --inception_weights="):
         im.inception_fid(images, images)
     with pytest.raises(SystemExit, match=f"^clip_score: the CLIP model '{tmp_path}' is unavailable \\(OSError"):
         im.clip_score(images, ["a", "b"], str(tmp_path))
+
+
+def test_fid_without_torch_fidelity_stops_before_a_model_loads_or_an_image_is_drawn(tmp_path, monkeypatch):
+    """--fid's packages and weights are loaded first: without torch-fidelity the command stops with one line, having
+    loaded no model, drawn no image and written nothing."""
+    pytest.importorskip("torchmetrics")
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)   # import fails as if not installed
+    work = []
+    monkeypatch.setattr(im, "load_for_inference", lambda *a: work.append("load"))
+    monkeypatch.setattr(im, "draw_images", lambda *a: work.append("draw"))
+    with pytest.raises(SystemExit, match="^fid needs torch-fidelity .*: pip install torch-fidelity, or leave --fid "
+                                         "off$"):
+        im.main([f"--out_dir={tmp_path / 'run'}", "--num_images=4", "--steps=2", "--fid", "--device=cpu",
+                 f"--out={tmp_path / 'scores'}"])
+    assert work == [] and not os.path.exists(tmp_path / "scores")
+    with pytest.raises(SystemExit, match="^--inception_weights='nowhere.pth': no such file"):
+        im.main([f"--out_dir={tmp_path / 'run'}", "--fid", "--inception_weights=nowhere.pth",
+                 f"--out={tmp_path / 'scores'}"])
 
 
 def tiny_clip(folder):

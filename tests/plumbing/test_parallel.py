@@ -1,8 +1,8 @@
 """The distributed paths on the CPU (gloo under torchrun) against one process: {DDP, FSDP2} x {modality FFN, MoE with
 per-modality shared experts} x {float32, bfloat16 mixed precision} x activation checkpointing off/on, each training,
 evaluating, checkpointing and resuming; resumes across process counts (1 -> 2, 2 -> 1); sharded checkpoints (what
-each process writes, a damaged one, one cut short, the export for sampling); the initialisation built on the meta
-device; float16 refused.
+each process writes, a damaged one, one cut short, the export for sampling); the weights' moving average (by hand,
+resumed, sharded, split with the experts); the initialisation built on the meta device; float16 refused.
 
 One torchrun launch runs every two-process configuration through train.main in turn (this file is its driver), so
 process start-up is paid once."""
@@ -27,6 +27,7 @@ FFN = {"modality": [], "moe": ["--ffn=moe", "--moe_experts=6", "--moe_granularit
 DTYPES = ("float32", "bfloat16")
 MATRIX = [(p, f, d, ac) for p in ("ddp", "fsdp") for f in FFN for d in DTYPES for ac in (False, True)]
 EXPERT_PARALLEL = [(d, ac) for d in DTYPES for ac in (False, True)]   # MoE, FSDP2, the 4 routed experts split 2 + 2
+EMA = ["--ema_decay=0.9"]   # far from the weights after 4 steps, so an average of the wrong weights shows
 
 
 def tolerance(parallel, dtype, ffn, what="loss"):
@@ -88,14 +89,19 @@ def runs(tmp_path_factory):
     checkpoints of step 2 resumed on two FSDP processes (one carries an extra metadata key, as a tracker would
     store); {parallel}-{ffn}-{dtype}-whole, FSDP with gradients reduced once per step; ep-{dtype}-{checkpointing},
     the MoE with its experts split over the two processes, and ep-from-one, the one-process MoE checkpoint resumed
-    so; compiled, FSDP2 over compiled blocks that recompute their activations."""
+    so; compiled, FSDP2 over compiled blocks that recompute their activations; with a moving average of the weights
+    (EMA), one-ema on one process, fsdp-ema on two, from-one-ema (one-ema's step 2 resumed on two) and ep-ema (the
+    MoE's experts split), each to step 2, then resumed to 4."""
     root = tmp_path_factory.mktemp("runs")
     for ffn in FFN:
         for dtype in DTYPES:
             train.main(args(root / f"one-{ffn}-{dtype}", ffn, dtype, 2))
             shutil.copytree(root / f"one-{ffn}-{dtype}", root / f"from-one-{ffn}-{dtype}")
             train.main(args(root / f"one-{ffn}-{dtype}", ffn, dtype, 4, "--resume"))
-    tagged = torch.load(root / "from-one-moe-bfloat16" / "ckpt.pt", weights_only=False)
+    train.main(args(root / "one-ema", "modality", "float32", 2, *EMA))
+    shutil.copytree(root / "one-ema", root / "from-one-ema")
+    train.main(args(root / "one-ema", "modality", "float32", 4, *EMA, "--resume"))
+    tagged = torch.load(root / "from-one-moe-bfloat16" / "ckpt.pt", weights_only=True)
     torch.save(dict(tagged, tracking_run_id="run-42"), root / "from-one-moe-bfloat16" / "ckpt.pt")
     launch = []
     for p, f, d, ac in MATRIX:
@@ -113,6 +119,10 @@ def runs(tmp_path_factory):
     launch += [args(root / "ep-from-one", "moe", "float32", 4, "--parallel=fsdp", "--expert_parallel=2", "--resume"),
                args(root / "compiled", "modality", "float32", 4, "--parallel=fsdp", "--compile=True",
                     "--activation_checkpointing=True")]
+    for run, ffn, flags in (("fsdp-ema", "modality", []), ("ep-ema", "moe", ["--expert_parallel=2"])):
+        launch += [args(root / run, ffn, "float32", steps, "--parallel=fsdp", *flags, *EMA, *resume)
+                   for steps, resume in ((2, []), (4, ["--resume"]))]
+    launch.append(args(root / "from-one-ema", "modality", "float32", 4, "--parallel=fsdp", *EMA, "--resume"))
     torchrun(launch)
     return root
 
@@ -221,17 +231,20 @@ def test_a_sharded_save_cut_short_keeps_the_checkpoint_before(runs, tmp_path):
 
 
 def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
-    """python -m plumbing.parallel export: the sharded weights in one safetensors file (float32: equal; bfloat16:
-    rounded), which load_for_inference reads as it reads the sharded checkpoint, and --init_from too; a
-    one-file checkpoint exports alike; an export holds no optimizer state, so it does not resume a run."""
+    """python -m plumbing.export: the sharded weights in one safetensors file (float32: equal; bfloat16: rounded) and
+    config.json, which load_for_inference reads as it reads the sharded checkpoint, and --init_from too; a one-file
+    checkpoint exports alike; an export of before config.json (its metadata pickled in ckpt.pt) still reads; an
+    export holds no optimizer state, so it does not resume a run."""
     from safetensors import safe_open
-    from plumbing import build, parallel
-    parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "export"))
-    parallel.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "half"), "bfloat16")
-    parallel.export(str(runs / "one-moe-float32"), str(tmp_path / "one"))
+    from plumbing import build, export
+    from plumbing.checkpoints import save_checkpoint
+    export.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "export"))
+    export.export(str(runs / "fsdp-moe-float32-True"), str(tmp_path / "half"), "bfloat16")
+    export.export(str(runs / "one-moe-float32"), str(tmp_path / "one"))
     sharded = build.load_for_inference(str(runs / "fsdp-moe-float32-True"), "cpu")[0].state_dict()
-    meta = torch.load(tmp_path / "export" / "ckpt.pt", weights_only=True)
-    assert "optimizer" not in meta and "model" not in meta and meta["step"] == 4
+    meta = json.load(open(tmp_path / "export" / "config.json"))
+    assert meta["step"] == 4 and meta["weights"] == "raw" and sorted(os.listdir(tmp_path / "export")) == \
+        ["README.md", "config.json", "model.safetensors", "samples.png"]
     exported = build.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
     assert sharded.keys() == exported.keys() and all(torch.equal(sharded[k], exported[k]) for k in sharded)
     with safe_open(str(tmp_path / "half" / "model.safetensors"), "pt") as f:
@@ -240,9 +253,97 @@ def test_export_makes_one_file_that_sampling_reads(runs, tmp_path):
     one = build.load_for_inference(str(runs / "one-moe-float32"), "cpu")[0].state_dict()
     assert all(torch.equal(one[k], v) for k, v in build.load_for_inference(str(tmp_path / "one"), "cpu")[0]
                .state_dict().items())
+    old = tmp_path / "old"   # the export's layout before config.json: model.safetensors + a ckpt.pt of metadata
+    shutil.copytree(tmp_path / "export", old, ignore=shutil.ignore_patterns("config.json", "README.md"))
+    ckpt = load_checkpoint(str(runs / "fsdp-moe-float32-True" / "ckpt.pt"))
+    save_checkpoint(str(old / "ckpt.pt"), dict({k: v for k, v in ckpt.items() if k not in ("shards", "shard_sizes")},
+                                               weights="model.safetensors", weights_dtype="float32"))
+    got = build.load_for_inference(str(old), "cpu")[0].state_dict()
+    assert all(torch.equal(got[k], v) for k, v in sharded.items())
     with pytest.raises(SystemExit, match="holds weights only"):
+        train.main(args(old, "moe", "float32", 6, "--resume"))
+    with pytest.raises(SystemExit, match="is an export .weights only, for sampling.: use the run's own out_dir"):
         train.main(args(tmp_path / "export", "moe", "float32", 6, "--resume"))
     train.main(args(tmp_path / "tuned", "moe", "float32", 1, f"--init_from={tmp_path / 'export'}"))
+
+
+def test_the_moving_average_is_sharded_and_resumed_like_the_weights(runs, tmp_path):
+    """The weights' moving average lives as the weights do: on two FSDP processes, through a sharded checkpoint and a
+    resume, the held-out losses (evaluation scores the average) are one process's; a one-process checkpoint's
+    average resumes sharded (1 -> 2) and a sharded one on one process (2 -> 1); with the MoE's experts split over
+    the processes training is untouched; the average read from the shards is one process's; its export says so."""
+    from plumbing import build, export
+    assert_same_run(runs / "fsdp-ema", runs / "one-ema", 1e-5)
+    assert_same_run(runs / "from-one-ema", runs / "one-ema", 1e-5)
+    # (to step 4: test_resume_across_process_counts may have taken the one-process runs on to 6)
+    upto4 = lambda run: [{s: v for s, v in x.items() if s <= 4} for x in logged(runs / run)]
+    assert upto4("one-ema")[0] == upto4("one-modality-float32")[0]   # training: bit for bit
+    assert upto4("one-ema")[1] != upto4("one-modality-float32")[1]   # evaluation: the average
+    want, got = upto4("one-moe-float32")[0], upto4("ep-ema")[0]
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-5) for k in want)
+    for run in ("fsdp-ema", "ep-ema"):   # the average is in the shards, under its own key
+        ckpt = load_checkpoint(str(runs / run / "ckpt.pt"))
+        assert ckpt["step"] == 4 and "ema" not in ckpt and "shards" in ckpt
+    one = build.load_for_inference(str(runs / "one-ema"), "cpu")[0].state_dict()
+    sharded = build.load_for_inference(str(runs / "fsdp-ema"), "cpu")[0].state_dict()
+    raw = build.load_for_inference(str(runs / "fsdp-ema"), "cpu", "raw")[0].state_dict()
+    assert all(torch.allclose(sharded[k], one[k], rtol=1e-5, atol=1e-7) for k in one)
+    assert not all(torch.equal(sharded[k], raw[k]) for k in raw)
+    export.export(str(runs / "fsdp-ema"), str(tmp_path / "export"))
+    assert json.load(open(tmp_path / "export" / "config.json"))["weights"] == "ema"
+    exported = build.load_for_inference(str(tmp_path / "export"), "cpu")[0].state_dict()
+    assert all(torch.equal(exported[k], sharded[k]) for k in sharded)
+    for run in ("fsdp-ema", "one-ema"):   # 2 -> 1, against one process going on
+        shutil.copytree(runs / run, tmp_path / run)
+        train.main(args(tmp_path / run, "modality", "float32", 6, *EMA, "--resume"))
+    assert_same_run(tmp_path / "fsdp-ema", tmp_path / "one-ema", 1e-5)
+
+
+def one_process(out, steps, *extra):
+    train.main([*TINY, f"--out_dir={out}", f"--max_iters={steps}", "--eval_interval=1", *extra])
+    return torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+
+
+def test_the_moving_average_is_the_one_by_hand_and_leaves_training_alone(tmp_path):
+    """ema_decay=0.9 over 3 steps: the checkpoint's average is 0.9 (0.9 (0.9 w0 + 0.1 w1) + 0.1 w2) + 0.1 w3 of the
+    initial weights w0 and each step's weights (read from each step's checkpoint), by hand in float64; the weights
+    and every training loss are the run's without an average, bit for bit; the evaluation's held-out losses are
+    what evaluate() gives the average's weights (load_for_inference's default), not the weights'."""
+    from plumbing import build
+    from plumbing.settings import configure
+    steps = [one_process(tmp_path / "ema", k, "--ema_decay=0.9", *(["--resume"] if k > 1 else [])) for k in (1, 2, 3)]
+    plain = one_process(tmp_path / "plain", 3)
+    c = configure(train.DEFAULTS, [*TINY, "--ema_decay=0.9"])
+    model = build.build(c, "cpu")[3]
+    names = [n for n, _ in model.named_parameters()]
+    want = {n: p.detach().double() for n, p in model.named_parameters()}
+    for ckpt in steps:
+        want = {n: 0.9 * want[n] + 0.1 * ckpt["model"][n].double() for n in names}
+    # (within float32's rounding of three updates: measured <= 1.4e-7 where the weights are near 1)
+    assert all(torch.allclose(steps[-1]["ema"][n].double(), want[n], rtol=1e-6, atol=1e-7) for n in names)
+    assert all(torch.equal(steps[-1]["model"][k], v) for k, v in plain["model"].items())
+    lines = lambda run: [json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")]
+    assert train_lines(lines("ema")) == train_lines(lines("plain"))
+    model, tok, enc, cfg = build.load_for_inference(str(tmp_path / "ema"), "cpu")
+    data = build.build(cfg, "cpu", meta=True)[2]
+    logged_loss = [r["val_text_loss"] for r in lines("ema") if "val_text_loss" in r][-1]
+    assert train.evaluate(model, tok, enc, data, cfg, "cpu", 3, write=False)["val_text_loss"] == logged_loss
+    raw = build.load_for_inference(str(tmp_path / "ema"), "cpu", "raw")[0]
+    assert train.evaluate(raw, tok, enc, data, cfg, "cpu", 3, write=False)["val_text_loss"] != logged_loss
+
+
+def test_a_run_with_a_moving_average_resumes_bit_identically(tmp_path):
+    """4 steps unbroken against 2 then --resume to 4 (evaluations at 2 and 4): every logged loss, gradient norm and
+    held-out loss, and the checkpoint's weights and average, bit for bit."""
+    flags = ["--ema_decay=0.9", "--eval_interval=2"]
+    whole = one_process(tmp_path / "whole", 4, *flags)
+    one_process(tmp_path / "cut", 2, *flags)
+    cut = one_process(tmp_path / "cut", 4, *flags, "--resume")
+    assert logged(tmp_path / "cut") == logged(tmp_path / "whole")
+    for key in ("model", "ema"):
+        assert all(torch.equal(cut[key][k], v) for k, v in whole[key].items())
+    with pytest.raises(SystemExit, match=r"ema_decay=1.0: use a number in \[0, 1\)"):
+        one_process(tmp_path / "bad", 1, "--ema_decay=1.0")
 
 
 def test_initialisation_is_gpt2s_in_distribution():
@@ -385,7 +486,7 @@ def test_expert_parallel_is_refused_where_it_cannot_split(tmp_path):
         model = UnifiedTransformer(ModelConfig(d_model=32, n_layer=1, ffn="moe", moe_experts=5, moe_granularity=2))
     groups = {"experts": SimpleNamespace(size=lambda: 4)}
     with pytest.raises(SystemExit, match=r"expert_parallel=4: more processes than the 3 routed experts \(moe_experts "
-                                         "minus the shared ones\); use at most 3"):
+                                         r"minus the shared ones\); use at most 3"):
         experts.split_experts(model, groups)
     assert experts.shares(254, 8) == [32] * 7 + [30] and experts.shares(5, 4) == [2, 2, 1, 0]
 
