@@ -12,7 +12,7 @@ import numpy as np
 import scaling
 from findings import evaluation
 from findings.declare import Minus
-from findings.runs import REPO, analysed, arms, by_run, current, estimate_s, sweep_arms
+from findings.runs import REPO, analysed, arms, by_run, current, estimate_s, read_lines, sweep_arms
 from plumbing import stats
 from plumbing.outputs import write_lines
 
@@ -166,7 +166,9 @@ def plan_seeds(suite, c, got=None):
     claim whose verdict can still change asks for more (a primary comparison reading inconclusive or pending): as
     many as give each such comparison 80% power at the family's level; the cheapest to settle first, while the
     budget lasts (a seed of a claim costs every run it reads, shared ones included). A claim it cannot settle stays
-    at its first seeds and is listed as not affordable; a run two claims read trains to the larger count. Returns dict(seeds={claim: n}, level, open, short)."""
+    at its first seeds and is listed as not affordable; a run two claims read trains to the larger count. The
+    budget counts what the runs recorded since BUDGET_SINCE have spent. Returns dict(seeds={claim: n}, level, open,
+    short, settled, spent)."""
     got = by_run(current(suite, c)[0]) if got is None else got
     rows = analysis(suite, got)
     level = stats.family_level(sum(r["test"]["primary"] for r in rows))
@@ -175,10 +177,11 @@ def plan_seeds(suite, c, got=None):
     cost = {k: seed_cost(suite, k, got, settled) for k in suite.CLAIMS if k != 8}
     has = {k: recorded(suite, k, got, settled) for k in cost}
     least = {k: max(suite.LEAST_SEEDS, has[k]) for k in cost}   # every claim's first seeds first
-    budget = suite.BUDGET_HOURS * 3600 - sum((least[k] - has[k]) * cost[k] for k in cost)
+    spent = sum(r["wall_s"] for r in read_lines(c.results) if r.get("finished", "") >= suite.BUDGET_SINCE)
+    budget = suite.BUDGET_HOURS * 3600 - spent - sum((least[k] - has[k]) * cost[k] for k in cost)
     need = {k: needed_seeds(suite, k, got, level)[0] if k in open_ else least[k] for k in cost}
     given, short = stats.allocate(need, least, cost, budget)
-    return dict(seeds={**given, 8: 1}, level=level, open=open_, short=set(short), settled=settled)
+    return dict(seeds={**given, 8: 1}, level=level, open=open_, short=set(short), settled=settled, spent=spent)
 
 
 def own_runs(suite, k):
@@ -350,7 +353,8 @@ def plan_section(suite, got, plan):
         extended = sum(sp["run"] not in plan["settled"] for sp in own)
         rows.append(f"| {k} | {extended} | {steps} | {per_seed:.0f} | {power}{', not affordable' * (k in plan['short'])}"
                     f" | {has} | {plan['seeds'][k]} | {to_go:.1f} |")
-    rows.append(f"| all 1-7 | | | | | | | {total:.1f} of {suite.BUDGET_HOURS:g}; {total / 2:.1f} h of wall time "
+    rows.append(f"| all 1-7 | | | | | | | {total:.1f} more, {plan['spent'] / 3600:.1f} spent since "
+                f"{suite.BUDGET_SINCE}, of {suite.BUDGET_HOURS:g}; {total / 2:.1f} h of wall time "
                 f"with `--jobs=2` |")
     sweep = sum(estimate_s(suite, sp, got) for sp in sweep_arms(suite).values()) / 3600
     short = ", ".join(map(str, sorted(plan["short"])))
@@ -407,8 +411,8 @@ that +
   or sits within δ of its metric's declared floor or ceiling on the side where the effect would show). The "paper"
   column is the verdict the paper predicts.
 - **Seeds**: seeds 0-{last_pilot} of every arm were the pilot, then every claim had {least}. More go only where a
-  verdict can still change: as many as give 80% power at the family's level, within {budget:g} thread-hours,
-  cheapest first (the plan below). Runs of an earlier recipe (another fingerprint) are never mixed in.
+  verdict can still change: as many as give 80% power at the family's level, within {budget:g} thread-hours
+  counted from {since} (every run recorded since then), cheapest first (the plan below). Runs of an earlier recipe (another fingerprint) are never mixed in.
 - The suite's first version (56 trainings, two seeds per arm, verdicts from non-overlapping min-max ranges, each
   run evaluated on its own seed's draws) is kept in `results/claims-v1.jsonl`; its table is this file's history."""
 
@@ -468,6 +472,7 @@ def write_table(suite, c):
             HOW.format(suite=suite.SUITE, eval_seed=evaluation.EVAL_SEED, eval_seed1=evaluation.EVAL_SEED + 1,
                        batches=c.eval_batches, prompts=c.eval_prompts, episodes=c.episodes,
                        last_pilot=suite.PILOT_SEEDS - 1, least=suite.LEAST_SEEDS, budget=suite.BUDGET_HOURS,
+                       since=suite.BUDGET_SINCE,
                        level=100 * stats.family_level(sum(t["primary"] for k in claims for t in claims[k]["tests"])),
                        primaries=sum(t["primary"] for k in claims for t in claims[k]["tests"]),
                        fractions="claims " + ", ".join(f"{k}" for k in claims if "fraction" in claims[k]) +

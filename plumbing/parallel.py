@@ -294,7 +294,8 @@ def checkpoint(run, c, model, optimizer):
 # ----------------------------------------------------------------------------------------------------------------
 # The weights' moving average (train.py's ema_decay): one tensor per parameter that lives as the parameter does (a
 # sharded DTensor under FSDP2, split with the experts under expert parallelism, whole otherwise), so that keeping
-# it costs each process a copy of its own part of the weights, and no communication.
+# it costs each process a copy of its own part of the weights, and no communication. (torch.optim.swa_utils'
+# AveragedModel deep-copies the module: under FSDP2 a second sharded model to wrap, resume and checkpoint.)
 
 def start_ema(model):
     """The moving average's tensors (model.parameters()' order), equal to the weights as they are now."""

@@ -349,6 +349,12 @@ def test_a_claim_whose_models_have_not_learned_is_untestable(tmp_path, monkeypat
     monkeypatch.setattr(runs, "measure", lambda *a: ({"plan_final": 1.0}, None))
     runs.run_claims(claims, [6], c, {6: 2}, plan["settled"])
     assert sorted(trained) == [("6/nav_2x", 0), ("6/nav_2x", 1), ("6/nav_video", 0), ("6/nav_video", 1)]
+    # the budget counts what every run recorded since it was set has spent (the runner's 4 lines here, and not a
+    # line from before), and leaves that much less for more seeds
+    with open(tmp_path / "claims.jsonl", "a") as f:
+        f.write(json.dumps(dict(run="6/nav_2x", seed=9, wall_s=5000.0, finished="2026-01-01 00:00 UTC")) + "\n")
+    spent = sum(r["wall_s"] for r in lines(tmp_path / "claims.jsonl")[:4])
+    assert report.plan_seeds(claims, c, got(bad_seed=0, seeds=1))["spent"] == spent
 
 
 def test_fixed_flow_times_and_the_times_argument(tmp_path):
