@@ -119,8 +119,8 @@ beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
 # a moving average of the weights, ema <- ema_decay * ema + (1 - ema_decay) * weights after every step, kept in the
-# checkpoints; evaluation scores it, and sampling and export use it. Off by default: every recorded run trained
-# without it, and it costs a copy of the weights in memory and in every checkpoint
+# checkpoints; evaluation scores it, and sampling and export use it. Off by default: the paper keeps none (its one
+# EMA is loss centering's), and on the toy 0.999 drew and answered worse than the last weights (docs/log.md)
 ema_decay = 0.0               # e.g. 0.999 (an average over the last ~1,000 steps); 0: none
 # ---- sampling during evaluation
 guidance = 3.0

@@ -391,7 +391,8 @@ def run_claims(suite, ks, c, planned, settled=()):
         say(f"{run} seed {seed}: done in {line['wall_s']:.0f} s", key)
 
     with ThreadPoolExecutor(c.jobs) as pool:
-        list(pool.map(one, [k for k in todo if "analyze" not in todo[k]]))
+        # seed by seed, every arm of a seed before the next: a session that stops early leaves paired seeds
+        list(pool.map(one, sorted((k for k in todo if "analyze" not in todo[k]), key=lambda k: k[1])))
     for key in (k for k in todo if "analyze" in todo[k]):
         one(key)
     say.close()
