@@ -78,6 +78,8 @@ class Tokenizer:
 # Examples. FRAME marks where one frame's N latent tokens go; the BOI/EOI around it are ordinary tokens.
 
 FRAME = -2
+# the sources a mixture draws from: an example names its own, and the log reports losses per source
+SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation", "vqa")
 
 
 @dataclass
@@ -252,7 +254,6 @@ def tensor_to_device(x, device):
 # The built-in source: the toy world (toyworld.py), a weighted mixture of text, caption->image, image->caption,
 # video and navigation examples, generated on the fly.
 
-SOURCES = ("text", "caption_to_image", "image_to_caption", "video", "navigation", "vqa")
 NAV_CONTEXT = 4     # §5.1, Fig. 11: 4 context frames, one action, one target frame
 SPLITS = {"train": 0, "val": 1, "unseen_scenes": 2, "held_out_bindings": 3}
 NAV_POOL_KEY = 4    # the navigation pool's draws: a stream of their own, apart from every split's
